@@ -1,0 +1,99 @@
+"""Checkpoints: plain dicts of tensors and plain values, written atomically, read with `weights_only=True`.
+
+A checkpoint is what nanoGPT saves: `{"model": state_dict, "optimizer": ..., "config": ..., "epoch": ...}`. It is
+written to a temporary file in the same folder and moved into place with `os.replace`, so a crash or Ctrl-C
+mid-write leaves the previous file intact. It is read with `torch.load(weights_only=True)`, which refuses pickled
+code: opening someone else's checkpoint cannot run their code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.models import VisionTransformer
+
+from vitlab.errors import CheckpointError
+from vitlab.model import build_model
+
+FORMAT = "vitlab-checkpoint-v1"
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Call `write(file_object)` on a temporary file next to `path`, then move it into place atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Atomically save a checkpoint dict (tensors and plain Python values only)."""
+    return atomic_write(path, lambda file: torch.save({"format": FORMAT, **checkpoint}, file))
+
+
+def save_json(path: str | os.PathLike, value: Any) -> Path:
+    """Atomically write `value` as indented JSON."""
+    return atomic_write(path, lambda file: file.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a vitlab checkpoint file (or a run folder holding `checkpoint.pt`) safely."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"No checkpoint at {path}. Give a run folder (it holds checkpoint.pt and best.pt) or a .pt file "
+            f"written by python -m vitlab.finetune."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for pickled code, RuntimeError/EOFError for damaged files
+        raise CheckpointError(
+            f"Could not read {path} as a vitlab checkpoint ({type(error).__name__}). It is damaged, not a PyTorch "
+            f"file, or holds pickled code (vitlab loads tensors and plain values only, so it cannot run code "
+            f"hidden in a checkpoint)."
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a vitlab checkpoint (no '{FORMAT}' marker). For a plain "
+            f"state dict, use vitlab.build_model(..., pretrained=PATH)."
+        )
+    return checkpoint
+
+
+def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Rebuild the model a vitlab run trained, in eval mode, from its `best.pt` / `checkpoint.pt`.
+
+    Returns:
+        (model, checkpoint): the checkpoint dict holds "config", "classes", "epoch" and more.
+    """
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    model = build_model(
+        config["arch"], num_classes=len(checkpoint["classes"]), pretrained=False,
+        trainable_blocks=checkpoint["trainable_blocks"],
+    )
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint

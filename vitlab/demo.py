@@ -1,0 +1,79 @@
+"""The offline demo model: vit_tiny trained on synthetic shapes, and how well its attention finds the object.
+
+Lessons and the explorer share one trained demo model through a cache file, so nothing retrains what another
+already trained: `load_demo_model()` trains it once (about a minute on a laptop CPU) and loads it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torchvision.models import VisionTransformer
+
+from vitlab.attention import attention_mass_ratio, patch_coverage, pointing_game, rollout
+from vitlab.capture import capture
+from vitlab.data import BatchTransform, DataSplits, ImageDataset, load_dataset
+
+
+def default_cache_dir() -> Path:
+    """Where the demo run is kept: $VITLAB_CACHE, else ~/.cache/vitlab."""
+    return Path(os.environ.get("VITLAB_CACHE", Path.home() / ".cache" / "vitlab"))
+
+
+def load_demo_model(
+    cache_dir: str | os.PathLike | None = None, quiet: bool = True
+) -> tuple[VisionTransformer, DataSplits]:
+    """The trained demo model (eval mode) and the shapes splits it was trained on; trains it on first use.
+
+    The run lives in `<cache_dir>/demo` (default `~/.cache/vitlab/demo`, or `$VITLAB_CACHE/demo`); delete that
+    folder to retrain.
+    """
+    from vitlab.checkpoint import load_trained_model
+    from vitlab.finetune import main
+
+    run_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "demo"
+    best = run_dir / "best.pt"
+    if not (run_dir / "summary.json").is_file():
+        argv = ["--preset", "demo", "--out", str(run_dir)] + (["--quiet"] if quiet else [])
+        if (run_dir / "checkpoint.pt").is_file():
+            argv = ["--resume", str(run_dir)] + (["--quiet"] if quiet else [])  # finish an interrupted run
+        if main(argv) != 0:
+            raise RuntimeError(f"Training the demo model into {run_dir} failed; see the message above.")
+    model, checkpoint = load_trained_model(best)
+    config = checkpoint["config"]
+    splits = load_dataset("shapes", seed=config["seed"], subset=config["subset"])
+    return model, splits
+
+
+@torch.no_grad()
+def localization_scores(
+    model: VisionTransformer, dataset: ImageDataset, batch_size: int = 250, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """How well attention rollout finds the object, on a dataset with object masks (shapes).
+
+    Returns:
+        pointing_game: share of images whose rollout maximum falls on a patch holding object pixels.
+        attention_mass_ratio: rollout mass on object patches / the object's share of patches, averaged (1.0 = chance).
+        random_pointing_game: the same for a uniformly random map (the baseline to beat).
+    """
+    if dataset.masks is None:
+        raise ValueError("localization_scores needs a dataset with object masks (the shapes dataset)")
+    model.eval()
+    transform = BatchTransform(model.image_size, train=False)
+    maps, object_patches = [], []
+    for start in range(0, len(dataset), batch_size):
+        images = dataset.images[start : start + batch_size].to(device)
+        with capture(model) as captured:
+            model(transform(images))
+        maps.append(rollout(captured.attentions).cpu())  # (b, patches)
+        coverage = patch_coverage(dataset.masks[start : start + batch_size], model.patch_size)  # (b, patches)
+        object_patches.append(coverage > 0)
+    all_maps, all_objects = torch.cat(maps), torch.cat(object_patches)
+    random_maps = torch.rand(all_maps.shape, generator=torch.Generator().manual_seed(0))
+    return {
+        "pointing_game": pointing_game(all_maps, all_objects),
+        "attention_mass_ratio": attention_mass_ratio(all_maps, all_objects),
+        "random_pointing_game": pointing_game(random_maps, all_objects),
+    }

@@ -1,0 +1,23 @@
+"""The one exception type vitlab raises for problems a user can fix.
+
+Every `VitlabError` message says what happened, why, and what to do next. Command-line entry points catch it,
+print the message without a traceback and exit with status 2 ("bad input"); library callers can catch it too.
+"""
+
+from __future__ import annotations
+
+
+class VitlabError(Exception):
+    """A problem with the user's input or environment, explained in the message (CLI exit code 2)."""
+
+
+class WeightsUnavailableError(VitlabError):
+    """Pretrained weights are neither in torchvision's cache nor downloadable (for example: no network)."""
+
+
+class DataUnavailableError(VitlabError):
+    """A dataset is missing, unreadable or corrupt, and cannot be downloaded."""
+
+
+class CheckpointError(VitlabError):
+    """A checkpoint file is missing, not a vitlab checkpoint, unsafe to load, or made for another model."""

@@ -1,0 +1,163 @@
+"""Building the Vision Transformers vitlab studies: torchvision's ViT-B/16 and a tiny sibling of the same class.
+
+Every model vitlab builds is a `torchvision.models.VisionTransformer`, so one capture code path
+(`vitlab.capture`) serves them all. The recipe is the notebook's: load ImageNet weights, swap the 1000-class head
+for a fresh `Linear(hidden, num_classes)`, freeze everything except the last `trainable_blocks` encoder blocks and
+that head.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import VisionTransformer, ViT_B_16_Weights, vit_b_16
+
+from vitlab.errors import VitlabError, WeightsUnavailableError
+
+# The small model for laptops and CI: 32x32 inputs cut into 4x4 patches (an 8x8 grid), a few narrow blocks.
+# An even head count keeps PyTorch's fused inference kernel in play (see vitlab.capture).
+VIT_TINY_CONFIG = dict(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128)
+
+ARCHS = ("vit_b_16", "vit_tiny")
+
+
+def weights_cache_file() -> Path:
+    """Where torchvision looks for the ImageNet ViT-B/16 weights before downloading (honours `TORCH_HOME`)."""
+    file_name = os.path.basename(ViT_B_16_Weights.IMAGENET1K_V1.url)  # vit_b_16-c867db91.pth
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def build_model(
+    arch: str = "vit_b_16",
+    num_classes: int = 100,
+    pretrained: bool | str | os.PathLike = True,
+    trainable_blocks: int = 3,
+    progress: bool = True,
+) -> VisionTransformer:
+    """Build a ViT with a fresh `num_classes` head and all but the last `trainable_blocks` blocks frozen.
+
+    Args:
+        arch: "vit_b_16" (224x224 inputs, 14x14 grid of 16-px patches) or "vit_tiny" (32x32 inputs, 8x8 grid).
+        num_classes: size of the new classification head.
+        pretrained: True loads torchvision's ImageNet weights (from its cache under `TORCH_HOME`, else downloads);
+            a path loads that state-dict file (`weights_only=True`); False keeps the random initialisation.
+        trainable_blocks: how many of the last encoder blocks train. 0 trains only the head; the full block count
+            trains everything (patch and position embeddings and the final norm too), as training from scratch.
+        progress: show torchvision's download bar.
+
+    Returns:
+        A `VisionTransformer` whose `heads.head` is `Linear(hidden_dim, num_classes)`.
+    """
+    if arch not in ARCHS:
+        raise VitlabError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
+    if arch == "vit_tiny" and pretrained is True:
+        raise VitlabError(
+            "vit_tiny has no published pretrained weights. Use pretrained=False (random init) or pretrained=PATH "
+            "to a state-dict file saved from a vit_tiny model."
+        )
+
+    if arch == "vit_b_16":
+        model = vit_b_16(weights=_imagenet_weights(progress) if pretrained is True else None)
+    else:
+        model = VisionTransformer(num_classes=1000, **VIT_TINY_CONFIG)
+
+    if pretrained not in (True, False):
+        state_dict = load_state_dict_file(pretrained)
+        if state_dict.get("heads.head.weight", torch.empty(0)).shape[:1] == (num_classes,):
+            _replace_head(model, num_classes)  # the file already holds a head of the right size
+            _load_state_dict(model, state_dict, pretrained)
+        else:
+            _load_state_dict(model, state_dict, pretrained)
+            _replace_head(model, num_classes)
+    else:
+        _replace_head(model, num_classes)
+
+    freeze_all_but_last(model, trainable_blocks)
+    return model
+
+
+def _imagenet_weights(progress: bool) -> ViT_B_16_Weights:
+    """Return the weights enum after making sure its file is cached (downloading it if needed)."""
+    weights = ViT_B_16_Weights.IMAGENET1K_V1
+    cache_file = weights_cache_file()
+    if cache_file.exists():
+        return weights
+    try:
+        weights.get_state_dict(progress=progress, check_hash=True)  # downloads into cache_file
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+        raise WeightsUnavailableError(
+            f"Could not download the ImageNet ViT-B/16 weights ({error}).\n"
+            f"torchvision looks for the file '{cache_file.name}' in {cache_file.parent} "
+            f"(set TORCH_HOME to change where).\n"
+            f"Fix: copy {cache_file.name} there from a machine with network ({weights.url}), "
+            f"or pass pretrained=PATH (--pretrained PATH) to a state-dict file, "
+            f"or run offline with the small model: python -m vitlab.finetune --preset demo"
+        ) from None
+    return weights
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state-dict file safely (`weights_only=True`: tensors and plain values, never pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitlabError(f"No weights file at {path}. Check the path, or use pretrained=True / False.")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        raise VitlabError(
+            f"{path} is not a loadable state-dict file ({type(error).__name__}). It may be truncated, not a "
+            f"PyTorch file, or hold pickled code, which vitlab refuses to run. Re-save it with "
+            f"torch.save(model.state_dict(), path)."
+        ) from None
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("model"), dict):
+        state_dict = state_dict["model"]  # a vitlab training checkpoint: take its model weights
+    if not isinstance(state_dict, dict):
+        raise VitlabError(f"{path} holds a {type(state_dict).__name__}, not a state dict of tensors.")
+    return state_dict
+
+
+def _load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1] if "\n" in str(error) else str(error)
+        raise VitlabError(
+            f"The weights in {path} do not fit this architecture: {first_line.strip()}\n"
+            f"Check that --arch matches the model the file was saved from."
+        ) from None
+
+
+def _replace_head(model: VisionTransformer, num_classes: int) -> None:
+    """Swap the classification head for a fresh Linear(hidden_dim, num_classes), as the notebook does."""
+    model.heads.head = nn.Linear(model.hidden_dim, num_classes)
+    model.num_classes = num_classes
+
+
+def freeze_all_but_last(model: VisionTransformer, trainable_blocks: int) -> None:
+    """Freeze every parameter except the last `trainable_blocks` encoder blocks and the classification head.
+
+    With `trainable_blocks == len(model.encoder.layers)` nothing is frozen (full training).
+    """
+    num_blocks = len(model.encoder.layers)
+    if not 0 <= trainable_blocks <= num_blocks:
+        raise VitlabError(
+            f"trainable_blocks={trainable_blocks} is out of range: this model has {num_blocks} encoder blocks, "
+            f"so choose 0 (head only) to {num_blocks} (everything)."
+        )
+    train_everything = trainable_blocks == num_blocks
+    for param in model.parameters():
+        param.requires_grad = train_everything
+    for block in list(model.encoder.layers)[num_blocks - trainable_blocks :]:
+        block.requires_grad_(True)
+    model.heads.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return (trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

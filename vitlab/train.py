@@ -1,0 +1,244 @@
+"""Training and evaluation: recipes, one epoch of training, one pass of evaluation.
+
+Metrics are accumulated on the device and read once per progress-bar refresh, so a training step never waits for
+the host (no `.item()` per step): on a GPU the Python loop can run ahead of the kernels it queues.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from vitlab.data import BatchTransform
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the trainable parameters are optimised."""
+
+    name: str
+    optimizer: str  # "adamw" or "adam"
+    lr: float  # learning rate of the new head (and of everything, when nothing is pretrained)
+    pretrained_lr_scale: float  # pretrained blocks learn at lr * this: they start good, so move them gently
+    weight_decay: float  # AdamW's decoupled decay, on weight matrices only (not biases, norms, embeddings)
+    warmup_fraction: float  # share of all steps spent ramping the learning rate up from 0
+    cosine: bool  # decay the learning rate to 0 along a half cosine after warmup; False keeps it constant
+    label_smoothing: float  # soften the one-hot targets: the head stops chasing over-confident logits
+    grad_clip: float | None  # clip the global gradient norm to this (None: no clipping)
+    bf16_on_cuda: bool  # bf16 autocast on CUDA: tensor cores, half the activation memory
+
+
+RECIPES = {
+    # The fine-tuning literature's defaults (e.g. DeiT / timm fine-tuning): AdamW, warmup + cosine, label smoothing.
+    "default": Recipe("default", "adamw", 1e-3, 0.1, 0.05, 0.05, True, 0.1, 1.0, True),
+    # The notebook exactly: Adam, lr 1e-3 for every trainable parameter, constant, plain cross-entropy, fp32.
+    "seed": Recipe("seed", "adam", 1e-3, 1.0, 0.0, 0.0, False, 0.0, None, False),
+}
+
+
+def make_optimizer(
+    model: nn.Module, recipe: Recipe, lr: float, pretrained: bool, fused: bool = False
+) -> torch.optim.Optimizer:
+    """Build the recipe's optimiser over the trainable parameters, the head in its own group.
+
+    Parameter groups: the classification head at `lr`; the other trainable parameters at
+    `lr * recipe.pretrained_lr_scale` when they hold pretrained weights (else at `lr`). With AdamW, weight decay
+    applies to matrices only.
+    """
+    body_lr = lr * recipe.pretrained_lr_scale if pretrained else lr
+    groups: dict[tuple[float, float], list[Tensor]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group_lr = lr if name.startswith("heads.") else body_lr
+        decays = recipe.optimizer == "adamw" and param.ndim >= 2 and "embedding" not in name
+        groups.setdefault((group_lr, recipe.weight_decay if decays else 0.0), []).append(param)
+    param_groups = [{"params": params, "lr": glr, "weight_decay": wd} for (glr, wd), params in groups.items()]
+    extra = {"fused": True} if fused else {}
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, **extra)
+    return torch.optim.Adam(param_groups, **extra)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate multiplier: linear warmup, then half-cosine to 0 (or constant for the seed recipe)."""
+    warmup_steps = round(recipe.warmup_fraction * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _LearningRateShape(warmup_steps, total_steps, recipe.cosine))
+
+
+@dataclass
+class _LearningRateShape:
+    """The schedule as a small object of plain fields, so the scheduler's state_dict holds only plain values."""
+
+    warmup_steps: int
+    total_steps: int
+    cosine: bool
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if not self.cosine:
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_criterion(recipe: Recipe) -> Callable[[Tensor, Tensor], Tensor]:
+    """Cross-entropy with the recipe's label smoothing: (logits (B, C), labels (B,)) -> scalar loss."""
+    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+
+def autocast_for(device: torch.device, recipe: Recipe):
+    """bf16 autocast on CUDA when the recipe asks for it, else a no-op context."""
+    if device.type == "cuda" and recipe.bf16_on_cuda:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class RunningMetrics:
+    """Loss and accuracy sums kept on the device; `read()` is the only place that syncs with the host."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+
+    def update(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
+        correct = (logits.argmax(dim=-1) == labels).sum()
+        batch = labels.new_tensor(labels.shape[0])
+        self.totals += torch.stack([loss.detach().double() * labels.shape[0], correct.double(), batch.double()])
+
+    def all_reduce(self) -> None:
+        """Sum the totals over every process of a distributed run (no-op when not distributed)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.totals)
+
+    def read(self) -> dict[str, float]:
+        loss_sum, correct, count = self.totals.tolist()
+        return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+
+
+def train_step(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    transform: BatchTransform,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    *,
+    autocast=None,
+    grad_clip: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One optimisation step on a uint8 batch (B, 3, H, W). Returns (loss, logits (B, C)), never synced to host."""
+    inputs = transform(images, generator=generator)  # (B, 3, H, W) uint8 -> (B, 3, S, S) normalised float
+    with autocast if autocast is not None else nullcontext():
+        logits = model(inputs)
+        loss = criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        trainable = [p for p in model.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    num_images: int,
+    transform: BatchTransform,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    device: torch.device,
+    recipe: Recipe,
+    *,
+    generator: torch.Generator | None = None,
+    description: str = "train",
+    show_progress: bool = True,
+    refresh_every: int = 25,
+) -> dict[str, float]:
+    """Train over `batches` once. Returns {"loss", "acc", "count", "seconds", "images_per_second"} (all ranks)."""
+    model.train()
+    metrics = RunningMetrics(device)
+    autocast = autocast_for(device, recipe)
+    start = time.perf_counter()
+    with tqdm(total=num_images, desc=description, unit="img", disable=not show_progress, leave=False) as bar:
+        for step, (images, labels) in enumerate(batches):
+            loss, logits = train_step(
+                model, images, labels, transform, optimizer, criterion,
+                autocast=autocast, grad_clip=recipe.grad_clip, generator=generator,
+            )
+            scheduler.step()
+            metrics.update(loss, logits, labels)
+            bar.update(labels.shape[0])
+            if (step + 1) % refresh_every == 0:  # the only host sync in the loop, once every few steps
+                running = metrics.read()
+                check_finite(running["loss"], description)
+                bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{running['acc']:.1%}")
+    metrics.all_reduce()
+    result = metrics.read()
+    check_finite(result["loss"], description)
+    result["seconds"] = time.perf_counter() - start
+    result["images_per_second"] = result["count"] / result["seconds"]
+    return result
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run stops and keeps the last good checkpoint."""
+
+
+def check_finite(loss: float, where: str) -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"The loss became {loss} during {where}. The weights are no longer usable, so training stopped. "
+            f"Try a lower --lr, or --recipe default (it clips gradients)."
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    num_images: int,
+    transform: BatchTransform,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    device: torch.device,
+    recipe: Recipe,
+    *,
+    description: str = "eval",
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Loss and accuracy over `batches` (summed over all processes of a distributed run)."""
+    model.eval()
+    metrics = RunningMetrics(device)
+    start = time.perf_counter()
+    with tqdm(total=num_images, desc=description, unit="img", disable=not show_progress, leave=False) as bar:
+        for images, labels in batches:
+            with autocast_for(device, recipe):
+                logits = model(transform(images))
+            metrics.update(criterion(logits.float(), labels), logits, labels)
+            bar.update(labels.shape[0])
+    metrics.all_reduce()
+    result = metrics.read()
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def predict(model: nn.Module, images: Tensor, transform: BatchTransform, batch_size: int = 256) -> Tensor:
+    """Predicted class per image: uint8 (N, 3, H, W) -> (N,) int64, in eval mode, batch by batch."""
+    model.eval()
+    with torch.no_grad():
+        logits = [model(transform(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(logits).argmax(dim=-1)
+
+
