@@ -190,7 +190,10 @@ def test_pretrained_true_loads_the_cached_file_without_network(torch_home: Path,
     torch.save(planted, cache_file)
 
     torch.manual_seed(0)  # a different seed: random init cannot accidentally match the planted values
-    model = build_model("vit_b_16", 100, pretrained=True, trainable_blocks=3)
+    try:
+        model = build_model("vit_b_16", 100, pretrained=True, trainable_blocks=3)
+    finally:
+        cache_file.unlink()  # 330 MB: do not leave it in pytest's kept temporary folders
 
     assert no_network == []
     loaded = model.state_dict()

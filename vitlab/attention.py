@@ -150,7 +150,6 @@ def gradient_weighted_attention(
     Returns:
         relevance (B, patches) and the target classes (B,).
     """
-    images = images.detach().requires_grad_(True)  # so frozen blocks' attention joins the autograd graph too
     with torch.enable_grad(), capture(model) as captured:
         logits = model(images)  # (B, classes)
     if target_class is None:
@@ -161,7 +160,8 @@ def gradient_weighted_attention(
     attentions = captured.attentions
     gradients = torch.autograd.grad(score, attentions)
     num_tokens = attentions[0].shape[-1]
-    relevance = torch.eye(num_tokens, device=images.device).expand(images.shape[0], num_tokens, num_tokens)
+    identity = torch.eye(num_tokens, dtype=attentions[0].dtype, device=images.device)
+    relevance = identity.expand(images.shape[0], num_tokens, num_tokens)  # (B, T, T)
     for attention, gradient in zip(attentions, gradients, strict=True):
         weighted = (gradient * attention).clamp(min=0).mean(dim=1)  # (B, heads, T, T) -> (B, T, T)
         relevance = relevance + weighted.detach() @ relevance

@@ -15,10 +15,10 @@ Every hook is removed when the block ends, also when the forward pass raises, so
 How attention is obtained without changing the model's outputs: a pre-hook asks each attention module for its
 per-head weights (`need_weights=True, average_attn_weights=False`). In eval mode under `torch.no_grad()`, PyTorch's
 fused inference kernel computes those probabilities anyway, so this is free and the outputs are bit-identical.
-With autograd on, the model's own kernel runs untouched (its output is returned, exact), and the hook recomputes
-the probabilities with `attention_with_probs`, wiring them into the graph so gradients flow through them (which
-class-specific maps need). Exactness in eval mode under no_grad relies on PyTorch's fused path, which needs an
-even head count (ViT-B/16 has 12, vit_tiny 4).
+With autograd on, the hook recomputes the probabilities (`attention_probs`) and wires them into the graph so
+gradients flow through them (class-specific maps need that), while the value passed on stays the exact output of
+the kernel the model would have used without capture. Exactness in eval mode under no_grad relies on PyTorch's
+fused path, which needs an even head count (ViT-B/16 has 12, vit_tiny 4).
 """
 
 from __future__ import annotations
@@ -118,13 +118,23 @@ def capture(model: VisionTransformer) -> Iterator[Captured]:
     """
     captured = Captured(model)
     handles: list[torch.utils.hooks.RemovableHandle] = []
+    # Would the uncaptured model's activations carry gradients at this point of the forward pass? PyTorch picks
+    # its attention kernel by that, and capture must reproduce the kernel the model would have used.
+    plain_tracks_grad = False
+
+    def note_input(module: nn.Module, args: tuple) -> None:
+        nonlocal plain_tracks_grad
+        stem = [model.class_token, model.encoder.pos_embedding, *model.conv_proj.parameters()]
+        plain_tracks_grad = args[0].requires_grad or any(p.requires_grad for p in stem)
 
     def record_patch_embeddings(module: nn.Module, args: Any, output: Tensor) -> None:
         # (B, hidden, grid, grid) -> (B, patches, hidden), row-major like torchvision's _process_input
         captured._patch_embeddings = rearrange(output, "b d gh gw -> b (gh gw) d")
 
-    def make_block_hooks(index: int):
+    def make_block_hooks(index: int, block: nn.Module):
         def record_hidden_state(module: nn.Module, args: Any, output: Tensor) -> None:
+            nonlocal plain_tracks_grad
+            plain_tracks_grad = plain_tracks_grad or any(p.requires_grad for p in block.parameters())
             captured._hidden_states[index] = output  # (B, tokens, hidden)
 
         def ask_for_weights(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -135,19 +145,19 @@ def capture(model: VisionTransformer) -> Iterator[Captured]:
         def record_attention(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
             attn_output, probs = output  # (B, tokens, hidden), (B, heads, tokens, tokens) or None
             if torch.is_grad_enabled():
-                explicit_output, probs = attention_with_probs(module, args[0])
-                # Forward value: the model's exact output. Gradient: through `probs`, since
-                # explicit_output - explicit_output.detach() is zero in value but carries the graph.
-                attn_output = attn_output.detach() + (explicit_output - explicit_output.detach())
+                block_params = [*block.ln_1.parameters(), *module.parameters()]
+                plain_uses_grad = plain_tracks_grad or any(p.requires_grad for p in block_params)
+                attn_output, probs = _attention_in_graph(module, args[0], attn_output, plain_uses_grad)
             captured._attentions[index] = probs
             return attn_output, None  # what the block expects from need_weights=False
 
         return record_hidden_state, ask_for_weights, record_attention
 
     try:
+        handles.append(model.register_forward_pre_hook(note_input))
         handles.append(model.conv_proj.register_forward_hook(record_patch_embeddings))
         for index, block in enumerate(model.encoder.layers):
-            record_hidden_state, ask_for_weights, record_attention = make_block_hooks(index)
+            record_hidden_state, ask_for_weights, record_attention = make_block_hooks(index, block)
             handles.append(block.register_forward_hook(record_hidden_state))
             handles.append(block.self_attention.register_forward_pre_hook(ask_for_weights, with_kwargs=True))
             handles.append(block.self_attention.register_forward_hook(record_attention, with_kwargs=True))
@@ -157,15 +167,38 @@ def capture(model: VisionTransformer) -> Iterator[Captured]:
             handle.remove()
 
 
-def attention_with_probs(attention: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Self-attention written out, as in "Attention Is All You Need": returns (output, probabilities).
+def _attention_in_graph(
+    attention: nn.MultiheadAttention, x: Tensor, model_output: Tensor, plain_uses_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """With autograd on: the model's exact output value, with gradients routed through the recorded probabilities.
+
+    Returns (output (B, T, hidden), probs (B, heads, T, T)); `probs` is always part of the autograd graph.
+    """
+    probs, values = attention_probs(attention, x)
+    if not probs.requires_grad:
+        # Nothing before this point trains (frozen blocks, an image without grad): make the probabilities a leaf
+        # of the graph, so that d(logit)/d(attention) exists for every block, as class-specific maps need.
+        probs = probs.detach().requires_grad_(True)
+    explicit_output = mix_values(attention, probs, values)
+    if x.requires_grad and not plain_uses_grad:
+        # Only capture made x carry gradients: without capture PyTorch would run its fused inference kernel
+        # here, so run that kernel for the value (forward() skips the hooks; q, k, v must be one tensor).
+        with torch.no_grad():
+            x_plain = x.detach()
+            model_output = attention.forward(x_plain, x_plain, x_plain, need_weights=False)[0]
+    # Value: model_output exactly (explicit_output - its detached copy is zero). Gradient: through `probs`.
+    return model_output.detach() + (explicit_output - explicit_output.detach()), probs
+
+
+def attention_probs(attention: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The first half of self-attention: softmax(Q K^T / sqrt(head_dim)) per head, and the values.
 
     Args:
         attention: a batch-first `nn.MultiheadAttention` (an encoder block's `self_attention`).
         x: (B, tokens, hidden), the block's normalised input.
 
     Returns:
-        output (B, tokens, hidden) and probs (B, heads, tokens, tokens), each row of probs summing to 1.
+        probs (B, heads, tokens, tokens), each row summing to 1, and values (B, heads, tokens, head_dim).
     """
     queries, keys, values = F.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
     # (B, T, hidden) -> (B, heads, T, head_dim) for each of the three
@@ -174,8 +207,22 @@ def attention_with_probs(attention: nn.MultiheadAttention, x: Tensor) -> tuple[T
     )
     scale = queries.shape[-1] ** -0.5
     probs = (queries @ keys.transpose(-2, -1) * scale).softmax(dim=-1)  # (B, heads, T, T)
+    return probs, values
+
+
+def mix_values(attention: nn.MultiheadAttention, probs: Tensor, values: Tensor) -> Tensor:
+    """The second half: each token's output is its probability-weighted mix of the values, projected back.
+
+    probs (B, heads, T, T) and values (B, heads, T, head_dim) -> output (B, T, hidden).
+    """
     mixed = rearrange(probs @ values, "b h t d -> b t (h d)")  # (B, heads, T, head_dim) -> (B, T, hidden)
-    return attention.out_proj(mixed), probs
+    return attention.out_proj(mixed)
+
+
+def attention_with_probs(attention: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Self-attention written out, as in "Attention Is All You Need": x (B, T, hidden) -> (output, probs)."""
+    probs, values = attention_probs(attention, x)
+    return mix_values(attention, probs, values), probs
 
 
 def capture_forward(model: VisionTransformer, images: Tensor) -> tuple[Tensor, Captured]:

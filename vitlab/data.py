@@ -155,7 +155,7 @@ def denormalize(x: Tensor) -> Tensor:
     """Undo the ImageNet normalisation for display: (B, 3, H, W) or (3, H, W) -> same shape, clamped to [0, 1].
 
     This is `x * std + mean`, the exact inverse of `(x - mean) / std`. (The notebook's `img / 2 + 0.5` inverted
-    a (0.5, 0.5) normalisation that was never applied, hence its washed-out previews.)
+    a (0.5, 0.5) normalisation that was never applied: its previews had off colours and clipping warnings.)
     """
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(3, 1, 1)  # broadcasts over B too
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(3, 1, 1)

@@ -35,8 +35,12 @@ def upsample_map(grid_map: Tensor, size: int) -> np.ndarray:
     """(grid, grid) map -> (size, size) array scaled to [0, 1], bilinear, for drawing over an image."""
     grid_map = grid_map.detach().float().cpu()
     resized = F.interpolate(grid_map[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    low, high = resized.min(), resized.max()
-    return ((resized - low) / (high - low).clamp(min=1e-12)).numpy()
+    # Scale by the map's own range: bilinear output stays inside it, and a flat map must stay flat (rounding
+    # noise in `resized` would otherwise be stretched to [0, 1]).
+    low, high = grid_map.min(), grid_map.max()
+    if high == low:
+        return torch.zeros(size, size).numpy()
+    return ((resized - low) / (high - low)).clamp(0, 1).numpy()
 
 
 def draw_overlay(
