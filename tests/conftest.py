@@ -29,3 +29,48 @@ def demo_model(demo_cache: Path):
     from vitlab.demo import load_demo_model
 
     return load_demo_model(demo_cache)
+
+
+def write_fake_cifar100(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> dict:
+    """Write root/cifar-100-python/{train,test,meta} in the real files' pickle layout; return what was written.
+
+    Each image is a row of 3072 bytes: 1024 red, then 1024 green, then 1024 blue, each 32x32 row-major. The real
+    files are Python 2 pickles whose byte-string keys torchvision reads with encoding="latin1", which makes them
+    Python 3 str keys ("data", "fine_labels", ...): str keys here give torchvision exactly what it sees there.
+    """
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    written = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine = rng.integers(0, 100, size=n).tolist()
+        entry = {"filenames": [f"{i}.png" for i in range(n)], "batch_label": split, "fine_labels": fine,
+                 "coarse_labels": [label // 5 for label in fine], "data": data}
+        (folder / split).write_bytes(pickle.dumps(entry, protocol=2))
+        written[f"{split}_data"], written[f"{split}_labels"] = data, np.array(fine)
+    meta = {"fine_label_names": [f"class_{i:02d}" for i in range(100)],
+            "coarse_label_names": [f"super_{i:02d}" for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return written
+
+
+@pytest.fixture
+def trust_fake_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fabricated files cannot match the real MD5 sums: make torchvision's checks pass, in the test only."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR100, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+
+
+@pytest.fixture
+def fake_cifar100(tmp_path: Path, trust_fake_files: None) -> Path:
+    """A data folder holding a 60-train / 20-test CIFAR-100 in the real layout, trusted by torchvision."""
+    root = tmp_path / "cifar_data"
+    write_fake_cifar100(root)
+    return root

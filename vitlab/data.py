@@ -449,8 +449,12 @@ def batches(
         drop_last: skip a final batch smaller than `batch_size`.
     """
     n = len(dataset)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)  # (N,) on the CPU
-    order = order.to(dataset.images.device)  # index where the data lives
+    where = dataset.images.device  # index the data where it lives
+    if shuffle:
+        # randperm runs on the CPU, so a CPU generator works; non_blocking: the copy does not wait for the GPU.
+        order = torch.randperm(n, generator=generator).to(where, non_blocking=True)  # (N,)
+    else:
+        order = torch.arange(n, device=where)  # (N,)
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]  # (b,)
         if drop_last and len(index) < batch_size:

@@ -1,0 +1,157 @@
+"""Lesson 1: an image is a sequence of patches.
+
+A Vision Transformer never sees pixels one by one. It cuts the image into a grid of square patches (4x4 pixels for
+the demo vit_tiny at 32x32, 16x16 for ViT-B/16 at 224x224), flattens each patch into a vector, and multiplies it
+by one shared matrix: the patch embedding. torchvision writes that as a strided convolution, `conv_proj`, with
+kernel size = stride = patch size. This lesson cuts the patches by hand with einops, applies `conv_proj`'s weights
+as a plain matrix, and asserts that the result equals torchvision's own `_process_input` (the convolution).
+
+Builds on: vitlab/model.py (the model), vitlab/capture.py (`geometry`: grid and patch size), einops.
+
+Run: python lessons/01_patches.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Figures: patch_grid.png (the image cut into its patch grid), patches_to_tokens.png (patches -> pixel rows ->
+embedding rows).
+
+Questions:
+1. The einops pattern ends in `(c p1 p2)`. vit-pytorch writes `(p1 p2 c)`. Why does the order matter here, and
+   what would the assert say if you changed it? (Try it.)
+2. How many tokens does ViT-B/16 process for a 224x224 image, and for a 384x384 one? Self-attention compares
+   every token with every other: how much more work is the larger image?
+3. Why is a convolution whose kernel size equals its stride the same thing as one linear layer applied to each
+   patch separately? What would change if the stride were smaller than the kernel?
+4. CIFAR images are 32x32 and ViT-B/16 sees them resized to 224x224. How many original pixels does one of its
+   16x16 patches really hold?
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import explain, load_subject, parse_args, print_questions, run_lesson, save  # noqa: E402
+from einops import rearrange  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchvision.models import VisionTransformer  # noqa: E402
+
+from vitlab.capture import geometry  # noqa: E402
+from vitlab.plotting import draw_overlay, to_display  # noqa: E402
+
+FIGURES = ("patch_grid.png", "patches_to_tokens.png")
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """Cut images into flattened patches, row by row: (B, C, H, W) -> (B, patches, C * p * p)."""
+    return rearrange(images, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=patch_size, p2=patch_size)
+
+
+def embed_by_hand(model: VisionTransformer, images: Tensor) -> Tensor:
+    """Patch embedding as flatten + linear, with `conv_proj`'s weights: (B, 3, S, S) -> (B, patches, hidden)."""
+    weight = rearrange(model.conv_proj.weight, "d c p1 p2 -> d (c p1 p2)")  # (hidden, 3 * p * p): one row per unit
+    return patchify(images, model.patch_size) @ weight.T + model.conv_proj.bias  # (B, patches, hidden)
+
+
+def check_equal(by_hand: Tensor, by_torchvision: Tensor) -> float:
+    """Assert the two embeddings agree to float32 rounding; return the largest difference."""
+    largest = (by_hand - by_torchvision).abs().max().item()
+    scale = by_torchvision.abs().max().item()
+    if by_hand.shape != by_torchvision.shape or not torch.allclose(by_hand, by_torchvision, rtol=1e-4, atol=1e-4):
+        raise AssertionError(
+            f"flatten + linear does NOT equal torchvision's conv_proj: shapes {tuple(by_hand.shape)} vs "
+            f"{tuple(by_torchvision.shape)}, largest difference {largest:.3g} (values up to {scale:.3g}). "
+            f"The patch vectors must be flattened in the order of the weights, (c p1 p2)."
+        )
+    return largest
+
+
+def figure_patch_grid(image: Tensor, grid: int, patch: int, title: str) -> Figure:
+    """The image with its patch grid and each patch's position in the sequence."""
+    fig = Figure(figsize=(5.5, 5.8), layout="constrained")
+    ax = fig.add_subplot()
+    draw_overlay(ax, image, None, patch_grid=grid)
+    size = image.shape[-1]
+    step = size / grid
+    font = 7 if grid <= 8 else 5
+    for index in range(grid * grid):
+        row, col = divmod(index, grid)
+        ax.text((col + 0.5) * step - 0.5, (row + 0.5) * step - 0.5, str(index), color="yellow", fontsize=font,
+                ha="center", va="center")
+    ax.set_title(f"{title}\n{grid}x{grid} = {grid * grid} patches of {patch}x{patch} px, numbered in sequence order")
+    return fig
+
+
+def exploded_patches(image: Tensor, grid: int, patch: int, gap: int) -> np.ndarray:
+    """(H, W, 3) display image with white gaps between the patches."""
+    pixels = to_display(image)  # (S, S, 3) in [0, 1]
+    cell = patch + gap
+    canvas = np.ones((grid * cell - gap, grid * cell - gap, 3))
+    for row in range(grid):
+        for col in range(grid):
+            canvas[row * cell : row * cell + patch, col * cell : col * cell + patch] = pixels[
+                row * patch : (row + 1) * patch, col * patch : (col + 1) * patch
+            ]
+    return canvas
+
+
+def figure_patches_to_tokens(image: Tensor, pixel_rows: Tensor, tokens: Tensor, grid: int, patch: int) -> Figure:
+    """Three panels: the patches apart; the (patches, 3p^2) matrix of their pixels; the (patches, hidden) tokens."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax_patches, ax_pixels, ax_tokens = fig.subplots(1, 3, width_ratios=[1, 1.1, 1.1])
+    ax_patches.imshow(exploded_patches(image, grid, patch, gap=max(1, patch // 4)))
+    ax_patches.set_title(f"1. Cut: {grid * grid} patches, read row by row")
+    ax_patches.set_axis_off()
+    shown = ax_pixels.imshow(pixel_rows.numpy(), aspect="auto", cmap="gray", interpolation="nearest")
+    ax_pixels.set(title=f"2. Flatten: one row of 3x{patch}x{patch} = {pixel_rows.shape[1]} values per patch",
+                  xlabel="value index (channel, row, column)", ylabel="patch (sequence position)")
+    fig.colorbar(shown, ax=ax_pixels, label="normalised pixel value")
+    shown = ax_tokens.imshow(tokens.numpy(), aspect="auto", cmap="coolwarm", interpolation="nearest")
+    ax_tokens.set(title=f"3. Linear: {tokens.shape[1]} features per patch (= conv_proj)",
+                  xlabel="embedding dimension", ylabel="patch (sequence position)")
+    fig.colorbar(shown, ax=ax_tokens, label="embedding value")
+    return fig
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__file__, __doc__, argv)
+    subject = load_subject(args)
+    model, geo = subject.model, geometry(subject.model)
+    shown = subject.pick(8 if subject.small else 4)
+    images = subject.inputs(shown.images)  # (B, 3, S, S) normalised, at the model's input size
+
+    with torch.no_grad():
+        pixel_rows = patchify(images, geo.patch_size)  # (B, patches, 3 * p * p)
+        by_hand = embed_by_hand(model, images)  # (B, patches, hidden)
+        by_torchvision = model._process_input(images)  # conv_proj, then (B, hidden, g, g) -> (B, patches, hidden)
+    largest = check_equal(by_hand, by_torchvision)
+
+    hidden = by_hand.shape[-1]
+    explain(f"""
+        Model: {subject.name}. Its input is {geo.image_size}x{geo.image_size} pixels, cut into a {geo.grid_size}x
+        {geo.grid_size} grid of {geo.patch_size}x{geo.patch_size} patches: a sequence of {geo.num_patches} patches.
+
+        einops cut {images.shape[0]} images into {tuple(pixel_rows.shape)} (images, patches, values per patch).
+        Multiplying by conv_proj's weights reshaped to a ({hidden}, {pixel_rows.shape[-1]}) matrix gave
+        {tuple(by_hand.shape)}; torchvision's strided convolution gave {tuple(by_torchvision.shape)}. Largest
+        difference: {largest:.2e}, float rounding only. Asserted: flatten + linear == conv_proj.
+
+        The encoder then puts one learned class token in front and adds a position embedding to every token, so
+        it works on {geo.num_tokens} tokens of {hidden} numbers each. Nothing in the encoder knows these came from
+        an image: to it they are words.
+    """)
+    first = images[0]
+    save(figure_patch_grid(first, geo.grid_size, geo.patch_size, f"{subject.name}: an image as patches"),
+         args.out, FIGURES[0])
+    save(figure_patches_to_tokens(first, pixel_rows[0], by_hand[0], geo.grid_size, geo.patch_size), args.out,
+         FIGURES[1])
+    print_questions(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
