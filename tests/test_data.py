@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +29,17 @@ from vitlab.data import (
 )
 from vitlab.errors import DataUnavailableError, VitlabError
 from vitlab.shapes import SHAPE_CLASSES, make_shapes
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Belt and braces: a connection attempt from any test here fails instead of reaching the internet."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network access is disabled in vitlab's data tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # BatchTransform
@@ -172,9 +184,11 @@ def test_shape_masks_are_whole_shapes_of_the_right_size_and_kind() -> None:
     assert 0.65 < by_class["circle"].mean() < 0.85  # pi / 4 = 0.785
     assert 0.4 < by_class["triangle"].mean() < 0.62 and 0.4 < by_class["cross"].mean() < 0.7
     triangles = data.masks[data.labels == SHAPE_CLASSES.index("triangle")]
-    top, bottom = (triangles.any(dim=2).int().argmax(dim=1), 31 - triangles.any(dim=2).flip(1).int().argmax(dim=1))
+    rows = triangles.any(dim=2)  # (T, S): which rows each triangle spans
+    top = rows.int().argmax(dim=1)  # (T,) first row with shape pixels (argmax returns the first maximum)
+    bottom = 31 - rows.flip(1).int().argmax(dim=1)  # (T,) last row
     index = torch.arange(len(triangles))
-    assert (triangles[index, top].sum(1) < triangles[index, bottom].sum(1)).all()  # pointing up
+    assert (triangles[index, top].sum(1) < triangles[index, bottom].sum(1)).all()  # narrow top: pointing up
 
 
 def test_shape_pixels_are_one_flat_colour_that_stands_out() -> None:

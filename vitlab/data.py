@@ -56,7 +56,8 @@ class BatchTransform(nn.Module):
     Train (`train=True`): a random horizontal flip (p=0.5) and a random rotation in
     [-max_rotation_degrees, +max_rotation_degrees], done together with the resize as ONE resampling of each image
     (one `grid_sample`), so the image is blurred once rather than three times. Corners that rotate in from outside
-    the image are black, as with torchvision's `RandomRotation`.
+    the image are black, as with torchvision's `RandomRotation`. (Only when shrinking does an antialiased resize
+    come first, because `grid_sample` cannot antialias.)
 
     The switch between the two is the module's own `training` flag, like Dropout: `transform.eval()` turns the
     augmentation off.
@@ -250,7 +251,7 @@ def load_dataset(
         DataUnavailableError: the data is missing and cannot be downloaded, or is corrupt or unreadable.
     """
     if name in ("cifar100", "cifar10"):
-        splits = _load_cifar(name, Path(data_dir), val_size, seed, download)
+        splits = _load_cifar(name, Path(data_dir).expanduser(), val_size, seed, download)
     elif name == "shapes":
         from vitlab.shapes import make_shapes  # imported here because vitlab.shapes imports this module
 
@@ -260,7 +261,7 @@ def load_dataset(
             "shapes", make_shapes(8000, train_seed), make_shapes(1000, val_seed), make_shapes(1000, test_seed)
         )
     elif name == "folder":
-        splits = _load_folder(Path(data_dir), image_size, seed, progress)
+        splits = _load_folder(Path(data_dir).expanduser(), image_size, seed, progress)
     else:
         raise VitlabError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)}.")
     if subset is not None:
@@ -329,9 +330,14 @@ def _cifar_error(
     # torchvision raises RuntimeError both for "missing" and for "MD5 mismatch"; with files (or a fresh download)
     # on disk it is the mismatch.
     if isinstance(error, _CORRUPT_ERRORS) or (isinstance(error, RuntimeError) and (files_present or download)):
+        how = (
+            "they fail torchvision's MD5 check"
+            if isinstance(error, RuntimeError)
+            else f"{type(error).__name__}: {error}"
+        )
         return DataUnavailableError(
-            f"The {label} files under {data_dir} look corrupt, truncated or incomplete "
-            f"({type(error).__name__}: {error}). Delete {folder} and {archive}, then run again with downloading "
+            f"The {label} files under {data_dir} look corrupt, truncated or incomplete ({how}). "
+            f"Delete {folder} and {archive}, then run again with downloading "
             f"allowed to fetch fresh copies from {url} (or copy intact files there by hand)."
         )
     if isinstance(error, _NETWORK_ERRORS):

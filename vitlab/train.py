@@ -108,21 +108,25 @@ class RunningMetrics:
     """Loss and accuracy sums kept on the device; `read()` is the only place that syncs with the host."""
 
     def __init__(self, device: torch.device) -> None:
-        self.totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        self.totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct predictions
+        self.count = 0  # images seen: a host-side int, known without asking the device
 
     def update(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
         correct = (logits.argmax(dim=-1) == labels).sum()
-        batch = labels.new_tensor(labels.shape[0])
-        self.totals += torch.stack([loss.detach().double() * labels.shape[0], correct.double(), batch.double()])
+        self.totals += torch.stack([loss.detach().double() * labels.shape[0], correct.double()])
+        self.count += labels.shape[0]
 
     def all_reduce(self) -> None:
         """Sum the totals over every process of a distributed run (no-op when not distributed)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.totals)
+            count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.totals.device)
+            both = torch.cat([self.totals, count])
+            torch.distributed.all_reduce(both)
+            self.totals, self.count = both[:2], int(both[2].item())
 
     def read(self) -> dict[str, float]:
-        loss_sum, correct, count = self.totals.tolist()
-        return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "count": int(count)}
+        loss_sum, correct = self.totals.tolist()
+        return {"loss": loss_sum / max(self.count, 1), "acc": correct / max(self.count, 1), "count": self.count}
 
 
 def train_step(

@@ -1,0 +1,141 @@
+"""Lesson 3: position embeddings, and what the class token is.
+
+Attention treats its input as a set: shuffle the patches and every token would get the same output, shuffled.
+So before the first block the ViT adds a learned vector to each token that says where it is, the position
+embedding. Nobody tells the model that the patches form a grid; it learns that from data. The ViT paper's
+Figure 7 (centre) shows it: the cosine similarity of each position's embedding with all others, one small map per
+position, and nearby positions are similar. The lesson draws that grid of grids and measures similarity against
+distance.
+
+The class token is one more learned vector, put in front of the patches. It enters the encoder identical for
+every image, gathers information from the patches through attention, and its output alone feeds the classifier.
+The lesson measures how it stops being identical, block by block.
+
+Builds on: vitlab/attention.py (`position_embedding_similarity`, `patch_distances`), vitlab/capture.py
+(`capture_forward`: hidden states), vitlab/plotting.py (`plot_position_similarity`).
+
+Run: python lessons/03_position_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Figures: position_similarity.png (grid of grids), similarity_vs_distance.png (similarity against distance between
+positions; the class token across images, block by block).
+
+Questions:
+1. Neighbouring positions end up with similar embeddings, yet the model was never told that patches form a grid.
+   What in the training data could have taught it?
+2. The paper's ViT-B/16 shows row and column stripes in the similarity maps. Look for them in your figure: what
+   would they let the model do that a blob around each position would not?
+3. The class token enters identical for all images and leaves different. Through which operation does
+   information reach it, and why can it not be the MLP?
+4. Fine-tuning ViT-B/16 at 384x384 gives a 24x24 grid, but it learned 14x14 position embeddings. What could you
+   do with them? (torchvision interpolates: which interpolation keeps the pattern you see here?)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from _common import explain, load_subject, parse_args, print_questions, run_lesson, save  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from vitlab.attention import patch_distances, position_embedding_similarity  # noqa: E402
+from vitlab.capture import capture_forward, geometry  # noqa: E402
+from vitlab.plotting import plot_position_similarity  # noqa: E402
+
+FIGURES = ("position_similarity.png", "similarity_vs_distance.png")
+
+
+def similarity_by_distance(similarity: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Group the (grid, grid, grid, grid) similarities by distance between positions (in patches).
+
+    Returns: distances (K,), mean, min and max similarity (K,) at each distinct distance, self-pairs left out.
+    """
+    grid = similarity.shape[0]
+    flat = similarity.reshape(grid * grid, grid * grid)  # (patches, patches), row-major positions
+    distances = patch_distances(grid, patch_size=1)  # (patches, patches) in patch units
+    keys = distances.round(decimals=3)
+    values = sorted(set(keys.flatten().tolist()) - {0.0})
+    chosen = [flat[keys == d] for d in values]
+    return (torch.tensor(values), torch.stack([c.mean() for c in chosen]), torch.stack([c.min() for c in chosen]),
+            torch.stack([c.max() for c in chosen]))
+
+
+def class_token_agreement(hidden_states: list[Tensor], class_token: Tensor) -> Tensor:
+    """Mean cosine similarity between the class tokens of different images: at the input, then after each block.
+
+    hidden_states: one (B, tokens, hidden) per block. Returns (blocks + 1,).
+    """
+    batch = hidden_states[0].shape[0]
+    tokens = [class_token.expand(batch, -1)] + [h[:, 0] for h in hidden_states]  # each (B, hidden)
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool)
+    result = []
+    for token in tokens:
+        unit = F.normalize(token, dim=-1)
+        result.append((unit @ unit.T)[off_diagonal].mean())  # (B, B) -> mean over pairs of different images
+    return torch.stack(result)
+
+
+def figure_distance_and_class_token(distance: Tensor, mean: Tensor, low: Tensor, high: Tensor,
+                                    agreement: Tensor, title: str, count: int) -> Figure:
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig.suptitle(title)
+    ax_distance, ax_class = fig.subplots(1, 2)
+    ax_distance.fill_between(distance.numpy(), low.numpy(), high.numpy(), alpha=0.25, label="min to max")
+    ax_distance.plot(distance.numpy(), mean.numpy(), "o-", markersize=3, label="mean")
+    ax_distance.set(xlabel="distance between the two positions (patches)",
+                    ylabel="cosine similarity of position embeddings",
+                    title="Nearby positions have similar embeddings")
+    ax_distance.grid(True, alpha=0.3)
+    ax_distance.legend()
+    ax_class.plot(range(len(agreement)), agreement.numpy(), "o-")
+    ax_class.set(xlabel="block (0 = encoder input)", ylabel="mean cosine similarity between images",
+                 title=f"The class token of {count} images, block by block", ylim=(min(0, agreement.min()) - 0.05,
+                                                                                  1.05))
+    ax_class.xaxis.get_major_locator().set_params(integer=True)
+    ax_class.grid(True, alpha=0.3)
+    return fig
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__file__, __doc__, argv)
+    subject = load_subject(args)
+    model, geo = subject.model, geometry(subject.model)
+
+    similarity = position_embedding_similarity(model)  # (grid, grid, grid, grid)
+    distance, mean, low, high = similarity_by_distance(similarity)
+
+    shown = subject.pick(16 if subject.small else 4)
+    with torch.no_grad():
+        _, captured = capture_forward(model, subject.inputs(shown.images))
+        # What the class token is at the encoder input: the learned vector plus its own position embedding.
+        class_token_in = (model.class_token + model.encoder.pos_embedding[:, :1])[0]  # (1, hidden)
+        agreement = class_token_agreement(captured.hidden_states, class_token_in)
+
+    explain(f"""
+        Model: {subject.name}. encoder.pos_embedding has shape {tuple(model.encoder.pos_embedding.shape)}: one
+        learned vector for the class token and one for each of the {geo.num_patches} patch positions.
+
+        Position embeddings: adjacent positions (distance 1) have mean cosine similarity {mean[0]:.2f}; positions
+        {distance[-1]:.1f} patches apart (opposite corners) have {mean[-1]:.2f}. The model learned the 2-D layout
+        of the grid from data.
+
+        The class token (model.class_token, shape {tuple(model.class_token.shape)}) is the same learned vector
+        for every image: across {shown.images.shape[0]} images its cosine similarity at the encoder input is
+        {agreement[0]:.2f}, after block 1 it is {agreement[1]:.2f} and after the last block {agreement[-1]:.2f}.
+        Attention filled it with what it read from the patches; the classifier looks only at it.
+    """)
+    save(plot_position_similarity(similarity), args.out, FIGURES[0])
+    save(figure_distance_and_class_token(distance, mean, low, high, agreement, subject.name,
+                                         shown.images.shape[0]), args.out, FIGURES[1])
+    print_questions(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Lesson 4: one attention head, seen from the class token.
+
+In every block each head computes, for every token, a probability distribution over all tokens: where that token
+reads from. The classifier only looks at the class token, so the first map worth drawing is the class token's row:
+how much of what the class token reads comes from each patch. The lesson draws it for every head of one block
+(the last by default), over several images, and measures each head: how many patches it spreads over and, on the
+shapes, how much of it lands on the object.
+
+Builds on: vitlab/capture.py (`capture_forward`: attention probabilities), vitlab/attention.py (`cls_attention`,
+`attention_mass_ratio`, `patch_coverage`), vitlab/plotting.py (`draw_overlay`).
+
+Run: python lessons/04_attention_heads.py [--block N] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Figures: cls_attention_heads.png (images x heads of one block), heads_all_blocks.png (one image, every block and
+head).
+
+Questions:
+1. Each map is one row of a softmax, so it sums to 1 over all tokens. Why does it not sum to 1 over the patches
+   you see? Where does the rest go?
+2. Two heads of the same block can look at very different places. What would be lost if all heads agreed?
+3. An "effective number of patches" of 1 means a head reads one patch; of 64 (the demo's whole grid) means it
+   reads all evenly. Which heads of your model are focused, which diffuse, and does that change with --block?
+4. Is a head that attends to the object proof that the model uses the object to decide? What else would you need
+   to check? (Lessons 10 and 11 come back to this.)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
+
+import torch  # noqa: E402
+from _common import (  # noqa: E402
+    explain,
+    load_subject,
+    parse_args,
+    prediction_names,
+    print_questions,
+    run_lesson,
+    save,
+)
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from vitlab.attention import attention_mass_ratio, cls_attention, patch_coverage  # noqa: E402
+from vitlab.capture import capture_forward, geometry  # noqa: E402
+from vitlab.errors import VitlabError  # noqa: E402
+from vitlab.plotting import draw_overlay  # noqa: E402
+
+FIGURES = ("cls_attention_heads.png", "heads_all_blocks.png")
+
+
+def effective_patches(maps: Tensor) -> Tensor:
+    """exp(entropy) of each map renormalised over the patches: (B, heads, g, g) -> (B, heads)."""
+    p = maps.flatten(2)
+    p = p / p.sum(dim=-1, keepdim=True)
+    return torch.exp(-(p * p.clamp(min=1e-12).log()).sum(dim=-1))
+
+
+def figure_heads(images: Tensor, maps: Tensor, row_titles: list[str], title: str) -> Figure:
+    """Rows of images: the image, then the map of each head over it. maps: (B, heads, g, g)."""
+    rows, heads = maps.shape[:2]
+    fig = Figure(figsize=(1.9 * (heads + 1), 2.1 * rows + 0.6), layout="constrained")
+    fig.suptitle(title)
+    axes = fig.subplots(rows, heads + 1, squeeze=False)
+    for row in range(rows):
+        draw_overlay(axes[row, 0], images[row], None, title=row_titles[row])
+        for head in range(heads):
+            draw_overlay(axes[row, head + 1], images[row], maps[row, head], title=f"head {head}")
+    return fig
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+        "--block", type=int, default=None, metavar="N", help="which encoder block, 1 = first (default: the last)"))
+    subject = load_subject(args)
+    model, geo = subject.model, geometry(subject.model)
+    num_blocks = len(model.encoder.layers)
+    block = num_blocks if args.block is None else args.block
+    if not 1 <= block <= num_blocks:
+        raise VitlabError(f"--block {block} is out of range: this model has blocks 1 to {num_blocks}.")
+
+    measured = subject.examples.take(64 if subject.small else 8)
+    with torch.no_grad():
+        _, captured = capture_forward(model, subject.inputs(measured.images))
+    attention = captured.attentions[block - 1]  # (B, heads, tokens, tokens)
+    maps = cls_attention(attention, geo)  # (B, heads, g, g)
+    heads = maps.shape[1]
+    spread = effective_patches(maps).mean(dim=0)  # (heads,)
+    on_patches = maps.flatten(2).sum(dim=-1).mean(dim=0)  # (heads,) the rest goes to the class token itself
+    lines = [f"  head {h}: spreads over {spread[h]:5.1f} of {geo.num_patches} patches (effective), "
+             f"{100 * on_patches[h]:3.0f}% of its attention on patches" for h in range(heads)]
+    if measured.masks is not None:
+        objects = patch_coverage(measured.masks, geo.patch_size) > 0  # (B, patches)
+        for h in range(heads):
+            ratio = attention_mass_ratio(maps[:, h].flatten(1), objects)
+            lines[h] += f", object mass ratio {ratio:.2f}"
+
+    explain(f"""
+        Model: {subject.name}. Block {block} of {num_blocks} has {heads} heads. For each, the class token's row of
+        attention over the {geo.grid_size}x{geo.grid_size} patches, measured on {measured.images.shape[0]} test
+        images (object mass ratio: attention on object patches relative to the object's share of the image; 1.0
+        is chance):
+    """)
+    print("\n".join(lines) + "\n")
+
+    shown = subject.pick(4)
+    inputs = subject.inputs(shown.images)  # (4, 3, S, S)
+    with torch.no_grad():
+        shown_logits, shown_captured = capture_forward(model, inputs)
+    predicted = prediction_names(subject, shown_logits)
+    titles = [f"pred: {p}" + (f"\ntrue: {subject.label_name(int(t))}" if subject.labels_match else "")
+              for p, t in zip(predicted, shown.labels, strict=True)]
+    maps_shown = cls_attention(shown_captured.attentions[block - 1], geo)  # (4, heads, g, g)
+    save(figure_heads(inputs, maps_shown, titles,
+                      f"{subject.name}: class-token attention, block {block}, every head "
+                      f"(each map scaled to its own maximum)"), args.out, FIGURES[0])
+    per_block = torch.stack([cls_attention(a, geo)[0] for a in shown_captured.attentions])  # (blocks, heads, g, g)
+    save(figure_heads(inputs[:1].expand(num_blocks, -1, -1, -1), per_block,
+                      [f"block {b + 1}" for b in range(num_blocks)],
+                      f"{subject.name}: class-token attention of one image, every block and head"),
+         args.out, FIGURES[1])
+    print_questions(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
