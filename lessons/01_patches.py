@@ -31,16 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _common import explain, load_subject, parse_args, print_questions, run_lesson, save  # noqa: E402
-from einops import rearrange  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchvision.models import VisionTransformer  # noqa: E402
+import numpy as np
+import torch
+from einops import rearrange
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.models import VisionTransformer
 
-from vitlab.capture import geometry  # noqa: E402
-from vitlab.plotting import draw_overlay, to_display  # noqa: E402
+from _common import explain, load_subject, parse_args, print_questions, run_lesson, save
+from vitlab.capture import geometry
+from vitlab.plotting import draw_overlay, to_display
 
 FIGURES = ("patch_grid.png", "patches_to_tokens.png")
 
@@ -109,7 +109,9 @@ def figure_patches_to_tokens(image: Tensor, pixel_rows: Tensor, tokens: Tensor, 
     ax_pixels.set(title=f"2. Flatten: one row of 3x{patch}x{patch} = {pixel_rows.shape[1]} values per patch",
                   xlabel="value index (channel, row, column)", ylabel="patch (sequence position)")
     fig.colorbar(shown, ax=ax_pixels, label="normalised pixel value")
-    shown = ax_tokens.imshow(tokens.numpy(), aspect="auto", cmap="coolwarm", interpolation="nearest")
+    limit = tokens.abs().max().item()  # symmetric colour scale: white is 0
+    shown = ax_tokens.imshow(tokens.numpy(), aspect="auto", cmap="coolwarm", interpolation="nearest",
+                             vmin=-limit, vmax=limit)
     ax_tokens.set(title=f"3. Linear: {tokens.shape[1]} features per patch (= conv_proj)",
                   xlabel="embedding dimension", ylabel="patch (sequence position)")
     fig.colorbar(shown, ax=ax_tokens, label="embedding value")
@@ -132,8 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hidden = by_hand.shape[-1]
     explain(f"""
-        Model: {subject.name}. Its input is {geo.image_size}x{geo.image_size} pixels, cut into a {geo.grid_size}x
-        {geo.grid_size} grid of {geo.patch_size}x{geo.patch_size} patches: a sequence of {geo.num_patches} patches.
+        Model: {subject.name}. Its input is {geo.image_size}x{geo.image_size} pixels, cut into a
+        {geo.grid_size}x{geo.grid_size} grid of {geo.patch_size}x{geo.patch_size} patches: a sequence of
+        {geo.num_patches} patches.
 
         einops cut {images.shape[0]} images into {tuple(pixel_rows.shape)} (images, patches, values per patch).
         Multiplying by conv_proj's weights reshaped to a ({hidden}, {pixel_rows.shape[-1]}) matrix gave

@@ -2,58 +2,82 @@
 
 Lesson 1 showed that the patch embedding is one matrix: each of its rows (one per hidden unit) is a filter of
 3 x p x p numbers, dotted with every patch. Principal component analysis of those filters shows the basis the
-model uses to describe a patch, as in the ViT paper's Figure 7 (left): smooth colour blobs and low-frequency
-stripes, like the first filters of a CNN. The lesson compares the trained filters with the same model's random
-initialisation: training concentrates the filters on a few directions.
+model uses to describe a patch, as in the ViT paper's Figure 7 (left), where ViT-B/16's components look like
+smooth colour blobs and low-frequency stripes.
 
-Builds on: vitlab/attention.py (`patch_filter_components`), vitlab/plotting.py (`plot_filter_components`).
+A model trained briefly from scratch, like the demo vit_tiny, still carries most of its random initialisation in
+these filters, and random filters have no preferred directions. So for a vitlab run the lesson also rebuilds the
+exact starting point (vitlab.finetune seeds torch with the run's seed right before building the model) and
+analyses what training added: the change W_trained - W_init. That change is where the structure is.
+
+Builds on: vitlab/attention.py (`patch_filter_components`), vitlab/model.py (`build_model`),
+vitlab/plotting.py (`plot_filter_components`).
 
 Run: python lessons/02_patch_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
-Figures: filter_components.png (the first 28 principal components as images), explained_variance.png (how much
-of the filters' variance the first components explain, trained vs random).
+Figures: filter_components.png (the first 28 principal components of the trained filters, as images),
+training_change_components.png (the same for W_trained - W_init), explained_variance.png (how much variance the
+first components explain: trained, initial, and the change).
 
 Questions:
-1. The first component usually shows brightness or colour, not an edge. Why would a model care most about the
-   average colour of a patch? (Think of what separates the shapes from their background.)
-2. The demo model's patches are 4x4 pixels: 48 numbers. How many principal components can its filters have at
-   most, and how many does ViT-B/16 (16x16 patches, 768 filters) have?
-3. Random filters spread their variance over all components almost evenly. What does the steeper curve of the
-   trained filters tell you about what the model learned?
+1. Random filters spread their variance over all components almost evenly. Why? What does a steep curve (a few
+   components explain most) tell you about a set of filters?
+2. Look at the first components of the change: do they respond to brightness, to colour, to edges? Which of these
+   separates a bright shape from a dark, noisy background?
+3. The demo model's patches are 4x4 pixels, 48 numbers. How many principal components can its 64 filters have?
+   And ViT-B/16's 768 filters of 16x16x3?
+4. The demo filters moved only about a tenth of their size away from their initialisation (the lesson prints the
+   number), yet the model is over 99% accurate. How can so small a change matter so much?
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
-import torch  # noqa: E402
-from _common import explain, load_subject, parse_args, print_questions, run_lesson, save  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchvision.models import VisionTransformer  # noqa: E402
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.models import VisionTransformer
 
-from vitlab.attention import patch_filter_components  # noqa: E402
-from vitlab.plotting import plot_filter_components  # noqa: E402
+from _common import Subject, explain, load_subject, parse_args, print_questions, run_lesson, save
+from vitlab.attention import patch_filter_components
+from vitlab.model import build_model
+from vitlab.plotting import plot_filter_components
 
-FIGURES = ("filter_components.png", "explained_variance.png")
-
-
-def random_twin(model: VisionTransformer) -> VisionTransformer:
-    """A model of the same shape at its random initialisation (fixed seed), for comparison."""
-    torch.manual_seed(0)
-    return VisionTransformer(image_size=model.image_size, patch_size=model.patch_size,
-                             num_layers=len(model.encoder.layers), num_heads=model.encoder.layers[0].num_heads,
-                             hidden_dim=model.hidden_dim, mlp_dim=model.mlp_dim)
+FIGURES = ("filter_components.png", "training_change_components.png", "explained_variance.png")
 
 
-def figure_explained_variance(trained: Tensor, random: Tensor, title: str) -> Figure:
-    """Cumulative explained variance against the number of components, trained vs random filters."""
+def initial_filters(subject: Subject) -> Tensor | None:
+    """conv_proj's weights before training, rebuilt from the run's seed; None for the ImageNet model.
+
+    vitlab.finetune calls torch.manual_seed(seed) and then build_model(...): doing the same gives the same
+    random initialisation (for a model trained from scratch).
+    """
+    config = subject.run_config
+    if config is None or config.get("pretrained") not in (None, "none") or config["arch"] != "vit_tiny":
+        return None
+    torch.manual_seed(config["seed"])
+    model = build_model(config["arch"], num_classes=len(subject.classes), pretrained=False)
+    return model.conv_proj.weight.detach()
+
+
+def components_of(model: VisionTransformer, filters: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """patch_filter_components on a copy of `model` whose conv_proj holds `filters` (D, 3, p, p)."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.conv_proj.weight.copy_(filters)
+    return patch_filter_components(twin, num_components=count)
+
+
+def figure_explained_variance(curves: dict[str, Tensor], title: str) -> Figure:
+    """Cumulative explained variance against the number of components, one line per set of filters."""
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for ratios, label in ((trained, "trained filters"), (random, "random initialisation")):
+    for label, ratios in curves.items():
         ax.plot(range(1, len(ratios) + 1), 100 * ratios.cumsum(0).numpy(), "o-", markersize=3, label=label)
     ax.set(xlabel="number of principal components", ylabel="variance explained (%, cumulative)",
            title=title, ylim=(0, 101))
@@ -67,27 +91,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__file__, __doc__, argv)
     subject = load_subject(args)
     model = subject.model
-    filters = model.conv_proj.weight  # (hidden, 3, p, p)
-    dims = filters[0].numel()
+    trained = model.conv_proj.weight.detach()  # (hidden, 3, p, p)
+    dims = trained[0].numel()
+    most = min(dims, trained.shape[0])
     components, explained = patch_filter_components(model, num_components=28)
-    _, explained_all = patch_filter_components(model, num_components=dims)
-    _, random_all = patch_filter_components(random_twin(model), num_components=dims)
-
+    _, trained_all = patch_filter_components(model, num_components=most)
+    curves = {"trained filters": trained_all}
     top = 5
-    explain(f"""
-        Model: {subject.name}. conv_proj holds {filters.shape[0]} filters of shape {tuple(filters.shape[1:])}, so
-        each filter is a point in {dims} dimensions and there are at most {min(dims, filters.shape[0])} principal
-        components.
 
-        Trained: the first {top} components explain {100 * explained_all[:top].sum():.0f}% of the variance of the
-        filters (the first alone {100 * explained_all[0]:.0f}%). Random initialisation: {100 * random_all[:top].sum():.0f}%.
-        Training made the filters agree on a few directions: these are the patterns the model measures in
-        every patch. In filter_components.png each component is stretched to the full display range on its own, so
-        compare patterns, not brightness, between panels.
+    explain(f"""
+        Model: {subject.name}. conv_proj holds {trained.shape[0]} filters of shape {tuple(trained.shape[1:])}:
+        each filter is a point in {dims} dimensions, so there are at most {most} principal components. The first
+        {top} components of the trained filters explain {100 * trained_all[:top].sum():.0f}% of their variance.
     """)
     save(plot_filter_components(components, explained), args.out, FIGURES[0])
-    save(figure_explained_variance(explained_all, random_all,
-                                   f"{subject.name}: patch-embedding filters"), args.out, FIGURES[1])
+
+    initial = initial_filters(subject)
+    if initial is not None and (trained - initial).norm() > initial.norm():
+        initial = None  # moved more than its own size: this is not the run's starting point after all
+    if initial is None:
+        print("  (no training_change_components.png: the starting weights of this model are not known here)\n")
+    else:
+        change = trained - initial
+        _, initial_all = components_of(model, initial, most)
+        change_components, change_explained = components_of(model, change, 28)
+        _, change_all = components_of(model, change, most)
+        curves["initial (random) filters"] = initial_all
+        curves["what training changed"] = change_all
+        explain(f"""
+            The run started from seed {subject.run_config['seed']}; rebuilding that initialisation shows training
+            moved the filters by {100 * change.norm() / initial.norm():.0f}% of their size. First {top}
+            components: initial random filters {100 * initial_all[:top].sum():.0f}%, trained filters
+            {100 * trained_all[:top].sum():.0f}%, the change W_trained - W_init {100 * change_all[:top].sum():.0f}%.
+            Where the change is concentrated, training moved all filters along a few shared directions: those are
+            what the model learned to measure in a patch.
+        """)
+        fig = plot_filter_components(change_components, change_explained)
+        fig.suptitle("Principal components of what training changed in the filters (W_trained - W_init)")
+        save(fig, args.out, FIGURES[1])
+    print("Each component is stretched to the full display range on its own: compare patterns, not brightness.\n")
+    save(figure_explained_variance(curves, f"{subject.name}: patch-embedding filters"), args.out, FIGURES[2])
     print_questions(__doc__)
     return 0
 

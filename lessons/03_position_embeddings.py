@@ -37,32 +37,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from _common import explain, load_subject, parse_args, print_questions, run_lesson, save  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
 
-from vitlab.attention import patch_distances, position_embedding_similarity  # noqa: E402
-from vitlab.capture import capture_forward, geometry  # noqa: E402
-from vitlab.plotting import plot_position_similarity  # noqa: E402
+from _common import explain, load_subject, parse_args, print_questions, run_lesson, save
+from vitlab.attention import patch_distances, position_embedding_similarity
+from vitlab.capture import capture_forward, geometry
+from vitlab.plotting import plot_position_similarity
 
 FIGURES = ("position_similarity.png", "similarity_vs_distance.png")
 
 
-def similarity_by_distance(similarity: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Group the (grid, grid, grid, grid) similarities by distance between positions (in patches).
+def similarity_by_distance(similarity: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean similarity at each distance (in patches), for pairs in the same row or column and for the others.
 
-    Returns: distances (K,), mean, min and max similarity (K,) at each distinct distance, self-pairs left out.
+    similarity: (grid, grid, grid, grid). Returns {"same row or column": (distances, means), "other pairs": ...},
+    self-pairs left out.
     """
     grid = similarity.shape[0]
     flat = similarity.reshape(grid * grid, grid * grid)  # (patches, patches), row-major positions
-    distances = patch_distances(grid, patch_size=1)  # (patches, patches) in patch units
-    keys = distances.round(decimals=3)
-    values = sorted(set(keys.flatten().tolist()) - {0.0})
-    chosen = [flat[keys == d] for d in values]
-    return (torch.tensor(values), torch.stack([c.mean() for c in chosen]), torch.stack([c.min() for c in chosen]),
-            torch.stack([c.max() for c in chosen]))
+    distances = patch_distances(grid, patch_size=1).round(decimals=3)  # (patches, patches) in patch units
+    rows = torch.arange(grid * grid) // grid
+    cols = torch.arange(grid * grid) % grid
+    aligned = (rows[:, None] == rows[None, :]) | (cols[:, None] == cols[None, :])  # (patches, patches)
+    result = {}
+    for name, pairs in (("same row or column", aligned), ("other pairs", ~aligned)):
+        values = sorted(set(distances[pairs].tolist()) - {0.0})
+        means = torch.stack([flat[pairs & (distances == d)].mean() for d in values])
+        result[name] = (torch.tensor(values), means)
+    return result
 
 
 def class_token_agreement(hidden_states: list[Tensor], class_token: Tensor) -> Tensor:
@@ -80,22 +85,23 @@ def class_token_agreement(hidden_states: list[Tensor], class_token: Tensor) -> T
     return torch.stack(result)
 
 
-def figure_distance_and_class_token(distance: Tensor, mean: Tensor, low: Tensor, high: Tensor,
-                                    agreement: Tensor, title: str, count: int) -> Figure:
+def figure_distance_and_class_token(by_distance: dict[str, tuple[Tensor, Tensor]], agreement: Tensor,
+                                    title: str, count: int) -> Figure:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     fig.suptitle(title)
     ax_distance, ax_class = fig.subplots(1, 2)
-    ax_distance.fill_between(distance.numpy(), low.numpy(), high.numpy(), alpha=0.25, label="min to max")
-    ax_distance.plot(distance.numpy(), mean.numpy(), "o-", markersize=3, label="mean")
+    for name, (distance, mean) in by_distance.items():
+        ax_distance.plot(distance.numpy(), mean.numpy(), "o-", markersize=4, label=name)
+    ax_distance.axhline(0, color="grey", linewidth=0.8)
     ax_distance.set(xlabel="distance between the two positions (patches)",
-                    ylabel="cosine similarity of position embeddings",
-                    title="Nearby positions have similar embeddings")
+                    ylabel="mean cosine similarity of position embeddings",
+                    title="Position embeddings: similarity against distance")
     ax_distance.grid(True, alpha=0.3)
     ax_distance.legend()
     ax_class.plot(range(len(agreement)), agreement.numpy(), "o-")
     ax_class.set(xlabel="block (0 = encoder input)", ylabel="mean cosine similarity between images",
-                 title=f"The class token of {count} images, block by block", ylim=(min(0, agreement.min()) - 0.05,
-                                                                                  1.05))
+                 title=f"The class token of {count} images, block by block",
+                 ylim=(min(0.0, agreement.min().item()) - 0.05, 1.05))
     ax_class.xaxis.get_major_locator().set_params(integer=True)
     ax_class.grid(True, alpha=0.3)
     return fig
@@ -108,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, geo = subject.model, geometry(subject.model)
 
     similarity = position_embedding_similarity(model)  # (grid, grid, grid, grid)
-    distance, mean, low, high = similarity_by_distance(similarity)
+    by_distance = similarity_by_distance(similarity)
+    aligned_distance, aligned_mean = by_distance["same row or column"]
+    _, other_mean = by_distance["other pairs"]
 
     shown = subject.pick(16 if subject.small else 4)
     with torch.no_grad():
@@ -121,9 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Model: {subject.name}. encoder.pos_embedding has shape {tuple(model.encoder.pos_embedding.shape)}: one
         learned vector for the class token and one for each of the {geo.num_patches} patch positions.
 
-        Position embeddings: adjacent positions (distance 1) have mean cosine similarity {mean[0]:.2f}; positions
-        {distance[-1]:.1f} patches apart (opposite corners) have {mean[-1]:.2f}. The model learned the 2-D layout
-        of the grid from data.
+        Position embeddings, mean cosine similarity: neighbours (distance 1) {aligned_mean[0]:.2f}; other
+        positions in the same row or column {aligned_mean[1:].mean():.2f}; positions sharing neither
+        {other_mean.mean():.2f}. Random vectors would give about 0 everywhere. Whatever structure you see, the
+        model learned from data: nothing told it the patches form a grid.
 
         The class token (model.class_token, shape {tuple(model.class_token.shape)}) is the same learned vector
         for every image: across {shown.images.shape[0]} images its cosine similarity at the encoder input is
@@ -131,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Attention filled it with what it read from the patches; the classifier looks only at it.
     """)
     save(plot_position_similarity(similarity), args.out, FIGURES[0])
-    save(figure_distance_and_class_token(distance, mean, low, high, agreement, subject.name,
-                                         shown.images.shape[0]), args.out, FIGURES[1])
+    save(figure_distance_and_class_token(by_distance, agreement, subject.name, shown.images.shape[0]),
+         args.out, FIGURES[1])
     print_questions(__doc__)
     return 0
 

@@ -7,7 +7,7 @@ how much of what the class token reads comes from each patch. The lesson draws i
 shapes, how much of it lands on the object.
 
 Builds on: vitlab/capture.py (`capture_forward`: attention probabilities), vitlab/attention.py (`cls_attention`,
-`attention_mass_ratio`, `patch_coverage`), vitlab/plotting.py (`draw_overlay`).
+`attention_mass_ratio`), vitlab/plotting.py (`draw_overlay`).
 
 Run: python lessons/04_attention_heads.py [--block N] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
 Figures: cls_attention_heads.png (images x heads of one block), heads_all_blocks.png (one image, every block and
@@ -31,23 +31,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
-import torch  # noqa: E402
-from _common import (  # noqa: E402
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from _common import (
     explain,
     load_subject,
+    object_patches,
     parse_args,
     prediction_names,
     print_questions,
     run_lesson,
     save,
 )
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from vitlab.attention import attention_mass_ratio, cls_attention, patch_coverage  # noqa: E402
-from vitlab.capture import capture_forward, geometry  # noqa: E402
-from vitlab.errors import VitlabError  # noqa: E402
-from vitlab.plotting import draw_overlay  # noqa: E402
+from vitlab.attention import attention_mass_ratio, cls_attention
+from vitlab.capture import capture_forward, geometry
+from vitlab.errors import VitlabError
+from vitlab.plotting import draw_overlay
 
 FIGURES = ("cls_attention_heads.png", "heads_all_blocks.png")
 
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [f"  head {h}: spreads over {spread[h]:5.1f} of {geo.num_patches} patches (effective), "
              f"{100 * on_patches[h]:3.0f}% of its attention on patches" for h in range(heads)]
     if measured.masks is not None:
-        objects = patch_coverage(measured.masks, geo.patch_size) > 0  # (B, patches)
+        objects = object_patches(measured.masks, geo)  # (B, patches)
         for h in range(heads):
             ratio = attention_mass_ratio(maps[:, h].flatten(1), objects)
             lines[h] += f", object mass ratio {ratio:.2f}"

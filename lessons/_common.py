@@ -35,19 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
-from vitlab.checkpoint import load_trained_model
+from vitlab.attention import patch_coverage
+from vitlab.capture import Geometry
+from vitlab.checkpoint import load_checkpoint, load_trained_model
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, load_dataset
 from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import DataUnavailableError, VitlabError
 from vitlab.model import build_model, weights_cache_file
 from vitlab.plotting import save_figure
-
-LESSONS_DIR = Path(__file__).resolve().parent
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
@@ -74,8 +74,9 @@ def parse_args(
                         "ImageNet ViT-B/16 (needs its cached weights file)")
     parser.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="study the model of a vitlab run instead (its best.pt)")
-    parser.add_argument("--data-dir", metavar="DIR", default="./data",
-                        help="where CIFAR-100 is looked for, for the real model (default: ./data; never downloaded)")
+    parser.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="where CIFAR is looked for, for the real model (default: the checkpoint run's data "
+                        "folder, else ./data); lessons never download it")
     parser.add_argument("--out", metavar="DIR", default=f"lesson_outputs/{name}",
                         help=f"folder for the figures (default: lesson_outputs/{name})")
     parser.add_argument("--threads", type=int, metavar="N", default=None,
@@ -125,6 +126,7 @@ class Subject:
     small: bool  # the default laptop model: lessons size their work by it
     source: str  # "demo", "checkpoint" or "imagenet"
     weights_path: Path | None = None  # the file the weights came from (demo's best.pt, --checkpoint)
+    run_config: dict | None = None  # the vitlab run's settings (seed, arch, ...), None for the ImageNet model
 
     @property
     def examples(self) -> ImageDataset:
@@ -177,8 +179,9 @@ def _demo() -> Subject:
     if not (run_dir / "summary.json").is_file():
         print(f"Training the shared demo model once (about a minute on a laptop CPU); it is cached in {run_dir}.")
     model, splits = load_demo_model()
+    config = load_checkpoint(run_dir / "best.pt")["config"]
     return Subject(model.eval(), "demo vit_tiny (shapes)", list(splits.classes), splits, labels_match=True,
-                   small=True, source="demo", weights_path=run_dir / "best.pt")
+                   small=True, source="demo", weights_path=run_dir / "best.pt", run_config=config)
 
 
 def _from_checkpoint(path: Path, args: argparse.Namespace) -> Subject:
@@ -192,10 +195,10 @@ def _from_checkpoint(path: Path, args: argparse.Namespace) -> Subject:
     if config["dataset"] == "shapes":
         splits = load_dataset("shapes", seed=config["seed"])
         return Subject(model, name, classes, splits, True, small=config["arch"] == "vit_tiny",
-                       source="checkpoint", weights_path=path)
-    splits, matched = _cifar_or_shapes(args.data_dir, config["dataset"])
+                       source="checkpoint", weights_path=path, run_config=config)
+    splits, matched = _cifar_or_shapes(args.data_dir or config["data_dir"], config["dataset"])
     return Subject(model, name, classes, splits, labels_match=matched, small=config["arch"] == "vit_tiny",
-                   source="checkpoint", weights_path=path)
+                   source="checkpoint", weights_path=path, run_config=config)
 
 
 def _imagenet_vit_b_16(args: argparse.Namespace) -> Subject:
@@ -206,10 +209,30 @@ def _imagenet_vit_b_16(args: argparse.Namespace) -> Subject:
         build_model("vit_b_16", num_classes=1000, pretrained=True, trainable_blocks=0)
     # The file's head has 1000 rows = num_classes, so build_model keeps it: predictions are ImageNet classes.
     model = build_model("vit_b_16", num_classes=1000, pretrained=cache_file, trainable_blocks=0)
-    splits, _ = _cifar_or_shapes(args.data_dir, "cifar100")
+    splits, _ = _cifar_or_shapes(args.data_dir or "./data", "cifar100")
     classes = list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
     return Subject(model.eval(), "ViT-B/16 (ImageNet)", classes, splits, labels_match=False, small=False,
                    source="imagenet", weights_path=cache_file)
+
+
+def masks_at(masks: Tensor, geo: Geometry) -> Tensor:
+    """Object masks (B, H, W) bool at the model's input size (B, S, S): the shapes are stored at 32x32, but
+    ViT-B/16 sees them resized to 224x224, so its 16-px patches must be compared with resized masks."""
+    return F.interpolate(masks[:, None].float(), size=geo.image_size, mode="nearest")[:, 0] > 0.5
+
+
+def object_patches(masks: Tensor, geo: Geometry) -> Tensor:
+    """(B, patches) bool: True where a patch of the model's input holds object pixels."""
+    return patch_coverage(masks_at(masks, geo), geo.patch_size) > 0
+
+
+def dataset_on_disk(name: str, data_dir: str) -> bool:
+    """Whether `load_dataset(name, data_dir)` works without downloading anything."""
+    try:
+        load_dataset(name, data_dir, download=False, progress=False)
+    except DataUnavailableError:
+        return False
+    return True
 
 
 def _cifar_or_shapes(data_dir: str, name: str) -> tuple[DataSplits, bool]:
@@ -228,9 +251,10 @@ def _cifar_or_shapes(data_dir: str, name: str) -> tuple[DataSplits, bool]:
 
 
 def explain(text: str) -> None:
-    """Print a paragraph of prose, dedented and wrapped to 100 columns."""
-    paragraphs = textwrap.dedent(text).strip().split("\n\n")
-    print("\n\n".join(textwrap.fill(" ".join(p.split()), width=100) for p in paragraphs) + "\n")
+    """Print prose, dedented; paragraphs are wrapped to 100 columns, except indented ones (tables), kept as typed."""
+    paragraphs = textwrap.dedent(text).strip("\n").split("\n\n")
+    print("\n\n".join(p.rstrip() if p.startswith(" ") else textwrap.fill(" ".join(p.split()), width=100)
+                      for p in paragraphs) + "\n")
 
 
 def save(fig: Figure, out: str | Path, file_name: str) -> Path:

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import math
-import pickle
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
+from conftest import write_fake_cifar100  # the real CIFAR pickle layout, shared with test_finetune
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from vitlab.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchTransform,
-    ImageDataset,
-    batches,
-    denormalize,
-    load_dataset,
-    rotate_flip_resize,
-)
+from vitlab.data import BatchTransform, ImageDataset, batches, denormalize, load_dataset
 from vitlab.errors import DataUnavailableError, VitlabError
 from vitlab.shapes import SHAPE_CLASSES, make_shapes
+from vitlab.transforms import IMAGENET_MEAN, IMAGENET_STD, rotate_flip_resize
 
 
 @pytest.fixture(autouse=True)
@@ -219,44 +210,6 @@ def test_load_shapes_splits_and_subset() -> None:
 CIFAR100_FOLDER = "cifar-100-python"
 
 
-def _write_fake_cifar100(root: Path, n_train: int = 60, n_test: int = 20) -> dict[str, np.ndarray]:
-    """Write root/cifar-100-python/{train,test,meta} the way the real files are laid out; return what was written.
-
-    Each image is a row of 3072 bytes: 1024 red, then 1024 green, then 1024 blue, each 32x32 row-major. The real
-    files are Python 2 pickles whose byte-string keys torchvision reads with encoding="latin1", which makes them
-    Python 3 str keys ("data", "fine_labels", ...): str keys here give torchvision exactly what it sees there.
-    """
-    rng = np.random.default_rng(0)
-    folder = root / CIFAR100_FOLDER
-    folder.mkdir(parents=True)
-    written = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        fine = rng.integers(0, 100, size=n).tolist()
-        entry = {
-            "filenames": [f"{i}.png" for i in range(n)],
-            "batch_label": split,
-            "fine_labels": fine,
-            "coarse_labels": [label // 5 for label in fine],
-            "data": data,
-        }
-        (folder / split).write_bytes(pickle.dumps(entry, protocol=2))
-        written[f"{split}_data"], written[f"{split}_labels"] = data, np.array(fine)
-    meta = {
-        "fine_label_names": [f"class_{i:02d}" for i in range(100)],
-        "coarse_label_names": [f"super_{i:02d}" for i in range(20)],
-    }
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return written
-
-
-@pytest.fixture
-def trust_fake_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Our fabricated files cannot match the real MD5 sums: make torchvision's checks pass, in this test only."""
-    monkeypatch.setattr(torchvision.datasets.CIFAR100, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)  # meta file
-
-
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every download fail the way it does without a network."""
@@ -268,7 +221,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cifar_pixels_labels_and_classes_round_trip(tmp_path: Path, trust_fake_files: None) -> None:
-    written = _write_fake_cifar100(tmp_path)
+    written = write_fake_cifar100(tmp_path)
     splits = load_dataset("cifar100", tmp_path, val_size=10, download=False)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (50, 10, 20)
     assert splits.classes[:2] == ["class_00", "class_01"] and splits.num_classes == 100 and splits.image_size == 32
@@ -285,7 +238,7 @@ def test_cifar_pixels_labels_and_classes_round_trip(tmp_path: Path, trust_fake_f
 
 
 def test_cifar_validation_split_is_seeded(tmp_path: Path, trust_fake_files: None) -> None:
-    _write_fake_cifar100(tmp_path)
+    write_fake_cifar100(tmp_path)
     first = load_dataset("cifar100", tmp_path, val_size=10, seed=1, download=False)
     same = load_dataset("cifar100", tmp_path, val_size=10, seed=1, download=False)
     other = load_dataset("cifar100", tmp_path, val_size=10, seed=2, download=False)
@@ -294,7 +247,7 @@ def test_cifar_validation_split_is_seeded(tmp_path: Path, trust_fake_files: None
 
 
 def test_cifar_subset_keeps_the_first_images_of_each_split(tmp_path: Path, trust_fake_files: None) -> None:
-    _write_fake_cifar100(tmp_path)
+    write_fake_cifar100(tmp_path)
     full = load_dataset("cifar100", tmp_path, val_size=10, download=False)
     small = load_dataset("cifar100", tmp_path, val_size=10, download=False, subset=7)
     for part in ("train", "val", "test"):
@@ -334,7 +287,7 @@ def test_garbage_archive_offline_is_reported(tmp_path: Path, offline: None) -> N
 
 
 def test_truncated_pickle_is_reported_as_corrupt(tmp_path: Path, trust_fake_files: None) -> None:
-    _write_fake_cifar100(tmp_path)
+    write_fake_cifar100(tmp_path)
     train_file = tmp_path / CIFAR100_FOLDER / "train"
     train_file.write_bytes(train_file.read_bytes()[:5000])
     with pytest.raises(DataUnavailableError, match="corrupt"):
@@ -342,7 +295,7 @@ def test_truncated_pickle_is_reported_as_corrupt(tmp_path: Path, trust_fake_file
 
 
 def test_files_failing_md5_are_reported_as_corrupt(tmp_path: Path) -> None:
-    _write_fake_cifar100(tmp_path)  # not the real bytes, so torchvision's own MD5 check rejects them
+    write_fake_cifar100(tmp_path)  # not the real bytes, so torchvision's own MD5 check rejects them
     with pytest.raises(DataUnavailableError, match="corrupt") as caught:
         load_dataset("cifar100", tmp_path, download=False)
     assert "Delete" in str(caught.value)

@@ -69,7 +69,7 @@ def localization_scores(
             model(transform(images))
         maps.append(rollout(captured.attentions).cpu())  # (b, patches)
         coverage = patch_coverage(dataset.masks[start : start + batch_size], model.patch_size)  # (b, patches)
-        object_patches.append(coverage > 0)
+        object_patches.append((coverage > 0).cpu())
     all_maps, all_objects = torch.cat(maps), torch.cat(object_patches)
     random_maps = torch.rand(all_maps.shape, generator=torch.Generator().manual_seed(0))
     return {

@@ -1,0 +1,142 @@
+"""Lesson 6: attention across depth, how far each head looks.
+
+A CNN's early layers can only see a few pixels; its receptive field grows with depth. A ViT head can attend
+anywhere from the first block on. Does it? The ViT paper's Figure 7 (right) answers with the mean attention
+distance: for every query patch, the distance in pixels to the patches it attends to, weighted by attention and
+averaged over queries and images; one dot per head and block. In ViT-B/16 some early heads are local (small
+distance, like a convolution) while others already look across the image, and late heads are nearly all global.
+This lesson measures it on your model and compares it with two references: uniform attention (every patch
+equally) and the same architecture at its random initialisation.
+
+Builds on: vitlab/attention.py (`mean_attention_distance`, `patch_distances`), vitlab/capture.py
+(`capture_forward`), vitlab/plotting.py (`plot_mean_distance`).
+
+Run: python lessons/06_attention_distance.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Figures: attention_distance.png (one dot per head and block, as in the paper), attention_distance_range.png
+(per block: the most local head, the mean and the most global head, trained vs random initialisation).
+
+Questions:
+1. Uniform attention over ViT-B/16's 14x14 grid gives about 116 px, over the demo's 8x8 grid about 16.5 px. Why
+   is the maximum possible value not the image's diagonal?
+2. Do your model's early blocks have local heads? If the demo model has fewer than ViT-B/16, which differences
+   between the two (data, image size, training time, number of heads) could explain it?
+3. A randomly initialised model's heads sit near the uniform value. Why does random attention look "global"?
+4. The paper reports that ViT models pre-trained on more data have more local heads in early blocks. Why might a
+   model learn to imitate a convolution when nobody built one in?
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.models import VisionTransformer
+
+from _common import explain, load_subject, parse_args, print_questions, run_lesson, save
+from vitlab.attention import mean_attention_distance, patch_distances
+from vitlab.capture import capture_forward, geometry
+from vitlab.plotting import plot_mean_distance
+
+FIGURES = ("attention_distance.png", "attention_distance_range.png")
+LOCAL_SHARE = 0.5  # a head is "local" when it looks less than half as far as uniform attention would
+
+
+def distances_of(model: VisionTransformer, inputs: Tensor, batch_size: int) -> Tensor:
+    """Mean attention distance (blocks, heads), averaged over `inputs` in batches."""
+    total, count = None, 0
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        with torch.no_grad():
+            _, captured = capture_forward(model, batch)
+        distance = mean_attention_distance(captured.attentions, model.patch_size) * len(batch)
+        total = distance if total is None else total + distance
+        count += len(batch)
+    return total / count
+
+
+def random_twin(model: VisionTransformer) -> VisionTransformer:
+    """The same architecture at a random initialisation (fixed seed), in eval mode."""
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=model.image_size, patch_size=model.patch_size,
+                             num_layers=len(model.encoder.layers), num_heads=model.encoder.layers[0].num_heads,
+                             hidden_dim=model.hidden_dim, mlp_dim=model.mlp_dim).eval()
+
+
+def figure_range(trained: Tensor, random: Tensor, uniform: float, title: str) -> Figure:
+    """Per block: min, mean and max over heads, for the trained and the random model."""
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    blocks = torch.arange(1, trained.shape[0] + 1).numpy()
+    for values, label in ((trained, "trained"), (random, "random initialisation")):
+        line, = ax.plot(blocks, values.mean(dim=1).numpy(), "o-", label=f"{label}: mean over heads")
+        ax.fill_between(blocks, values.amin(dim=1).numpy(), values.amax(dim=1).numpy(), color=line.get_color(),
+                        alpha=0.2, label=f"{label}: most local to most global head")
+    ax.axhline(uniform, color="grey", linestyle="--", label="uniform attention")
+    ax.set(xlabel="encoder block (depth)", ylabel="mean attention distance (pixels)", title=title,
+           ylim=(0, 1.15 * max(uniform, trained.max().item(), random.max().item())))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__file__, __doc__, argv)
+    subject = load_subject(args)
+    model, geo = subject.model, geometry(subject.model)
+    measured = subject.examples.take(256 if subject.small else 8)
+    inputs = subject.inputs(measured.images)
+    batch_size = 128 if subject.small else 4
+    trained = distances_of(model, inputs, batch_size)  # (blocks, heads)
+    random = distances_of(random_twin(model), inputs, batch_size)
+    uniform = patch_distances(geo.grid_size, geo.patch_size).mean().item()
+
+    local = trained < LOCAL_SHARE * uniform  # (blocks, heads): heads that look much closer than uniform
+    explain(f"""
+        Model: {subject.name}, {geo.grid_size}x{geo.grid_size} patches of {geo.patch_size} px, averaged over
+        {len(inputs)} test images. Uniform attention would give {uniform:.1f} px; a head counts as local here
+        when its distance is under {LOCAL_SHARE:.0%} of that ({LOCAL_SHARE * uniform:.1f} px).
+    """)
+    print("\n".join(
+        f"  block {b + 1:2d}: most local head {trained[b].min():6.1f} px, mean {trained[b].mean():6.1f} px, "
+        f"most global {trained[b].max():6.1f} px, {int(local[b].sum())} local heads "
+        f"(random init: mean {random[b].mean():5.1f} px)" for b in range(trained.shape[0])) + "\n")
+    if local.any():
+        explain(f"""
+            {int(local.sum())} of {local.numel()} heads are local, {int(local[: len(local) // 2].sum())} of them in
+            the first half of the blocks: early blocks mix local and global heads, like the paper's Figure 7.
+        """)
+    else:
+        explain(f"""
+            No head of this model is local: every head, in every block, averages within
+            {(trained - uniform).abs().max():.1f} px of uniform attention. Local heads are not built in; they are
+            learned, in the paper from far more data and training than this model saw.
+        """)
+        if subject.source == "demo":
+            explain("""
+                Lessons 4 and 5 showed why for the demo model: its patches attend to the object wherever it is,
+                so how far they look depends on where the object is, not on depth, and its position embeddings
+                carry little locality (lesson 3). Run with --arch vit_b_16 to see local heads.
+            """)
+    fig = plot_mean_distance(trained, geo.patch_size)
+    ax = fig.axes[0]
+    ax.axhline(uniform, color="grey", linestyle="--", linewidth=1, label="uniform")
+    ax.set_ylim(0, 1.15 * max(uniform, trained.max().item()))  # from 0, as the paper: small differences look small
+    ax.set_title(f"{subject.name}: how far each head looks")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    save(fig, args.out, FIGURES[0])
+    save(figure_range(trained, random, uniform, f"{subject.name}: local and global heads by depth"),
+         args.out, FIGURES[1])
+    print_questions(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

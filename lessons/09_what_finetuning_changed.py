@@ -1,0 +1,197 @@
+"""Lesson 9: what fine-tuning changed, attention before and after.
+
+Lesson 8 froze all but the last blocks and trained. What does that do to attention? The lesson fine-tunes the
+demo model itself, in seconds, on a new task: "is the image warm or cool?", that is, is its mean red above its
+mean blue. The old task needed the shape, the new one needs colour. A fresh 2-class head and the last 2 blocks
+train; everything else is frozen.
+Then it runs the model before and after on the same images and compares every block's attention.
+
+What must happen: a frozen block computes with the same weights on the same input, so its attention is
+bit-for-bit identical, and the lesson asserts that with `torch.equal` (it fails loudly if not). The first
+trainable block sees the same input with new weights; the blocks after it see new inputs too. The lesson
+measures the change per block and draws the last block's class-token attention before and after.
+
+Builds on: vitlab/model.py (`freeze_all_but_last`, `count_parameters`), vitlab/train.py (`make_optimizer`,
+`train_step`, `RECIPES`), vitlab/capture.py (`capture_forward`), vitlab/attention.py (`cls_attention`).
+
+Run: python lessons/09_what_finetuning_changed.py [--trainable-blocks N] [--arch vit_b_16 | --checkpoint PATH]
+Figures: attention_change_per_block.png (mean absolute change of the attention probabilities, per block),
+before_after.png (the last block's class-token attention before and after, on the same images).
+
+Questions:
+1. Why is "identical" the right expectation for frozen blocks, and not merely "very close"? What could make it
+   fail in practice (think of dropout, training mode, or fine-tuning the embeddings)?
+2. The first trainable block and the one after it both change. Which of their changes comes from new weights and
+   which from new inputs? How could you separate the two?
+3. The old task needed the outline of the shape, the new one the colour of the whole image. Look at
+   before_after.png: did the class token start reading different patches, and would you have predicted which?
+4. Fine-tuning only the last blocks keeps every earlier map unchanged. Is that an argument for or against
+   reading a fine-tuned model's early-block attention as an explanation of its new task?
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torchvision.models import VisionTransformer
+
+from _common import Subject, explain, load_subject, parse_args, print_questions, run_lesson, save
+from vitlab.attention import cls_attention
+from vitlab.capture import capture_forward, geometry
+from vitlab.errors import VitlabError
+from vitlab.model import count_parameters, freeze_all_but_last
+from vitlab.plotting import draw_overlay
+from vitlab.train import RECIPES, make_criterion, make_optimizer, train_step
+
+FIGURES = ("attention_change_per_block.png", "before_after.png")
+TASK = ("cool", "warm")  # the new task's classes
+
+
+def warm_or_cool(images: Tensor) -> Tensor:
+    """The new task's labels from uint8 images (B, 3, H, W): 1 (warm) when the mean red exceeds the mean blue."""
+    pixels = images.float()
+    return (pixels[:, 0].mean(dim=(1, 2)) > pixels[:, 2].mean(dim=(1, 2))).long()  # (B,)
+
+
+def fine_tune(subject: Subject, trainable_blocks: int, images: Tensor, batch_size: int, epochs: int,
+              ) -> VisionTransformer:
+    """A copy of the model with a fresh 2-class head, trained on the warm-or-cool task; the original is untouched."""
+    model = copy.deepcopy(subject.model)
+    torch.manual_seed(0)
+    model.heads.head = nn.Linear(model.hidden_dim, len(TASK))
+    freeze_all_but_last(model, trainable_blocks)
+    recipe = RECIPES["seed"]  # the notebook's recipe: Adam, lr 1e-3 for every trainable parameter
+    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=False)
+    criterion = make_criterion(recipe)
+    transform = subject.transform  # no augmentation: a few seconds of training, kept simple
+    labels = warm_or_cool(images)
+    model.train()
+    order = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        shuffled = torch.randperm(len(images), generator=order)
+        for start in range(0, len(images), batch_size):
+            index = shuffled[start : start + batch_size]
+            train_step(model, images[index], labels[index], transform, optimizer, criterion)
+    return model.eval()
+
+
+def accuracy(model: VisionTransformer, subject: Subject, images: Tensor) -> float:
+    with torch.no_grad():
+        predicted = model(subject.inputs(images)).argmax(dim=-1)
+    return (predicted == warm_or_cool(images)).float().mean().item()
+
+
+def check_frozen_blocks_identical(before: list[Tensor], after: list[Tensor], frozen: int) -> None:
+    """Assert: the attention of every frozen block is bit-for-bit the same; the last block's is not."""
+    for block in range(frozen):
+        if not torch.equal(before[block], after[block]):
+            largest = (before[block] - after[block]).abs().max().item()
+            raise AssertionError(
+                f"Block {block + 1} was frozen, yet its attention changed (largest difference {largest:.3g}). "
+                f"Frozen weights on identical inputs must give identical attention: something before it trained, "
+                f"or the two forward passes did not run the same way (eval mode, no dropout).")
+    if torch.equal(before[-1], after[-1]):
+        raise AssertionError("The last block trained, yet its attention is unchanged: the fine-tune did nothing.")
+
+
+def figure_change(change: Tensor, frozen: int, title: str) -> Figure:
+    """Bar per block: mean |attention after - before|; frozen blocks labelled as identical."""
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    blocks = list(range(1, len(change) + 1))
+    colours = ["tab:blue" if b <= frozen else "tab:orange" for b in blocks]
+    ax.bar(blocks, change.numpy(), color=colours)
+    for b in blocks:
+        text = "identical\n(torch.equal)" if b <= frozen else f"{change[b - 1]:.2e}"
+        ax.text(b, change[b - 1].item(), text, ha="center", va="bottom", fontsize=8)
+    ax.set(xlabel="encoder block (blue: frozen, orange: fine-tuned)",
+           ylabel="mean |attention after - before|", title=title, xticks=blocks,
+           ylim=(0, 1.3 * change.max().item()))
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def figure_before_after(images: Tensor, before: Tensor, after: Tensor, titles: list[str], title: str) -> Figure:
+    """Row 1 before, row 2 after: (B, g, g) maps over the same images."""
+    count = images.shape[0]
+    fig = Figure(figsize=(2.3 * count, 5.2), layout="constrained")
+    fig.suptitle(title)
+    axes = fig.subplots(2, count, squeeze=False)
+    for column in range(count):
+        draw_overlay(axes[0, column], images[column], before[column], title="before")
+        draw_overlay(axes[1, column], images[column], after[column], title=f"after\n{titles[column]}")
+    return fig
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+        "--trainable-blocks", type=int, default=2, metavar="N", help="how many last blocks train (default: 2)"))
+    subject = load_subject(args)
+    geo = geometry(subject.model)
+    num_blocks = len(subject.model.encoder.layers)
+    if not 1 <= args.trainable_blocks < num_blocks:
+        raise VitlabError(f"--trainable-blocks {args.trainable_blocks}: choose 1 to {num_blocks - 1}, so that at "
+                          f"least one block stays frozen and one trains.")
+    frozen = num_blocks - args.trainable_blocks
+
+    train_images = subject.splits.train.images[: 2048 if subject.small else 64]
+    steps_batch, epochs = (64, 2) if subject.small else (16, 1)
+    tuned = fine_tune(subject, args.trainable_blocks, train_images, steps_batch, epochs)
+    trainable, total = count_parameters(tuned)
+    test_images = subject.examples.images[: 500 if subject.small else 16]
+    share_right = warm_or_cool(test_images).float().mean().item()
+
+    measured = subject.examples.take(64 if subject.small else 8)
+    inputs = subject.inputs(measured.images)
+    with torch.no_grad():
+        _, before = capture_forward(subject.model, inputs)
+        _, after = capture_forward(tuned, inputs)
+    check_frozen_blocks_identical(before.attentions, after.attentions, frozen)
+    change = torch.stack([(a - b).abs().mean() for a, b in zip(after.attentions, before.attentions, strict=True)])
+
+    explain(f"""
+        Model: {subject.name}. New task: is the image warm (mean red above mean blue) or cool? A fresh 2-class
+        head and the last
+        {args.trainable_blocks} of {num_blocks} blocks trained ({trainable:,} of {total:,} parameters), on
+        {len(train_images)} training images for {epochs} epoch(s). Test accuracy on {len(test_images)} images:
+        {100 * accuracy(tuned, subject, test_images):.1f}% (always guessing the more common answer:
+        {100 * max(share_right, 1 - share_right):.1f}%).
+
+        Attention on the same {len(inputs)} images, before vs after. Asserted: blocks 1 to {frozen} (frozen)
+        are identical, every probability of every head (torch.equal). Mean absolute change per block:
+    """)
+    average_weight = 1 / geo.num_tokens  # each row of attention sums to 1 over the tokens
+    print("\n".join(f"  block {b + 1}: {change[b]:.2e}" + ("  (frozen: identical)" if b < frozen else
+                                                          f"  ({change[b] / average_weight:.0%} of an average "
+                                                          f"attention weight, 1/{geo.num_tokens})")
+                    for b in range(num_blocks)) + "\n")
+    save(figure_change(change, frozen, f"{subject.name}:\nattention change from fine-tuning the last "
+                                       f"{args.trainable_blocks} blocks"), args.out, FIGURES[0])
+
+    shown = subject.pick(6 if subject.small else 4)
+    shown_inputs = subject.inputs(shown.images)
+    with torch.no_grad():
+        _, shown_before = capture_forward(subject.model, shown_inputs)
+        logits, shown_after = capture_forward(tuned, shown_inputs)
+    maps_before = cls_attention(shown_before.attentions[-1], geo).mean(dim=1)  # (B, g, g), heads averaged
+    maps_after = cls_attention(shown_after.attentions[-1], geo).mean(dim=1)
+    titles = [f"truth: {TASK[int(t)]}, predicted: {TASK[int(p)]}"
+              for t, p in zip(warm_or_cool(shown.images), logits.argmax(dim=-1), strict=True)]
+    save(figure_before_after(shown_inputs, maps_before, maps_after, titles,
+                             f"{subject.name}: class-token attention in block {num_blocks} (heads averaged),\n"
+                             f"before and after fine-tuning for 'warm or cool?'"), args.out, FIGURES[1])
+    print_questions(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""Lesson 10: does attention find the object, and does the model need what it attends to?
+
+Two different questions. First: does the attention map land on the object? The shapes come with exact object
+masks, so we can score attention rollout: the pointing game (is the map's maximum on an object patch?) and the
+attention mass ratio (the map's share on the object divided by the object's share of the image; 1.0 = chance),
+each against a random map.
+
+Second: does the model use those patches? Landing on the object is not the same as needing it. A perturbation
+test asks the model: remove patches (paint them with the image's mean colour), most-attended first, and watch the
+accuracy; then least-attended first, and in random order. If the attention marks what matters, removing the
+most-attended patches should hurt the accuracy much faster than removing the least-attended ones.
+
+Builds on: vitlab/attention.py (`rollout`, `pointing_game`, `attention_mass_ratio`; vitlab/demo.py's
+`localization_scores` computes the first part for the demo model), vitlab/capture.py (`capture_forward`).
+
+Run: python lessons/10_does_attention_find_the_object.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Figures: localization_scores.png (pointing game and per-image mass ratio, rollout vs random),
+perturbation_curve.png (accuracy as patches are removed, three orders), perturbed_examples.png (what the model
+sees at a few steps of each order).
+
+Questions:
+1. A random map already wins the pointing game on some images. Why, and what does it depend on?
+2. The gap between "most-attended first" and "least-attended first" is the evidence. What would the two curves
+   look like for a model that ignores attention entirely? For an attention map that is pure noise?
+3. Removing patches makes images the model never saw in training. How could that alone lower the accuracy,
+   whichever patches you remove? Which of the three curves controls for it?
+4. Painting with the mean colour is one choice. What might change with black, noise, or a blurred copy?
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
+
+import torch
+from einops import repeat
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.models import VisionTransformer
+
+from _common import Subject, explain, load_subject, object_patches, parse_args, print_questions, run_lesson, save
+from vitlab.attention import attention_mass_ratio, pointing_game, rollout
+from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.plotting import draw_overlay
+
+FIGURES = ("localization_scores.png", "perturbation_curve.png", "perturbed_examples.png")
+ORDERS = ("most attended first", "least attended first", "random order")
+
+
+def remove_patches(inputs: Tensor, removed: Tensor, geo: Geometry) -> Tensor:
+    """Paint the removed patches with each image's mean colour.
+
+    inputs: (B, 3, S, S) normalised model inputs; removed: (B, patches) bool. Returns a new (B, 3, S, S).
+    """
+    mask = repeat(removed, "b (gh gw) -> b 1 (gh p1) (gw p2)", gh=geo.grid_size, p1=geo.patch_size,
+                  p2=geo.patch_size)  # (B, 1, S, S)
+    mean_colour = inputs.mean(dim=(2, 3), keepdim=True)  # (B, 3, 1, 1)
+    return torch.where(mask, mean_colour, inputs)
+
+
+def removal_orders(maps: Tensor) -> dict[str, Tensor]:
+    """For each order, the patch ranks (B, patches): entry [b, i] is the i-th patch to remove from image b."""
+    generator = torch.Generator().manual_seed(0)
+    return {ORDERS[0]: maps.argsort(dim=1, descending=True),
+            ORDERS[1]: maps.argsort(dim=1),
+            ORDERS[2]: torch.stack([torch.randperm(maps.shape[1], generator=generator) for _ in maps])}
+
+
+def removed_mask(ranks: Tensor, count: int) -> Tensor:
+    """(B, patches) bool: True for the first `count` patches of each image's order."""
+    removed = torch.zeros(ranks.shape, dtype=torch.bool)
+    return removed.scatter(1, ranks[:, :count], True)
+
+
+def perturbation_curves(model: VisionTransformer, inputs: Tensor, targets: Tensor, orders: dict[str, Tensor],
+                        counts: list[int], geo: Geometry) -> dict[str, Tensor]:
+    """Share of images still predicted as `targets` after removing `count` patches, per order: (len(counts),)."""
+    curves = {}
+    with torch.no_grad():
+        for name, ranks in orders.items():
+            scores = []
+            for count in counts:
+                logits = model(remove_patches(inputs, removed_mask(ranks, count), geo))
+                scores.append((logits.argmax(dim=-1) == targets).float().mean())
+            curves[name] = torch.stack(scores)
+    return curves
+
+
+def figure_localization(per_image: dict[str, Tensor], pointing: dict[str, float], title: str) -> Figure:
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig.suptitle(title)
+    ax_pointing, ax_mass = fig.subplots(1, 2, width_ratios=[1, 2])
+    bars = ax_pointing.bar(list(pointing), [100 * v for v in pointing.values()], color=["tab:orange", "tab:grey"])
+    ax_pointing.bar_label(bars, fmt="%.0f%%")
+    ax_pointing.set(ylabel="images whose map maximum is on the object (%)", title="Pointing game", ylim=(0, 110))
+    top = max(v.max().item() for v in per_image.values())
+    bins = torch.linspace(0, top, 30).numpy()
+    for (name, values), colour in zip(per_image.items(), ("tab:orange", "tab:grey"), strict=True):
+        ax_mass.hist(values.numpy(), bins=bins, alpha=0.6, color=colour, label=f"{name} (mean {values.mean():.2f})")
+    ax_mass.axvline(1.0, color="black", linestyle="--", linewidth=1, label="chance (1.0)")
+    ax_mass.set(xlabel="attention mass ratio of one image (share on object / object's share of patches)",
+                ylabel="images", title="Attention mass on the object, per image")
+    ax_mass.legend()
+    return fig
+
+
+def figure_curves(counts: list[int], curves: dict[str, Tensor], patches: int, ylabel: str, title: str) -> Figure:
+    fig = Figure(figsize=(6.5, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    shares = [100 * c / patches for c in counts]
+    for name, values in curves.items():
+        area = values.mean().item()
+        ax.plot(shares, 100 * values.numpy(), "o-", markersize=4, label=f"{name} (area {area:.2f})")
+    ax.set(xlabel="patches removed (%)", ylabel=ylabel, title=title, ylim=(0, 105))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def figure_examples(model: VisionTransformer, subject: Subject, image: Tensor, orders: dict[str, Tensor],
+                    counts: list[int], geo: Geometry, title: str) -> Figure:
+    """One image, one row per order, one column per number of removed patches; the prediction in each title."""
+    fig = Figure(figsize=(2.1 * len(counts) + 1.2, 2.3 * len(orders) + 0.6), layout="constrained")
+    fig.suptitle(title)
+    axes = fig.subplots(len(orders), len(counts), squeeze=False)
+    for row, (name, ranks) in enumerate(orders.items()):
+        for column, count in enumerate(counts):
+            perturbed = remove_patches(image[None], removed_mask(ranks, count), geo)  # (1, 3, S, S)
+            with torch.no_grad():
+                predicted = subject.classes[int(model(perturbed).argmax())]
+            draw_overlay(axes[row, column], perturbed[0], None, title=f"{count} removed: {predicted}")
+        axes[row, 0].text(-0.08, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, ha="right",
+                          va="center", fontsize=10)
+    return fig
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__file__, __doc__, argv)
+    subject = load_subject(args)
+    model, geo = subject.model, geometry(subject.model)
+
+    # 1. Does the map land on the object? (shapes only: they have masks)
+    scored = subject.examples.take(500 if subject.small else 16)
+    if scored.masks is None:
+        print("  (no localization_scores.png: these images have no object masks; the shapes do)\n")
+    else:
+        with torch.no_grad():
+            _, captured = capture_forward(model, subject.inputs(scored.images))
+        maps = rollout(captured.attentions)  # (B, patches)
+        objects = object_patches(scored.masks, geo)  # (B, patches)
+        random_maps = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
+        candidates = {"rollout": maps, "random map": random_maps}
+        pointing = {name: pointing_game(m, objects) for name, m in candidates.items()}
+        mass = {name: attention_mass_ratio(m, objects) for name, m in candidates.items()}
+        per_image = {name: torch.tensor([attention_mass_ratio(m[i : i + 1], objects[i : i + 1])
+                                         for i in range(len(m))])
+                     for name, m in candidates.items()}
+        explain(f"""
+            Model: {subject.name}, {len(scored)} test images; objects cover on average
+            {100 * objects.float().mean():.0f}% of the patches. Attention rollout: pointing game
+            {100 * pointing['rollout']:.0f}% (random map {100 * pointing['random map']:.0f}%), attention mass
+            ratio {mass['rollout']:.2f} (random map {mass['random map']:.2f}; 1.0 = chance).
+        """)
+        save(figure_localization(per_image, pointing, f"{subject.name}: does attention rollout land on the object? "
+                                 f"({len(scored)} test images)"), args.out, FIGURES[0])
+
+    # 2. Does the model need the attended patches? Remove them and watch the predictions.
+    tested = subject.examples.take(200 if subject.small else 8)
+    inputs = subject.inputs(tested.images)
+    with torch.no_grad():
+        clean_logits, captured = capture_forward(model, inputs)
+    orders = removal_orders(rollout(captured.attentions))
+    step = max(1, geo.num_patches // 8)
+    counts = list(range(0, geo.num_patches + 1, step))
+    if subject.labels_match:
+        targets, measure = tested.labels, "accuracy"
+    else:  # an ImageNet model on CIFAR or shapes: its classes are not the labels; track its own clean answer
+        targets, measure = clean_logits.argmax(dim=-1), "predictions unchanged from the clean image"
+    curves = perturbation_curves(model, inputs, targets, orders, counts, geo)
+    quarter = counts.index(min(counts, key=lambda c: abs(c - geo.num_patches / 4)))
+    explain(f"""
+        Perturbation test on {len(tested)} test images: patches painted with the image's mean colour, in
+        three orders. {measure.capitalize()} with {100 * counts[quarter] / geo.num_patches:.0f}% of
+        the patches removed: most attended first {100 * curves[ORDERS[0]][quarter]:.0f}%, least attended first
+        {100 * curves[ORDERS[1]][quarter]:.0f}%, random order {100 * curves[ORDERS[2]][quarter]:.0f}% (clean:
+        {100 * curves[ORDERS[0]][0]:.0f}%). Area under each curve (higher = the model copes better): most
+        attended first {curves[ORDERS[0]].mean():.2f}, least attended first {curves[ORDERS[1]].mean():.2f},
+        random {curves[ORDERS[2]].mean():.2f}.
+    """)
+    verdict = ("removing the most-attended patches hurts faster: the attention marks patches the model needs"
+               if curves[ORDERS[0]].mean() < curves[ORDERS[1]].mean() else
+               "removing the most-attended patches does NOT hurt faster: here attention is a poor guide to what "
+               "the model needs")
+    explain(f"Verdict: {verdict}.")
+    save(figure_curves(counts, curves, geo.num_patches, f"{measure} (%)",
+                       f"{subject.name}: removing patches ranked by rollout"), args.out, FIGURES[1])
+    shown_counts = [c for c in counts if c <= geo.num_patches // 2][:5]
+    save(figure_examples(model, subject, inputs[0], {name: ranks[:1] for name, ranks in orders.items()},
+                         shown_counts, geo, f"{subject.name}: what the model sees (prediction in each title)"),
+         args.out, FIGURES[2])
+    print_questions(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Lesson 11: class-specific explanations, "why this class?" rather than "where does it look?".
+
+Rollout (lesson 7) answers one question per image, whatever class you care about: it only follows attention
+weights. Gradient-weighted attention (Chefer, Gur & Wolf, 2021) asks a class: it weights each block's attention
+by the gradient of that class's logit with respect to it, keeps the positive part (attention that raised the
+score), averages the heads and accumulates through the blocks like rollout. Asking for the predicted class shows
+the evidence for it; asking for another class shows what, if anything, spoke for that one.
+
+The lesson draws both next to rollout, and measures how class-specific the maps are (the cosine similarity of
+the two classes' maps; rollout's would be exactly 1) and, on the shapes, how much of each lands on the object.
+
+Builds on: vitlab/attention.py (`gradient_weighted_attention`, `rollout`, `pointing_game`,
+`attention_mass_ratio`), vitlab/capture.py (`capture_forward`).
+
+Run: python lessons/11_class_specific.py [--other CLASS] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Figures: class_specific_maps.png (images x: rollout, predicted class, other class), class_specific_scores.png
+(how similar the two classes' maps are, how strong, and how object-focused).
+
+Questions:
+1. Why must the gradient be taken with respect to the attention probabilities, and why does a frozen block still
+   get one? (Hint: vitlab makes the input require a gradient.)
+2. Compare the total relevance of the predicted class with the runner-up's. The map keeps only attention that
+   raised that class's logit: how can a class the model rejected still collect as much positive evidence?
+   (Think of what else pushes its logit down.)
+3. Could gradient-weighted attention for "cross" highlight part of a square? Find an image where the two maps
+   disagree and explain what each says.
+4. Rollout and gradient-weighted attention can both land on the object. Which of them could tell you the model
+   is right for the wrong reason?
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from _common import Subject, explain, load_subject, object_patches, parse_args, print_questions, run_lesson, save
+from vitlab.attention import (
+    attention_mass_ratio,
+    gradient_weighted_attention,
+    pointing_game,
+    rollout,
+)
+from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.errors import VitlabError
+from vitlab.plotting import draw_overlay
+
+FIGURES = ("class_specific_maps.png", "class_specific_scores.png")
+
+
+def other_classes(logits: Tensor, other: int | None) -> Tensor:
+    """The class to contrast with the prediction, per image: `other`, or the runner-up when None. (B,)"""
+    if other is not None:
+        return torch.full((logits.shape[0],), other, dtype=torch.long)
+    return logits.topk(2, dim=-1).indices[:, 1]
+
+
+def explain_maps(subject: Subject, inputs: Tensor, other: int | None) -> dict[str, tuple[Tensor, Tensor]]:
+    """{"rollout" / "predicted class" / "other class": (maps (B, patches), class per image (B,))}."""
+    model = subject.model
+    with torch.no_grad():
+        logits, captured = capture_forward(model, inputs)
+    predicted = logits.argmax(dim=-1)
+    contrast = other_classes(logits, other)
+    return {"rollout": (rollout(captured.attentions), predicted),
+            "predicted class": gradient_weighted_attention(model, inputs, predicted),
+            "other class": gradient_weighted_attention(model, inputs, contrast)}
+
+
+def figure_maps(images: Tensor, maps: dict[str, tuple[Tensor, Tensor]], subject: Subject, geo: Geometry,
+                title: str) -> Figure:
+    rows = images.shape[0]
+    fig = Figure(figsize=(2.3 * (len(maps) + 1), 2.4 * rows + 0.6), layout="constrained")
+    fig.suptitle(title)
+    axes = fig.subplots(rows, len(maps) + 1, squeeze=False)
+    for row in range(rows):
+        draw_overlay(axes[row, 0], images[row], None, title="image")
+        for column, (name, (flat, classes)) in enumerate(maps.items(), start=1):
+            label = "any class" if name == "rollout" else subject.classes[int(classes[row])]
+            strength = "" if name == "rollout" else f"\ntotal {flat[row].sum():.2f}"
+            grid_map = rearrange(flat[row], "(h w) -> h w", h=geo.grid_size)
+            draw_overlay(axes[row, column], images[row], grid_map, title=f"{name}: {label}{strength}")
+    return fig
+
+
+def figure_scores(similarity: Tensor, totals: dict[str, float], ratios: dict[str, float] | None,
+                  title: str) -> Figure:
+    """Panels: how similar the two classes' maps are; their total relevance; their mass on the object (shapes)."""
+    panels = 2 if ratios is None else 3
+    fig = Figure(figsize=(5 * panels, 4), layout="constrained")
+    fig.suptitle(title)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes[0].hist(similarity.numpy(), bins=20, range=(0, 1), color="tab:purple")
+    axes[0].axvline(1.0, color="grey", linestyle="--", label="rollout (one map for all classes)")
+    axes[0].set(xlabel="cosine similarity of the two classes' maps", ylabel="images",
+                title="How class-specific are the maps?")
+    axes[0].legend(loc="upper left", fontsize=8)
+    bars = axes[1].bar(list(totals), list(totals.values()), color=["tab:orange", "tab:blue"])
+    axes[1].bar_label(bars, fmt="%.2f")
+    axes[1].set(ylabel="mean total relevance per image", title="Total relevance (sum over patches)")
+    if ratios is not None:
+        bars = axes[2].bar(list(ratios), list(ratios.values()),
+                           color=["tab:grey", "tab:orange", "tab:blue", "lightgrey"])
+        axes[2].bar_label(bars, fmt="%.2f")
+        axes[2].axhline(1.0, color="black", linestyle="--", linewidth=1, label="chance")
+        axes[2].set(ylabel="attention mass ratio (1.0 = chance)", title="How much lands on the object?")
+        axes[2].legend()
+    return fig
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+        "--other", metavar="CLASS", default=None,
+        help="the class to contrast with the prediction (default: each image's runner-up)"))
+    subject = load_subject(args)
+    geo = geometry(subject.model)
+    other = None
+    if args.other is not None:
+        if args.other not in subject.classes:
+            shown = ", ".join(subject.classes[:10]) + (", ..." if len(subject.classes) > 10 else "")
+            raise VitlabError(f"--other {args.other!r} is not one of this model's classes: {shown}")
+        other = subject.classes.index(args.other)
+
+    measured = subject.examples.take(200 if subject.small else 4)
+    inputs = subject.inputs(measured.images)
+    maps = explain_maps(subject, inputs, other)
+    relevance, predicted = maps["predicted class"]
+    contrast_relevance, contrast = maps["other class"]
+    same_class = (predicted == contrast).float().mean().item()
+    similarity = F.cosine_similarity(relevance, contrast_relevance, dim=-1, eps=1e-12)  # (B,)
+    totals = {"predicted class": relevance.sum(dim=-1).mean().item(),
+              "other class": contrast_relevance.sum(dim=-1).mean().item()}
+    contrast_name = "runner-up class" if other is None else f"class {args.other!r}"
+    note = f" (the same as the prediction on {100 * same_class:.0f}% of images)" if same_class else ""
+    explain(f"""
+        Model: {subject.name}, {len(inputs)} test images; the other class is each image's {contrast_name}{note}.
+        Cosine similarity between the predicted class's map and the other class's, mean over images:
+        {similarity.mean():.2f}, lowest {similarity.min():.2f} (rollout gives one map for every class:
+        similarity 1). Mean total relevance: predicted class {totals['predicted class']:.2f}, other class
+        {totals['other class']:.2f}: the maps say where each class's logit was pushed up, not which class won.
+    """)
+    ratios = None
+    if measured.masks is not None:
+        objects = object_patches(measured.masks, geo)  # (B, patches)
+        random_maps = torch.rand(objects.shape, generator=torch.Generator().manual_seed(0))
+        ratios = {name: attention_mass_ratio(flat, objects) for name, (flat, _) in maps.items()}
+        ratios["random map"] = attention_mass_ratio(random_maps, objects)
+        pointing = {name: pointing_game(flat, objects) for name, (flat, _) in maps.items()}
+        print("\n".join(f"  {name:<16} mass ratio {ratios[name]:5.2f}" +
+                        (f"   pointing game {pointing[name]:4.2f}" if name in pointing else "")
+                        for name in ratios) + "\n")
+
+    shown = subject.pick(4)
+    shown_inputs = subject.inputs(shown.images)
+    save(figure_maps(shown_inputs, explain_maps(subject, shown_inputs, other), subject, geo,
+                     f"{subject.name}: rollout vs gradient-weighted attention for two classes\n"
+                     f"(each map scaled to its own maximum)"), args.out, FIGURES[0])
+    save(figure_scores(similarity, totals, ratios, f"{subject.name}: class-specific maps on {len(inputs)} test images"),
+         args.out, FIGURES[1])
+    print_questions(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

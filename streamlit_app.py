@@ -1,0 +1,273 @@
+"""vitlab's attention explorer: choose a model and an image, and watch where the Vision Transformer looks.
+
+    streamlit run streamlit_app.py
+
+A thin page over the package: the analyses are vitlab.attention's, the per-image work is vitlab.explorer's. The
+model is cached with st.cache_resource (shared by every session, never mutated) and each image's forward pass with
+st.cache_data, so a layer or head slider redraws from cached attention without running the model again.
+"""
+
+from __future__ import annotations
+
+import random
+
+import streamlit as st
+import torch
+
+from vitlab import explorer
+from vitlab.errors import VitlabError
+
+SOURCE_LABELS = {
+    "demo": "Demo model (shapes, offline)",
+    "checkpoint": "A vitlab checkpoint",
+    "imagenet": "ImageNet ViT-B/16",
+}
+FUSIONS = ("mean", "max", "min")
+PREDICTED = -1  # the class selector's "explain the predicted class"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Caches: a model by its source (shared resource), everything per image by (model key, image key) (data)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading the model (the demo model trains once, on first use)...")
+def load_source(source: str, path: str | None, stamp: str) -> explorer.LoadedModel:
+    """`stamp` names the files behind the model (cache folder, modification time), so a changed file reloads."""
+    return explorer.load_model_source(source, path)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def prepare_upload(upload_key: str, image_size: int, _data: bytes) -> explorer.PreparedImage:
+    return explorer.preprocess_upload(_data, image_size)
+
+
+@st.cache_data(max_entries=24, show_spinner="Running the model on this image...")
+def analyse(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image: torch.Tensor):
+    return explorer.analyse_image(_loaded.model, _image)
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the class-specific map (forward and backward pass)...")
+def explain(model_key: str, image_key: str, target: int | None, _loaded: explorer.LoadedModel, _image: torch.Tensor):
+    return explorer.class_map(_loaded.model, _image, target)
+
+
+@st.cache_data(max_entries=8, show_spinner="Measuring how far each head looks (once per model)...")
+def distance_png(model_key: str, images_key: str, _loaded: explorer.LoadedModel, _images: torch.Tensor) -> bytes:
+    distances = explorer.mean_distances(_loaded.model, _images)  # (layers, heads)
+    return explorer.distance_figure_png(distances, _loaded.model.patch_size)
+
+
+def keep_in(key: str, allowed, default) -> None:
+    """Reset a widget's remembered value when it no longer fits (another model has other layers, classes...)."""
+    if st.session_state.get(key, default) not in allowed:
+        st.session_state[key] = default
+    st.session_state.setdefault(key, default)
+
+
+def pick_random_image(count: int) -> None:
+    st.session_state["image_index"] = random.randrange(count)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Controls: model and image in the sidebar, layer and head on the page
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def choose_model() -> explorer.LoadedModel:
+    st.sidebar.header("Model")
+    available = explorer.imagenet_available()
+    labels = {**SOURCE_LABELS, "imagenet": SOURCE_LABELS["imagenet"] + ("" if available else " (unavailable)")}
+    keep_in("model_source", explorer.SOURCES, "demo")
+    source = st.sidebar.selectbox("Model source", explorer.SOURCES, format_func=labels.get, key="model_source")
+    if not available:
+        cache_file = explorer.weights_cache_file()
+        st.sidebar.caption(f"ImageNet ViT-B/16 is unavailable: put {cache_file.name} in {cache_file.parent}.")
+
+    path, stamp = None, source
+    if source == "demo":
+        from vitlab.demo import default_cache_dir
+
+        stamp = str(default_cache_dir())
+    elif source == "imagenet":
+        if not available:
+            st.warning(f"The ImageNet ViT-B/16 weights are not on this machine. {explorer.imagenet_hint()}")
+            st.stop()
+        stamp = str(explorer.weights_cache_file())
+    else:
+        runs = [str(run) for run in explorer.list_runs("runs")]
+        keep_in("run_choice", [""] + runs, "")
+        run = st.sidebar.selectbox(
+            "Run under runs/", [""] + runs, key="run_choice", format_func=lambda r: r or "(choose a run)"
+        )
+        if not runs:
+            st.sidebar.caption("No runs under runs/ yet: python -m vitlab.finetune --preset demo --out runs/demo")
+        typed = st.sidebar.text_input("...or a checkpoint file or run folder", key="checkpoint_path").strip()
+        if not (typed or run):
+            st.info("Choose a run under runs/ in the sidebar, or type the path of a vitlab checkpoint.")
+            st.stop()
+        try:
+            resolved = explorer.resolve_checkpoint(typed or run)
+        except VitlabError as error:
+            st.error(str(error))
+            st.stop()
+        path, stamp = str(resolved), f"{resolved.resolve()}:{resolved.stat().st_mtime_ns}"
+    try:
+        loaded = load_source(source, path, stamp)
+    except (VitlabError, RuntimeError) as error:  # RuntimeError: training the demo model failed
+        st.error(str(error))
+        st.stop()
+    st.sidebar.caption(loaded.description)
+    return loaded
+
+
+def choose_image(loaded: explorer.LoadedModel) -> tuple[torch.Tensor, str, list[str]]:
+    """The image uint8 (3, H, W), its cache key, and lines to show under it."""
+    st.sidebar.header("Image")
+    sources = ["dataset", "upload"] if loaded.images is not None else ["upload"]
+    keep_in("image_source", sources, sources[0])
+    names = {"dataset": "Browse the dataset", "upload": "Upload an image"}
+    source = st.sidebar.radio("Image source", sources, format_func=names.get, key="image_source", horizontal=True)
+    if loaded.images is None:
+        st.sidebar.caption(loaded.images_note)
+
+    if source == "dataset":
+        images = loaded.images
+        count = len(images)
+        keep_in("image_index", range(count), 0)
+        index = st.sidebar.number_input(f"Image index (0 to {count - 1})", 0, count - 1, step=1, key="image_index")
+        st.sidebar.button("Random image", key="random_image", on_click=pick_random_image, args=(count,))
+        st.sidebar.caption(loaded.images_note)
+        label = images.classes[int(images.labels[index])]
+        line = f"True label: **{label}**" if images.classes == loaded.classes else f"Dataset label: {label}"
+        return images.images[index], f"dataset:{index}", [line]
+
+    upload = st.sidebar.file_uploader("PNG or JPEG image", type=["png", "jpg", "jpeg"], key="upload")
+    if upload is None:
+        st.info("Upload a PNG or JPEG image in the sidebar to see where the model looks.")
+        st.stop()
+    data = upload.getvalue()
+    key = explorer.image_key(data)
+    try:
+        prepared = prepare_upload(key, loaded.model.image_size, data)
+    except VitlabError as error:
+        st.error(f"{upload.name}: {error}")
+        st.stop()
+    return prepared.image, f"upload:{key}", [f"Uploaded: {upload.name}", *prepared.notes]
+
+
+def choose_attention(num_layers: int, num_heads: int) -> tuple[int, int, bool]:
+    """(layer 0-based, head, show the patch grid), from controls at the top of the page, where the class sees them."""
+    keep_in("layer", range(1, num_layers + 1), num_layers)
+    keep_in("head", range(num_heads), 0)
+    block_column, head_column, grid_column = st.columns([2, 2, 1], gap="large", vertical_alignment="center")
+    layer = block_column.slider("Encoder block (layer)", 1, num_layers, key="layer")
+    head = head_column.slider("Head", 0, num_heads - 1, key="head")
+    show_grid = grid_column.toggle("Patch grid", key="patch_grid")
+    return layer - 1, head, show_grid
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    st.set_page_config(page_title="vitlab attention explorer", layout="wide")
+    # Less empty space above the title: on a projector every row counts.
+    st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem}</style>")
+    st.title("Where does the Vision Transformer look?")
+    loaded = choose_model()
+    image, image_key, image_lines = choose_image(loaded)
+    views = analyse(loaded.key, image_key, loaded, image)
+    layer, head, show_grid = choose_attention(views.num_layers, views.num_heads)
+
+    geometry, classes = views.geometry, loaded.classes
+    grid = geometry.grid_size if show_grid else None
+
+    def show(grid_map, **options) -> None:
+        st.image(explorer.render_overlay(image, grid_map, patch_grid=grid, **options), width="stretch")
+
+    picture, attention, prediction = st.columns(3, gap="large")
+    with picture:
+        st.subheader("Image")
+        show(None)
+        st.markdown("  \n".join(image_lines))
+        st.caption(
+            f"What the model sees: {geometry.image_size}x{geometry.image_size} pixels cut into a "
+            f"{geometry.grid_size}x{geometry.grid_size} grid of {geometry.patch_size}-pixel patches."
+        )
+    with attention:
+        st.subheader("Class token")
+        show(views.cls_map(layer, head))
+        st.caption(
+            f"Block {layer + 1}, head {head}: bright patches are where the class token looks, the token whose final "
+            f"state the classifier reads."
+        )
+    with prediction:
+        st.subheader("Prediction")
+        for index, probability in views.top_k(5):
+            st.progress(min(max(probability, 0.0), 1.0), text=f"**{classes[index]}**: {probability:.1%}")
+        st.caption("The five most likely classes and their softmax probabilities.")
+
+    st.divider()
+    flow, query, why = st.columns(3, gap="large")
+    with flow:
+        st.subheader("Rollout")
+        fusion = st.radio("Head fusion", FUSIONS, key="fusion", horizontal=True)
+        discard = st.slider("Discard ratio", 0.0, 0.9, 0.0, 0.05, key="discard_ratio")
+        show(views.rollout_map(fusion, discard))
+        st.caption(
+            "Attention multiplied through all blocks, plus the residual path: how much each patch reaches the "
+            "class token; discarding the weakest links sharpens the map."
+        )
+    with query:
+        st.subheader("Query patch")
+        last = geometry.grid_size - 1
+        keep_in("query_row", range(geometry.grid_size), geometry.grid_size // 2)
+        keep_in("query_col", range(geometry.grid_size), geometry.grid_size // 2)
+        row = st.slider("Patch row", 0, last, key="query_row")
+        col = st.slider("Patch column", 0, last, key="query_col")
+        show(views.query_map(layer, head, row, col), highlight=(row, col))
+        st.caption(f"Block {layer + 1}, head {head}: where the outlined patch looks, its own row of attention.")
+    with why:
+        st.subheader("Class-specific")
+        predicted = views.top_k(1)[0][0]
+        keep_in("target_class", range(PREDICTED, len(classes)), PREDICTED)
+        target = st.selectbox(
+            "Explain the class", range(PREDICTED, len(classes)), key="target_class",
+            format_func=lambda c: f"predicted: {classes[predicted]}" if c == PREDICTED else classes[c],
+        )
+        relevance, explained = explain(loaded.key, image_key, None if target == PREDICTED else target, loaded, image)
+        show(relevance)
+        st.caption(
+            f"Gradient-weighted attention (Chefer et al. 2021) for **{classes[explained]}** "
+            f"({float(views.probs[explained]):.1%}): the patches whose attention raised that class's score."
+        )
+
+    st.divider()
+    st.subheader(f"All {views.num_heads} heads of block {layer + 1}")
+    columns = st.columns(min(views.num_heads, 6))
+    for index, head_map in enumerate(views.head_maps(layer)):
+        with columns[index % len(columns)]:
+            st.image(explorer.render_overlay(image, head_map, explorer.HEAD_VIEW_PX, patch_grid=grid), width="stretch")
+            st.caption(f"head {index}" + (" (chosen)" if index == head else ""))
+    st.caption("The class token's attention in every head of the chosen block: heads of one block look at different "
+               "things.")
+
+    st.divider()
+    st.subheader("Mean attention distance")
+    if loaded.images is not None:
+        sample, sample_key = loaded.images.images[: explorer.DISTANCE_IMAGES], "dataset"
+    else:
+        sample, sample_key = image[None], image_key
+    left, _ = st.columns([3, 2])
+    with left:
+        st.image(distance_png(loaded.key, sample_key, loaded, sample), width="stretch")
+    st.caption(
+        f"How far, in pixels, each head looks on average in every block, over {len(sample)} "
+        f"image{'s' if len(sample) > 1 else ''}: the ViT paper's measure of local versus global attention."
+    )
+
+
+main()

@@ -1,0 +1,170 @@
+"""Tests for the course in lessons/: every lesson runs in its default mode and writes the figures it declares.
+
+Lessons are imported from their files with importlib (importing must not run them) and their `main(argv)` is
+called in this process, so the session's trained demo model (`demo_cache`) is shared by all of them. Nothing here
+touches the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from einops import rearrange
+
+LESSONS_DIR = Path(__file__).resolve().parents[1] / "lessons"
+LESSON_FILES = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.py"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread per test: on 2 cores shared with other jobs, two OpenMP threads waiting on each other
+    make every small op ~50x slower. (Restored afterwards; results do not depend on it.)"""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def load_lesson(path: Path) -> ModuleType:
+    """Import a lesson from its file, as a test or a notebook would: this must not run it."""
+    spec = importlib.util.spec_from_file_location(f"lesson_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lesson_file(prefix: str) -> Path:
+    return next(path for path in LESSON_FILES if path.stem.startswith(prefix))
+
+
+def questions_of(doc: str) -> list[str]:
+    return re.findall(r"^\d\. ", doc[doc.index("Questions") :], flags=re.MULTILINE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Structure: cheap checks on every lesson file
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_the_course_has_its_eleven_lessons_in_order():
+    numbers = [int(path.stem[:2]) for path in LESSON_FILES]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert len(numbers) >= 11
+
+
+@pytest.mark.parametrize("path", LESSON_FILES, ids=lambda path: path.stem)
+def test_importing_a_lesson_runs_nothing(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)  # a lesson that ran on import would write lesson_outputs/ here
+    threads = torch.get_num_threads()
+    lesson = load_lesson(path)
+
+    assert list(tmp_path.iterdir()) == []
+    assert torch.get_num_threads() == threads
+    assert callable(lesson.main)
+    assert lesson.FIGURES and all(name.endswith(".png") for name in lesson.FIGURES)
+    doc = lesson.__doc__
+    assert doc.startswith(f"Lesson {int(path.stem[:2])}:")
+    assert "Builds on: vitlab/" in doc
+    assert 2 <= len(questions_of(doc)) <= 4
+    for name in lesson.FIGURES:
+        assert name in doc, f"{path.name}'s docstring does not describe {name}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running: every lesson in its default mode, on the shared demo model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LESSON_FILES, ids=lambda path: path.stem)
+def test_lesson_runs_and_writes_its_figures(path: Path, demo_cache: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]):
+    lesson = load_lesson(path)
+
+    assert lesson.main(["--out", str(tmp_path)]) == 0
+
+    for name in lesson.FIGURES:
+        figure = tmp_path / name
+        assert figure.is_file(), f"{path.name} did not write {name}"
+        data = figure.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 2000, f"{name} is not a real PNG"
+    printed = capsys.readouterr().out
+    assert "Model: demo vit_tiny (shapes)" in printed or "ViT-B/16" in printed  # it explains what it computed
+    assert len(questions_of(printed)) == len(questions_of(lesson.__doc__))  # and asks its questions
+
+
+@pytest.mark.slow
+def test_missing_imagenet_weights_give_a_message_not_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # empty: no cached weights
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # set_dir() would override TORCH_HOME
+    attempts = []
+
+    def offline(url: str, *args, **kwargs) -> None:
+        attempts.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    lesson = load_lesson(lesson_file("04"))
+
+    code = lesson.main(["--arch", "vit_b_16", "--out", str(tmp_path / "out")])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("vitlab: ")
+    assert "vit_b_16-c867db91.pth" in error and str(tmp_path / "torch_home") in error  # what is missing, where
+    assert "Traceback" not in error
+    assert len(attempts) == 1  # it tried the ordinary download once, which failed as it does offline
+
+
+@pytest.mark.slow
+def test_lesson_1_fails_loudly_when_the_patches_are_flattened_in_the_wrong_order(
+    demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    lesson = load_lesson(lesson_file("01"))
+
+    def channels_last(images, patch_size):  # vit-pytorch's order: does not match conv_proj's (c p1 p2) weights
+        return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
+
+    monkeypatch.setattr(lesson, "patchify", channels_last)
+
+    with pytest.raises(AssertionError, match="does NOT equal torchvision's conv_proj"):
+        lesson.main(["--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_lesson_9_fails_loudly_when_a_frozen_block_changed(demo_cache: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    lesson = load_lesson(lesson_file("09"))
+    freeze = lesson.freeze_all_but_last
+
+    def train_everything(model, trainable_blocks):  # a bug: the "frozen" blocks train too
+        freeze(model, len(model.encoder.layers))
+
+    monkeypatch.setattr(lesson, "freeze_all_but_last", train_everything)
+
+    with pytest.raises(AssertionError, match="Block 1 was frozen, yet its attention changed"):
+        lesson.main(["--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_run_all_runs_lessons_as_scripts_and_prints_a_table(demo_cache: Path, tmp_path: Path):
+    completed = subprocess.run(
+        [sys.executable, str(LESSONS_DIR / "run_all.py"), "--only", "01", "--quiet", "--out-root", str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "VITLAB_CACHE": str(demo_cache)}, timeout=300,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert re.search(r"01_patches\s+\d+\.\d\s+ok", completed.stdout)
+    assert "1 of 1 lessons succeeded" in completed.stdout
+    assert (tmp_path / "01_patches" / "patch_grid.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -1,0 +1,526 @@
+"""The attention explorer's work, as plain functions: `streamlit_app.py` is only the page around them.
+
+    source = load_model_source("demo")                    # the model, its class names, images to browse
+    image = source.images.images[0]                       # uint8 (3, 32, 32)
+    views = analyse_image(source.model, image)            # ONE forward pass: probabilities and every attention map
+    views.cls_map(layer=3, head=0)                        # (grid, grid), cheap: no model call (what a slider does)
+    views.rollout_map("max", discard_ratio=0.9)           # (grid, grid)
+    relevance, target = class_map(source.model, image)    # forward + backward: why the predicted class
+    picture = render_overlay(image, relevance, size=448)  # uint8 (448, 448, 3), ready for st.image
+
+Uploads go through `preprocess_upload(data, image_size)`, which turns any PNG or JPEG (grayscale, RGBA, 16-bit,
+rotated by EXIF, tiny or huge) into a uint8 (3, S, S) image, or raises `UploadError` with a message that says what
+to upload instead. The analyses themselves are vitlab.attention's; this module only selects and draws.
+
+Timings on this machine: `python -m vitlab.explorer --bench [--arch vit_tiny] [--repeats 5]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import pickle
+import statistics
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from torchvision.models import VisionTransformer, ViT_B_16_Weights
+
+from vitlab.attention import (
+    HeadFusion,
+    cls_attention,
+    gradient_weighted_attention,
+    mean_attention_distance,
+    query_attention,
+    rollout,
+)
+from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.checkpoint import load_trained_model
+from vitlab.data import BatchTransform, ImageDataset, load_dataset
+from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
+from vitlab.model import build_model, weights_cache_file
+from vitlab.plotting import plot_mean_distance, to_display, upsample_map
+
+SOURCES = ("demo", "checkpoint", "imagenet")  # where the explorer's model comes from
+
+MAIN_VIEW_PX = 448  # side of the big views (image, class-token map, rollout, query, class-specific)
+HEAD_VIEW_PX = 192  # side of each panel in the all-heads grid
+DISTANCE_IMAGES = 16  # images the mean attention distance is averaged over, once per model
+
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a 25 MB PNG or JPEG is already a very large photo
+MAX_UPLOAD_PIXELS = 50_000_000  # header says more than this: refuse before decoding (decompression bombs)
+MIN_UPLOAD_SIDE = 8  # pixels; smaller holds too little to look at
+
+# capture() hooks the model object for one forward pass. Streamlit serves every browser tab from threads of one
+# process, and cached models are shared between them, so two passes must not overlap on one model.
+_MODEL_LOCK = threading.Lock()
+
+
+class UploadError(VitlabError):
+    """An uploaded file cannot be used as an image; the message says why and what to upload instead."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model sources
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to explore, with what the page needs around it. Shared between reruns: never mutate."""
+
+    model: VisionTransformer  # eval mode
+    classes: list[str]  # class names, index = output unit
+    key: str  # identifies this model in caches (a model object is not hashed)
+    description: str  # one line for the page: what the model is and what it was trained on
+    images: ImageDataset | None  # images to browse (a test split), or None: uploads only
+    images_note: str  # one line: which images these are, or why there are none
+
+
+def imagenet_available() -> bool:
+    """Whether torchvision's ImageNet ViT-B/16 weights are in its cache (nothing is ever downloaded here)."""
+    return weights_cache_file().is_file()
+
+
+def imagenet_hint() -> str:
+    """One line on how to make the ImageNet ViT-B/16 available offline."""
+    cache_file = weights_cache_file()
+    return (
+        f"Copy {cache_file.name} (from {ViT_B_16_Weights.IMAGENET1K_V1.url}) into {cache_file.parent}, "
+        f"or set TORCH_HOME to a folder holding hub/checkpoints/{cache_file.name}."
+    )
+
+
+def list_runs(root: str | Path = "runs") -> list[Path]:
+    """Run folders under `root` that hold a checkpoint (best.pt or checkpoint.pt), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [d for d in root.iterdir() if d.is_dir() and ((d / "best.pt").is_file() or (d / "checkpoint.pt").is_file())]
+    return sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its best.pt (else checkpoint.pt); a file is itself. Raises CheckpointError if missing."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "checkpoint.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} is a folder without best.pt or checkpoint.pt. Give a run folder written by "
+            f"python -m vitlab.finetune, or the path of its .pt file."
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"No checkpoint at {path}. Give a run folder (it holds best.pt) or a .pt file written by "
+            f"python -m vitlab.finetune (offline: python -m vitlab.finetune --preset demo --out runs/demo)."
+        )
+    return path
+
+
+def load_model_source(source: str, checkpoint_path: str | Path | None = None) -> LoadedModel:
+    """Load the model for one of SOURCES.
+
+    Args:
+        source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.demo), "checkpoint" (a
+            vitlab run, `checkpoint_path`), or "imagenet" (torchvision's ViT-B/16, only from its local cache).
+        checkpoint_path: a run folder or .pt file, for source="checkpoint".
+
+    Raises:
+        CheckpointError: the checkpoint is missing, not a vitlab checkpoint, holds pickled code, or does not fit.
+        WeightsUnavailableError: source="imagenet" and the weights are not in torchvision's cache.
+    """
+    if source == "demo":
+        from vitlab.demo import default_cache_dir, load_demo_model
+
+        model, splits = load_demo_model()
+        return LoadedModel(
+            model=model.eval(), classes=list(splits.classes), key=f"demo:{default_cache_dir()}",
+            description="Demo: a tiny ViT (4 blocks, 4 heads, 4-px patches) trained on synthetic shapes, offline.",
+            images=splits.test, images_note=f"shapes test set, {len(splits.test)} images",
+        )
+    if source == "checkpoint":
+        if checkpoint_path is None or not str(checkpoint_path).strip():
+            raise CheckpointError("Choose a run under runs/ or type the path of a checkpoint.")
+        return _load_checkpoint_source(resolve_checkpoint(str(checkpoint_path).strip()))
+    if source == "imagenet":
+        if not imagenet_available():
+            raise WeightsUnavailableError(f"The ImageNet ViT-B/16 weights are not on this machine. {imagenet_hint()}")
+        # A state-dict path whose head already has 1000 outputs keeps that head (build_model keeps ImageNet's).
+        model = build_model("vit_b_16", num_classes=1000, pretrained=weights_cache_file(), progress=False)
+        images, note = _browse_images("cifar100", "./data")
+        if images is None:  # offline and no CIFAR: the synthetic shapes still give something to look at
+            images, _ = _browse_images("shapes")
+            note = "no CIFAR-100 under ./data, so synthetic shapes: upload a photo for a real test"
+        return LoadedModel(
+            model=model.eval(), classes=list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]), key="imagenet",
+            description="torchvision's ViT-B/16 trained on ImageNet (1000 classes), from the local weights cache.",
+            images=images, images_note=note,
+        )
+    raise VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(SOURCES)}.")
+
+
+def _load_checkpoint_source(path: Path) -> LoadedModel:
+    try:
+        model, checkpoint = load_trained_model(path)  # weights_only=True: pickled code is refused
+        config, classes = checkpoint["config"], list(checkpoint["classes"])
+        dataset = config["dataset"]
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, VitlabError) as error:
+        raise CheckpointError(
+            f"{path} has the vitlab checkpoint marker but its contents do not rebuild a model "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). It may come from another vitlab "
+            f"version or be damaged; retrain with python -m vitlab.finetune."
+        ) from None
+    images, note = _browse_images(
+        dataset, config.get("data_dir", "./data"), seed=config.get("seed", 42), subset=config.get("subset"),
+        val_size=config.get("val_size", 5000),
+    )
+    accuracy = checkpoint.get("val_acc")
+    return LoadedModel(
+        model=model, classes=classes, key=f"checkpoint:{path.resolve()}:{path.stat().st_mtime_ns}",
+        description=f"Checkpoint {path}: {config['arch']} trained on {dataset}, epoch {checkpoint.get('epoch')}"
+        + (f", validation accuracy {accuracy:.1%}." if isinstance(accuracy, float) else "."),
+        images=images, images_note=note,
+    )
+
+
+def _browse_images(dataset: str, data_dir: str = "./data", **options: Any) -> tuple[ImageDataset | None, str]:
+    """The test split of `dataset` (never downloaded), or None and one line saying why not."""
+    names = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "shapes": "shapes", "folder": "image folder"}
+    try:
+        splits = load_dataset(dataset, data_dir, download=False, progress=False, **options)
+    except DataUnavailableError:
+        return None, f"no {names.get(dataset, dataset)} images under {data_dir}: upload an image"
+    return splits.test, f"{names.get(dataset, dataset)} test set, {len(splits.test)} images"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Uploads
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An upload made ready for the model."""
+
+    image: Tensor  # uint8 (3, S, S), S = the model's input size
+    notes: tuple[str, ...]  # what was changed on the way, one sentence each (converted, cropped, upscaled)
+
+
+def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
+    """Decode an uploaded PNG or JPEG into the model's input: uint8 (3, image_size, image_size).
+
+    EXIF rotation is applied; grayscale, palette, 16-bit and CMYK become RGB; transparency is laid on white; a
+    non-square image is cropped to its centre square; any size is resized to image_size.
+
+    Raises:
+        UploadError: empty, too large, not a PNG/JPEG, truncated or damaged, a decompression bomb (huge pixel
+            count in a small file), or smaller than MIN_UPLOAD_SIDE pixels. The message says what to do.
+    """
+    if not data:
+        raise UploadError("The uploaded file is empty. Upload a PNG or JPEG image.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(
+            f"The file is {len(data) / 2**20:.0f} MB; the explorer takes images up to {MAX_UPLOAD_BYTES // 2**20} MB. "
+            f"Upload a smaller copy (the model sees {image_size}x{image_size} pixels anyway)."
+        )
+    bomb = UploadError(
+        f"The image claims more than {MAX_UPLOAD_PIXELS / 1e6:.0f} million pixels, which would take too much "
+        f"memory to decode (it may be a decompression bomb). Upload a smaller copy."
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))  # reads the header only
+            if picture.width * picture.height > MAX_UPLOAD_PIXELS:
+                raise bomb
+            if picture.format == "JPEG":
+                picture.draft("RGB", (2 * image_size, 2 * image_size))  # decode a big JPEG at reduced scale
+            picture.load()
+            picture = ImageOps.exif_transpose(picture)
+    except UploadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise bomb from None
+    except UnidentifiedImageError:
+        raise UploadError("This file is not a PNG or JPEG image. Upload a .png, .jpg or .jpeg picture.") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:  # what damaged files raise in PIL
+        raise UploadError(
+            f"The image could not be decoded: it looks truncated or damaged ({error}). Save or export it again "
+            f"and upload the new file."
+        ) from None
+    if min(picture.size) < MIN_UPLOAD_SIDE:
+        raise UploadError(
+            f"The image is only {picture.width}x{picture.height} pixels; the explorer needs at least "
+            f"{MIN_UPLOAD_SIDE}x{MIN_UPLOAD_SIDE} to show anything. Upload a larger image."
+        )
+    rgb, notes = _to_rgb(picture)
+    width, height = rgb.size
+    if width != height:
+        notes.append(f"Cropped from {width}x{height} to its centre square: the model takes square images.")
+    if min(width, height) < image_size:
+        notes.append(
+            f"Upscaled: the image ({width}x{height}) is smaller than the model's {image_size}x{image_size} input, "
+            f"so it and its attention maps look blurry."
+        )
+    side = min(width, height)
+    centre = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2)
+    square = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC, box=centre, reducing_gap=3.0)
+    pixels = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy())  # (S, S, 3)
+    return PreparedImage(image=pixels.permute(2, 0, 1).contiguous(), notes=tuple(notes))  # (3, S, S)
+
+
+def _to_rgb(picture: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Any PIL mode -> RGB, with a note when something was converted."""
+    mode = picture.mode
+    if mode == "RGB":
+        return picture, []
+    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit (or float) grayscale: scale to 8 bits
+        values = np.asarray(picture, dtype=np.float64)
+        scale = 255 / 65535 if values.max() > 255 else 1.0
+        gray = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8))
+        return gray.convert("RGB"), ["Converted from 16-bit grayscale to colour (RGB): the model takes 3 channels."]
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in picture.info):
+        background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        background.alpha_composite(picture.convert("RGBA"))
+        return background.convert("RGB"), ["Transparent parts were laid on white: the model takes RGB without alpha."]
+    names = {"L": "grayscale", "1": "black-and-white", "P": "palette", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+    return picture.convert("RGB"), [f"Converted from {names.get(mode, mode)} to colour (RGB): the model takes RGB."]
+
+
+def image_key(data: bytes) -> str:
+    """A short content hash that names an uploaded file in caches."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One image: a forward pass, then cheap selectors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageViews:
+    """Everything one forward pass tells about one image; every slider reads from here without a model call."""
+
+    probs: Tensor  # (classes,) softmax probabilities
+    attentions: tuple[Tensor, ...]  # one (1, heads, tokens, tokens) per encoder block, CPU float32
+    geometry: Geometry  # image_size, patch_size, grid_size of the model
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attentions)
+
+    @property
+    def num_heads(self) -> int:
+        return self.attentions[0].shape[1]
+
+    def top_k(self, k: int = 5) -> list[tuple[int, float]]:
+        """The k most likely classes as (class index, probability), most likely first."""
+        values, indices = self.probs.topk(min(k, self.probs.numel()))
+        return list(zip(indices.tolist(), values.tolist(), strict=True))
+
+    def cls_map(self, layer: int, head: int) -> Tensor:
+        """(grid, grid): where the class token looks in block `layer` (0-based), head `head`."""
+        return cls_attention(self.attentions[layer], self.geometry)[0, head]
+
+    def head_maps(self, layer: int) -> Tensor:
+        """(heads, grid, grid): the class token's attention in every head of block `layer`."""
+        return cls_attention(self.attentions[layer], self.geometry)[0]
+
+    def query_map(self, layer: int, head: int, row: int, col: int) -> Tensor:
+        """(grid, grid): where patch (row, col) looks in block `layer`, head `head`."""
+        token = self.geometry.num_prefix_tokens + row * self.geometry.grid_size + col
+        return query_attention(self.attentions[layer], self.geometry, token)[0, head]
+
+    def rollout_map(self, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0) -> Tensor:
+        """(grid, grid): attention rollout through all blocks (vitlab.attention.rollout)."""
+        flow = rollout(self.attentions, head_fusion, discard_ratio, self.geometry.num_prefix_tokens)  # (1, patches)
+        return flow[0].reshape(self.geometry.grid_size, self.geometry.grid_size)
+
+
+def model_inputs(model: VisionTransformer, image: Tensor) -> Tensor:
+    """uint8 (3, H, W) -> float (1, 3, S, S), resized and normalised as the model expects."""
+    return BatchTransform(model.image_size, train=False)(image[None])
+
+
+@torch.no_grad()
+def analyse_image(model: VisionTransformer, image: Tensor) -> ImageViews:
+    """One forward pass of `model` (eval mode) on `image` uint8 (3, H, W), recording every block's attention."""
+    inputs = model_inputs(model, image)  # (1, 3, S, S)
+    with _MODEL_LOCK:
+        logits, captured = capture_forward(model, inputs)  # (1, classes)
+    return ImageViews(
+        probs=logits[0].float().softmax(dim=-1).cpu(),
+        attentions=tuple(a.detach().float().cpu() for a in captured.attentions),  # (1, heads, T, T) each
+        geometry=captured.geometry,
+    )
+
+
+def class_map(model: VisionTransformer, image: Tensor, target_class: int | None = None) -> tuple[Tensor, int]:
+    """Gradient-weighted attention (vitlab.attention) for one class: which patches made the model say it.
+
+    Args:
+        image: uint8 (3, H, W).
+        target_class: a class index, or None for the predicted class.
+    Returns:
+        relevance (grid, grid) and the class it explains.
+    """
+    with _MODEL_LOCK:
+        relevance, target = gradient_weighted_attention(model, model_inputs(model, image), target_class)
+    grid = geometry(model).grid_size
+    return relevance[0].detach().cpu().reshape(grid, grid), int(target[0])
+
+
+@torch.no_grad()
+def mean_distances(model: VisionTransformer, images: Tensor, batch_size: int = 4) -> Tensor:
+    """Mean attention distance (layers, heads) in pixels over `images` uint8 (N, 3, H, W), a few at a time."""
+    total, count = None, 0
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        inputs = BatchTransform(model.image_size, train=False)(batch)  # (b, 3, S, S)
+        with _MODEL_LOCK:
+            _, captured = capture_forward(model, inputs)
+        distances = mean_attention_distance(captured.attentions, model.patch_size) * len(batch)  # (layers, heads)
+        total, count = (distances if total is None else total + distances), count + len(batch)
+    return total / count
+
+
+def distance_figure_png(distances: Tensor, patch_size: int) -> bytes:
+    """vitlab.plotting's mean-distance figure as PNG bytes (rendered once per model, not per slider move)."""
+    buffer = io.BytesIO()
+    plot_mean_distance(distances, patch_size).savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Drawing: numpy overlays, cheap enough for every slider move (no matplotlib figure)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def render_overlay(
+    image: Tensor,
+    grid_map: Tensor | None,
+    size: int = MAIN_VIEW_PX,
+    *,
+    patch_grid: int | None = None,
+    highlight: tuple[int, int] | None = None,
+    alpha: float = 0.55,
+    cmap: str = "inferno",
+) -> np.ndarray:
+    """Draw `image` uint8 (3, H, W) at size x size with a (grid, grid) map over it, like plotting.draw_overlay.
+
+    Args:
+        grid_map: scaled to [0, 1] for display (plotting.upsample_map) and coloured with `cmap`; None: image only.
+        patch_grid: draw the boundaries of a patch_grid x patch_grid patch layout.
+        highlight: (row, col) of a patch of grid_map's grid to outline (the query patch).
+    Returns:
+        uint8 (size, size, 3).
+    """
+    pixels = torch.from_numpy(to_display(image)).permute(2, 0, 1)[None]  # (1, 3, H, W) float in [0, 1]
+    small = image.shape[-1] < size // 4  # tiny images (32 px) stay crisp, so their patches stay visible
+    mode = "nearest-exact" if small else "bilinear"
+    pixels = F.interpolate(pixels, size=(size, size), mode=mode, antialias=not small and image.shape[-1] > size)
+    picture = pixels[0].permute(1, 2, 0).clamp(0, 1).numpy()  # (size, size, 3)
+    if grid_map is not None:
+        colours = colormaps[cmap](upsample_map(grid_map, size))[..., :3]  # (size, size, 3)
+        picture = (1 - alpha) * picture + alpha * colours
+    picture = (picture * 255).round().astype(np.uint8)
+    if patch_grid:
+        edges = np.round(np.arange(1, patch_grid) * size / patch_grid).astype(int)
+        picture[edges, :] = (0.3 * picture[edges, :] + 0.7 * 255).astype(np.uint8)
+        picture[:, edges] = (0.3 * picture[:, edges] + 0.7 * 255).astype(np.uint8)
+    if highlight is not None and grid_map is not None:
+        step = size / grid_map.shape[-1]
+        top, left = round(highlight[0] * step), round(highlight[1] * step)
+        bottom, right = round((highlight[0] + 1) * step) - 1, round((highlight[1] + 1) * step) - 1
+        width = max(2, size // 90)  # about 5 px at 448: still visible when the page shrinks the picture
+        cyan = np.array([0, 229, 255], dtype=np.uint8)
+        picture[top : top + width, left : right + 1] = cyan
+        picture[bottom - width + 1 : bottom + 1, left : right + 1] = cyan
+        picture[top : bottom + 1, left : left + width] = cyan
+        picture[top : bottom + 1, right - width + 1 : right + 1] = cyan
+    return picture
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmark
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def benchmark_explorer(arch: str = "vit_b_16", repeats: int = 5) -> dict[str, float]:
+    """Time the explorer's two interactions with random weights (nothing is downloaded); medians in seconds.
+
+    - "new_image_seconds": a new image until all its views are ready: `analyse_image`, `class_map` for the
+      predicted class, and drawing every per-image view (image, class-token map, all heads, rollout, query patch,
+      class-specific map), as the app does.
+    - "slider_seconds": a layer or head slider move: read the cached analysis back (unpickling, as st.cache_data
+      does on a hit) and redraw the views that depend on layer and head. No model call.
+
+    The mean attention distance (once per model) and Streamlit's own page overhead are not included.
+    """
+    model = build_model(arch, num_classes=1000 if arch == "vit_b_16" else 100, pretrained=False, progress=False)
+    model.eval()
+    size = model.image_size
+    generator = torch.Generator().manual_seed(0)
+    new_image, slider = [], []
+    for repeat in range(repeats + 1):  # the first round warms up the kernels and is not counted
+        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+        started = time.perf_counter()
+        views = analyse_image(model, image)
+        relevance, _ = class_map(model, image)
+        _draw_views(image, views, relevance, layer=views.num_layers - 1, head=0)
+        if repeat:
+            new_image.append(time.perf_counter() - started)
+        blob = pickle.dumps(views)
+        started = time.perf_counter()
+        views = pickle.loads(blob)
+        _draw_views(image, views, None, layer=repeat % views.num_layers, head=repeat % views.num_heads)
+        if repeat:
+            slider.append(time.perf_counter() - started)
+    return {"new_image_seconds": statistics.median(new_image), "slider_seconds": statistics.median(slider)}
+
+
+def _draw_views(image: Tensor, views: ImageViews, relevance: Tensor | None, layer: int, head: int) -> None:
+    """Draw what the page shows for one image (relevance None: a slider move, the class map is unchanged)."""
+    grid = views.geometry.grid_size
+    render_overlay(image, None, patch_grid=grid)
+    render_overlay(image, views.cls_map(layer, head))
+    for head_map in views.head_maps(layer):
+        render_overlay(image, head_map, HEAD_VIEW_PX)
+    render_overlay(image, views.rollout_map("mean", 0.0))
+    render_overlay(image, views.query_map(layer, head, grid // 2, grid // 2), highlight=(grid // 2, grid // 2))
+    if relevance is not None:
+        render_overlay(image, relevance)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitlab.explorer", description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", action="store_true", help="time a new image and a slider move, print medians")
+    parser.add_argument("--arch", default="vit_b_16", choices=("vit_b_16", "vit_tiny"))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if not args.bench:
+        parser.print_help()
+        return 0
+    result = benchmark_explorer(args.arch, args.repeats)
+    print(f"{args.arch} on {torch.get_num_threads()} CPU threads, median of {args.repeats}: "
+          f"new image {result['new_image_seconds']:.3f} s, slider move {result['slider_seconds']:.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
