@@ -139,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         {agreement[0]:.2f}, after block 1 it is {agreement[1]:.2f} and after the last block {agreement[-1]:.2f}.
         Attention filled it with what it read from the patches; the classifier looks only at it.
     """)
-    save(plot_position_similarity(similarity), args.out, FIGURES[0])
+    fig = plot_position_similarity(similarity)
+    fig.colorbar(fig.axes[0].images[0], ax=fig.axes, shrink=0.5, label="cosine similarity")  # all maps: -1 to 1
+    save(fig, args.out, FIGURES[0])
     save(figure_distance_and_class_token(by_distance, agreement, subject.name, shown.images.shape[0]),
          args.out, FIGURES[1])
     print_questions(__doc__)

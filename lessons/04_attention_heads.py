@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     heads = maps.shape[1]
     spread = effective_patches(maps).mean(dim=0)  # (heads,)
     on_patches = maps.flatten(2).sum(dim=-1).mean(dim=0)  # (heads,) the rest goes to the class token itself
-    lines = [f"  head {h}: spreads over {spread[h]:5.1f} of {geo.num_patches} patches (effective), "
+    lines = [f"  head {h:2d}: spreads over {spread[h]:5.1f} of {geo.num_patches} patches (effective), "
              f"{100 * on_patches[h]:3.0f}% of its attention on patches" for h in range(heads)]
     if measured.masks is not None:
         objects = object_patches(measured.masks, geo)  # (B, patches)

@@ -110,11 +110,11 @@ def figure_change(change: Tensor, frozen: int, title: str) -> Figure:
     colours = ["tab:blue" if b <= frozen else "tab:orange" for b in blocks]
     ax.bar(blocks, change.numpy(), color=colours)
     for b in blocks:
-        text = "identical\n(torch.equal)" if b <= frozen else f"{change[b - 1]:.2e}"
-        ax.text(b, change[b - 1].item(), text, ha="center", va="bottom", fontsize=8)
-    ax.set(xlabel="encoder block (blue: frozen, orange: fine-tuned)",
+        text = "identical" if b <= frozen else f"{change[b - 1]:.1e}"
+        ax.text(b, change[b - 1].item(), f" {text}", ha="center", va="bottom", fontsize=8, rotation=90)
+    ax.set(xlabel="encoder block (blue: frozen, identical by torch.equal; orange: fine-tuned)",
            ylabel="mean |attention after - before|", title=title, xticks=blocks,
-           ylim=(0, 1.3 * change.max().item()))
+           ylim=(0, 1.4 * change.max().item()))
     ax.grid(True, axis="y", alpha=0.3)
     return fig
 

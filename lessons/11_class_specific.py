@@ -148,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         similarity 1). Mean total relevance: predicted class {totals['predicted class']:.2f}, other class
         {totals['other class']:.2f}: the maps say where each class's logit was pushed up, not which class won.
     """)
+    if not relevance.any():
+        explain("""
+            Every relevance map is zero: no attention weight raised the class logits, so the logits do not depend
+            on attention (an untrained head does this). The mass ratios below are then undefined (nan).
+        """)
     ratios = None
     if measured.masks is not None:
         objects = object_patches(measured.masks, geo)  # (B, patches)

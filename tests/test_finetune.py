@@ -258,3 +258,12 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     history = _history(out)
     assert len(history) == 2 and all(set(r) == HISTORY_FIELDS for r in history)
     assert load_checkpoint(out)["epoch"] == 2
+
+
+def test_the_demo_preset_learns_shapes_and_its_attention_finds_them(demo_cache: Path) -> None:
+    """The full `--preset demo` run (trained once per session by the demo_cache fixture) meets its targets."""
+    summary = json.loads((demo_cache / "demo" / "summary.json").read_text())
+    assert summary["test_acc"] >= 0.95
+    assert summary["pointing_game"] >= 0.8 > summary["random_pointing_game"]
+    assert summary["attention_mass_ratio"] >= 2.5
+    assert summary["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.5}
