@@ -78,7 +78,8 @@ def figure_explained_variance(curves: dict[str, Tensor], title: str) -> Figure:
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for label, ratios in curves.items():
-        ax.plot(range(1, len(ratios) + 1), 100 * ratios.cumsum(0).numpy(), "o-", markersize=3, label=label)
+        style = "o--" if label.startswith("initial") else "o-"  # dashed: it may lie right on the trained curve
+        ax.plot(range(1, len(ratios) + 1), 100 * ratios.cumsum(0).numpy(), style, markersize=3, label=label)
     ax.set(xlabel="number of principal components", ylabel="variance explained (%, cumulative)",
            title=title, ylim=(0, 101))
     ax.grid(True, alpha=0.3)

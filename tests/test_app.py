@@ -64,7 +64,8 @@ ODD_UPLOADS = {
     "palette": (encode(noise(48, 48).convert("P")), "palette"),
     "16-bit grayscale": (encode(Image.fromarray(np.full((40, 40), 40000, np.uint16))), "16-bit"),
     "small": (encode(noise(12, 12)), "Upscaled"),
-    "wide JPEG": (encode(noise(600, 200), "JPEG"), "centre square"),
+    "wide JPEG": (encode(noise(600, 200), "JPEG"), "Cropped from 600x200"),
+    "big JPEG": (encode(noise(3000, 2000), "JPEG"), "Cropped from 3000x2000"),
     "plain RGB": (encode(noise(64, 64)), None),
 }
 

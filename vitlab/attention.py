@@ -192,7 +192,8 @@ def attention_mass_ratio(maps: Tensor, object_patches: Tensor) -> float:
     1.0 is what a map that ignores the object scores on average; higher means attention concentrates on it.
     """
     maps = maps.clamp(min=0)
-    mass_on_object = (maps * object_patches).sum(dim=1) / maps.sum(dim=1)  # (B,)
+    total = maps.sum(dim=1).clamp(min=torch.finfo(maps.dtype).tiny)  # an all-zero map has no mass anywhere
+    mass_on_object = (maps * object_patches).sum(dim=1) / total  # (B,)
     object_share = object_patches.float().mean(dim=1)  # (B,)
     return (mass_on_object / object_share).mean().item()
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torchvision.models import VisionTransformer
 
 from vitlab.attention import attention_mass_ratio, patch_coverage, pointing_game, rollout
@@ -79,7 +80,10 @@ def localization_scores(
             model(transform(images))
         maps.append(rollout(captured.attentions, **DEMO_ROLLOUT).cpu())  # (b, patches)
         plain_maps.append(rollout(captured.attentions).cpu())  # (b, patches)
-        coverage = patch_coverage(dataset.masks[start : start + batch_size], model.patch_size)  # (b, patches)
+        masks = dataset.masks[start : start + batch_size]  # (b, H, W) at the stored size, e.g. 32x32
+        # The model sees images resized to its input size (224 for ViT-B/16): resize the masks the same way.
+        masks = F.interpolate(masks[:, None].float(), size=model.image_size, mode="nearest")[:, 0] > 0.5
+        coverage = patch_coverage(masks, model.patch_size)  # (b, patches)
         object_patches.append((coverage > 0).cpu())
     all_maps, all_plain, all_objects = torch.cat(maps), torch.cat(plain_maps), torch.cat(object_patches)
     random_maps = torch.rand(all_maps.shape, generator=torch.Generator().manual_seed(0))

@@ -146,9 +146,11 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
         from vitlab.demo import default_cache_dir, load_demo_model
 
         model, splits = load_demo_model()
+        blocks, heads = len(model.encoder.layers), model.encoder.layers[0].self_attention.num_heads
         return LoadedModel(
             model=model.eval(), classes=list(splits.classes), key=f"demo:{default_cache_dir()}",
-            description="Demo: a tiny ViT (4 blocks, 4 heads, 4-px patches) trained on synthetic shapes, offline.",
+            description=f"Demo: a tiny ViT ({blocks} blocks, {heads} heads, {model.patch_size}-px patches) trained "
+            f"on synthetic shapes, offline.",
             images=splits.test, images_note=f"shapes test set, {len(splits.test)} images",
         )
     if source == "checkpoint":
@@ -182,7 +184,7 @@ def _load_checkpoint_source(path: Path) -> LoadedModel:
     except (KeyError, TypeError, ValueError, RuntimeError, VitlabError) as error:
         raise CheckpointError(
             f"{path} has the vitlab checkpoint marker but its contents do not rebuild a model "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}). It may come from another vitlab "
+            f"({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}). It may come from another vitlab "
             f"version or be damaged; retrain with python -m vitlab.finetune."
         ) from None
     images, note = _browse_images(
@@ -248,10 +250,13 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
             picture = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))  # reads the header only
             if picture.width * picture.height > MAX_UPLOAD_PIXELS:
                 raise bomb
+            stored = picture.size  # the file's own width and height
             if picture.format == "JPEG":
                 picture.draft("RGB", (2 * image_size, 2 * image_size))  # decode a big JPEG at reduced scale
             picture.load()
+            decoded = picture.size
             picture = ImageOps.exif_transpose(picture)
+            width, height = stored if picture.size == decoded else stored[::-1]  # as seen, after EXIF rotation
     except UploadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -263,13 +268,12 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
             f"The image could not be decoded: it looks truncated or damaged ({error}). Save or export it again "
             f"and upload the new file."
         ) from None
-    if min(picture.size) < MIN_UPLOAD_SIDE:
+    if min(width, height) < MIN_UPLOAD_SIDE:
         raise UploadError(
-            f"The image is only {picture.width}x{picture.height} pixels; the explorer needs at least "
+            f"The image is only {width}x{height} pixels; the explorer needs at least "
             f"{MIN_UPLOAD_SIDE}x{MIN_UPLOAD_SIDE} to show anything. Upload a larger image."
         )
     rgb, notes = _to_rgb(picture)
-    width, height = rgb.size
     if width != height:
         notes.append(f"Cropped from {width}x{height} to its centre square: the model takes square images.")
     if min(width, height) < image_size:
@@ -277,8 +281,12 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
             f"Upscaled: the image ({width}x{height}) is smaller than the model's {image_size}x{image_size} input, "
             f"so it and its attention maps look blurry."
         )
-    side = min(width, height)
-    centre = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2)
+    decoded_width, decoded_height = rgb.size  # smaller than width x height when a JPEG was decoded in draft mode
+    side = min(decoded_width, decoded_height)
+    centre = (
+        (decoded_width - side) // 2, (decoded_height - side) // 2,
+        (decoded_width + side) // 2, (decoded_height + side) // 2,
+    )
     square = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC, box=centre, reducing_gap=3.0)
     pixels = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy())  # (S, S, 3)
     return PreparedImage(image=pixels.permute(2, 0, 1).contiguous(), notes=tuple(notes))  # (3, S, S)

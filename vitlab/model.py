@@ -65,16 +65,14 @@ def build_model(
     else:
         model = VisionTransformer(num_classes=1000, **VIT_TINY_CONFIG)
 
+    _replace_head(model, num_classes)
     if pretrained not in (True, False):
         state_dict = load_state_dict_file(pretrained)
-        if state_dict.get("heads.head.weight", torch.empty(0)).shape[:1] == (num_classes,):
-            _replace_head(model, num_classes)  # the file already holds a head of the right size
-            _load_state_dict(model, state_dict, pretrained)
-        else:
-            _load_state_dict(model, state_dict, pretrained)
-            _replace_head(model, num_classes)
-    else:
-        _replace_head(model, num_classes)
+        if state_dict.get("heads.head.weight", torch.empty(0)).shape[:1] != (num_classes,):
+            # A head for other classes (ImageNet's 1000, say): keep the body, start a fresh head.
+            state_dict = {name: value for name, value in state_dict.items() if not name.startswith("heads.")}
+            state_dict.update({f"heads.{name}": value for name, value in model.heads.state_dict().items()})
+        _load_state_dict(model, state_dict, pretrained)
 
     freeze_all_but_last(model, trainable_blocks)
     return model

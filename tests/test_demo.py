@@ -1,0 +1,44 @@
+"""The demo's localisation scores and loading weights across head sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.models import VisionTransformer
+
+from vitlab.data import load_dataset
+from vitlab.demo import localization_scores
+from vitlab.model import build_model
+
+
+def test_localization_scores_resize_masks_to_the_models_input() -> None:
+    # A 64x64-input model scoring 32x32 shapes: the masks must be resized like the images (16 patches, not 4).
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=64, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    scores = localization_scores(model, load_dataset("shapes").test.take(8))
+    assert 0.0 <= scores["pointing_game"] <= 1.0 and scores["attention_mass_ratio"] > 0
+
+
+def test_localization_scores_known_answer_for_uniform_attention() -> None:
+    # Zero query/key projections make attention uniform, so plain rollout is flat: mass ratio exactly 1 (chance).
+    # (With discarding, uniform rows are all ties, so which half goes is arbitrary: no known answer there.)
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", num_classes=4, pretrained=False)
+    with torch.no_grad():
+        for block in model.encoder.layers:
+            hidden = block.self_attention.embed_dim
+            block.self_attention.in_proj_weight[: 2 * hidden] = 0
+            block.self_attention.in_proj_bias[: 2 * hidden] = 0
+    scores = localization_scores(model, load_dataset("shapes").test.take(16))
+    assert abs(scores["attention_mass_ratio_no_discard"] - 1.0) < 1e-4
+
+
+def test_a_state_dict_with_another_head_size_keeps_the_body(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    four_classes = build_model("vit_tiny", num_classes=4, pretrained=False)
+    torch.save(four_classes.state_dict(), tmp_path / "four.pt")
+    two_classes = build_model("vit_tiny", num_classes=2, pretrained=tmp_path / "four.pt")
+    assert two_classes.heads.head.out_features == 2
+    body = "encoder.layers.encoder_layer_2.mlp.0.weight"
+    assert torch.equal(two_classes.state_dict()[body], four_classes.state_dict()[body])
