@@ -74,3 +74,15 @@ def fake_cifar100(tmp_path: Path, trust_fake_files: None) -> Path:
     root = tmp_path / "cifar_data"
     write_fake_cifar100(root)
     return root
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for a test of small tensors: on a busy 2-core machine two OpenMP threads waiting on each
+    other make every small op many times slower. Restored afterwards; results do not depend on it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -25,15 +25,7 @@ from vitlab.attention import (
 from vitlab.capture import Geometry, capture
 from vitlab.model import build_model
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread per test: on 2 cores shared with other jobs, two OpenMP threads waiting on each other
-    make every small op ~50x slower. (Restored afterwards; results do not depend on it.)"""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
 
 def tiny_model(seed: int = 0, num_classes: int = 10):

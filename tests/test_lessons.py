@@ -25,14 +25,7 @@ LESSON_FILES = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.py"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread per test: on 2 cores shared with other jobs, two OpenMP threads waiting on each other
-    make every small op ~50x slower. (Restored afterwards; results do not depend on it.)"""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
 
 def load_lesson(path: Path) -> ModuleType:

@@ -27,14 +27,7 @@ from vitlab.model import (
 VIT_B_16_FILE = "vit_b_16-c867db91.pth"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread per test: on 2 cores shared with other jobs, two OpenMP threads waiting on each other
-    make every small op ~50x slower. (Restored afterwards; results do not depend on it.)"""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
 
 def trainable_names(model: torch.nn.Module) -> set[str]:
