@@ -156,20 +156,14 @@ def choose_image(loaded: explorer.LoadedModel) -> tuple[torch.Tensor, str, list[
     return prepared.image, f"upload:{key}", [f"Uploaded: {upload.name}", *prepared.notes]
 
 
-def choose_attention(num_layers: int, num_heads: int) -> tuple[int, int, bool]:
-    """(layer 0-based, head, show the patch grid), from controls at the top of the page, where the class sees them."""
-    keep_in("layer", range(1, num_layers + 1), num_layers)
-    keep_in("head", range(num_heads), 0)
-    block_column, head_column, grid_column = st.columns([2, 2, 1], gap="large", vertical_alignment="center")
-    layer = block_column.slider("Encoder block (layer)", 1, num_layers, key="layer")
-    head = head_column.slider("Head", 0, num_heads - 1, key="head")
-    show_grid = grid_column.toggle("Patch grid", key="patch_grid")
-    return layer - 1, head, show_grid
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def show(image: torch.Tensor, grid_map: torch.Tensor | None, grid: int | None, **options) -> None:
+    """One view: `image` with `grid_map` over it, drawn as a numpy array (cheap enough for every slider move)."""
+    st.image(explorer.render_overlay(image, grid_map, patch_grid=grid, **options), width="stretch")
 
 
 def main() -> None:
@@ -180,56 +174,24 @@ def main() -> None:
     loaded = choose_model()
     image, image_key, image_lines = choose_image(loaded)
     views = analyse(loaded.key, image_key, loaded, image)
-    layer, head, show_grid = choose_attention(views.num_layers, views.num_heads)
+    st.sidebar.header("Display")
+    grid = views.geometry.grid_size if st.sidebar.toggle("Show the patch grid", key="patch_grid") else None
 
     geometry, classes = views.geometry, loaded.classes
-    grid = geometry.grid_size if show_grid else None
-
-    def show(grid_map, **options) -> None:
-        st.image(explorer.render_overlay(image, grid_map, patch_grid=grid, **options), width="stretch")
-
-    picture, attention, prediction = st.columns(3, gap="large")
+    picture, prediction, why = st.columns(3, gap="large")
     with picture:
         st.subheader("Image")
-        show(None)
+        show(image, None, grid)
         st.markdown("  \n".join(image_lines))
         st.caption(
             f"What the model sees: {geometry.image_size}x{geometry.image_size} pixels cut into a "
             f"{geometry.grid_size}x{geometry.grid_size} grid of {geometry.patch_size}-pixel patches."
-        )
-    with attention:
-        st.subheader("Class token")
-        show(views.cls_map(layer, head))
-        st.caption(
-            f"Block {layer + 1}, head {head}: bright patches are where the class token looks, the token whose final "
-            f"state the classifier reads."
         )
     with prediction:
         st.subheader("Prediction")
         for index, probability in views.top_k(5):
             st.progress(min(max(probability, 0.0), 1.0), text=f"**{classes[index]}**: {probability:.1%}")
         st.caption("The five most likely classes and their softmax probabilities.")
-
-    st.divider()
-    flow, query, why = st.columns(3, gap="large")
-    with flow:
-        st.subheader("Rollout")
-        fusion = st.radio("Head fusion", FUSIONS, key="fusion", horizontal=True)
-        discard = st.slider("Discard ratio", 0.0, 0.9, 0.0, 0.05, key="discard_ratio")
-        show(views.rollout_map(fusion, discard))
-        st.caption(
-            "Attention multiplied through all blocks, plus the residual path: how much each patch reaches the "
-            "class token; discarding the weakest links sharpens the map."
-        )
-    with query:
-        st.subheader("Query patch")
-        last = geometry.grid_size - 1
-        keep_in("query_row", range(geometry.grid_size), geometry.grid_size // 2)
-        keep_in("query_col", range(geometry.grid_size), geometry.grid_size // 2)
-        row = st.slider("Patch row", 0, last, key="query_row")
-        col = st.slider("Patch column", 0, last, key="query_col")
-        show(views.query_map(layer, head, row, col), highlight=(row, col))
-        st.caption(f"Block {layer + 1}, head {head}: where the outlined patch looks, its own row of attention.")
     with why:
         st.subheader("Class-specific")
         predicted = views.top_k(1)[0][0]
@@ -239,21 +201,14 @@ def main() -> None:
             format_func=lambda c: f"predicted: {classes[predicted]}" if c == PREDICTED else classes[c],
         )
         relevance, explained = explain(loaded.key, image_key, None if target == PREDICTED else target, loaded, image)
-        show(relevance)
+        show(image, relevance, grid)
         st.caption(
             f"Gradient-weighted attention (Chefer et al. 2021) for **{classes[explained]}** "
             f"({float(views.probs[explained]):.1%}): the patches whose attention raised that class's score."
         )
 
     st.divider()
-    st.subheader(f"All {views.num_heads} heads of block {layer + 1}")
-    columns = st.columns(min(views.num_heads, 6))
-    for index, head_map in enumerate(views.head_maps(layer)):
-        with columns[index % len(columns)]:
-            st.image(explorer.render_overlay(image, head_map, explorer.HEAD_VIEW_PX, patch_grid=grid), width="stretch")
-            st.caption(f"head {index}" + (" (chosen)" if index == head else ""))
-    st.caption("The class token's attention in every head of the chosen block: heads of one block look at different "
-               "things.")
+    attention_views(image, views, grid)
 
     st.divider()
     st.subheader("Mean attention distance")
@@ -268,6 +223,53 @@ def main() -> None:
         f"How far, in pixels, each head looks on average in every block, over {len(sample)} "
         f"image{'s' if len(sample) > 1 else ''}: the ViT paper's measure of local versus global attention."
     )
+
+
+@st.fragment
+def attention_views(image: torch.Tensor, views: explorer.ImageViews, grid: int | None) -> None:
+    """Everything the layer, head, query and rollout controls change. A fragment: moving one of them reruns only
+    this part of the page, from the cached forward pass, so the browser redraws only these views."""
+    keep_in("layer", range(1, views.num_layers + 1), views.num_layers)
+    keep_in("head", range(views.num_heads), 0)
+    block_column, head_column = st.columns(2, gap="large")
+    layer = block_column.slider("Encoder block (layer)", 1, views.num_layers, key="layer") - 1
+    head = head_column.slider("Head", 0, views.num_heads - 1, key="head")
+
+    attention, query, flow = st.columns(3, gap="large")
+    with attention:
+        st.subheader("Class token")
+        show(image, views.cls_map(layer, head), grid)
+        st.caption(
+            f"Block {layer + 1}, head {head}: bright patches are where the class token looks, the token whose final "
+            f"state the classifier reads."
+        )
+    with query:
+        st.subheader("Query patch")
+        size = views.geometry.grid_size
+        keep_in("query_row", range(size), size // 2)
+        keep_in("query_col", range(size), size // 2)
+        rows, cols = st.columns(2)
+        row = rows.slider("Patch row", 0, size - 1, key="query_row")
+        col = cols.slider("Patch column", 0, size - 1, key="query_col")
+        show(image, views.query_map(layer, head, row, col), grid, highlight=(row, col))
+        st.caption(f"Block {layer + 1}, head {head}: where the outlined patch looks, its own row of attention.")
+    with flow:
+        st.subheader("Rollout")
+        fusions, discards = st.columns(2)
+        fusion = fusions.selectbox("Head fusion", FUSIONS, key="fusion")
+        discard = discards.slider("Discard ratio", 0.0, 0.9, 0.0, 0.05, key="discard_ratio")
+        show(image, views.rollout_map(fusion, discard), grid)
+        st.caption(
+            "All blocks at once: attention multiplied through the layers, plus the residual path; discarding the "
+            "weakest links sharpens the map."
+        )
+
+    st.subheader(f"All {views.num_heads} heads of block {layer + 1}")
+    panels = [explorer.render_overlay(image, m, explorer.HEAD_VIEW_PX, patch_grid=grid) for m in views.head_maps(layer)]
+    names = [f"head {index}" + (" (chosen)" if index == head else "") for index in range(views.num_heads)]
+    st.image(panels, caption=names, width=explorer.HEAD_VIEW_PX)  # one element: one redraw per slider move
+    st.caption("The class token's attention in every head of the chosen block: heads of one block look at different "
+               "things.")
 
 
 main()

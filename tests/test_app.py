@@ -204,11 +204,16 @@ def app(demo_cache, tmp_path, monkeypatch) -> AppTest:
     return AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
 
 
+def pictures(at: AppTest) -> int:
+    """How many pictures the page shows (one st.image element can hold a list of them: the heads)."""
+    return sum(len(element.proto.imgs) for element in at.image)
+
+
 def assert_healthy(at: AppTest, images: int = 10) -> None:
     """No exception and no error on the page, and at least `images` pictures drawn."""
     assert not at.exception, "\n".join(e.message for e in at.exception)
     assert not at.error, [e.value for e in at.error]
-    assert len(at.image) >= images
+    assert pictures(at) >= images
 
 
 def test_app_shows_every_view_for_the_demo_model(app):
@@ -219,14 +224,17 @@ def test_app_shows_every_view_for_the_demo_model(app):
         assert view in subheaders, subheaders
     assert len(app.get("progress")) == 4  # top-5 of a 4-class model
     assert len(app.caption) >= 8  # one sentence under every view
+    grid = next(element for element in app.image if len(element.proto.imgs) > 1)
+    heads = [picture.caption for picture in grid.proto.imgs]
+    assert heads == ["head 0 (chosen)", "head 1", "head 2", "head 3"]
     assert "True label" in app.markdown[0].value
 
 
 CONTROLS = [
     ("slider", "layer", 1),
     ("slider", "head", 3),
-    ("radio", "fusion", "max"),
-    ("radio", "fusion", "min"),
+    ("selectbox", "fusion", "max"),
+    ("selectbox", "fusion", "min"),
     ("slider", "discard_ratio", 0.9),
     ("slider", "query_row", 0),
     ("slider", "query_col", 7),

@@ -130,6 +130,16 @@ def test_interleaved_warms_up_then_alternates() -> None:
     assert len(a) == len(b) == 4
 
 
+def test_rows_flag_a_noisy_machine() -> None:
+    quiet = bench.row_result("capture_overhead", tiny(), 1.0, 1.02, "s/batch", ratio=1.02, ratio_meaning="",
+                             target="<= 1.05x", met=True, samples_baseline=[1.0, 1.1], samples_vitlab=[1.02, 1.05])
+    assert quiet["ratio_best"] == pytest.approx(1.02) and quiet["spread"] == pytest.approx(1.1)
+    assert "noisy" not in quiet["notes"]
+    noisy = bench.row_result("data_pipeline", tiny(), 100.0, 400.0, "images/s", ratio=4.0, ratio_meaning="",
+                             target=">= 4x", met=True, samples_baseline=[30.0, 100.0], samples_vitlab=[400.0, 420.0])
+    assert noisy["ratio_best"] == pytest.approx(4.2) and "noisy" in noisy["notes"]  # images/s: best is the largest
+
+
 def test_check_compares_against_the_target() -> None:
     assert bench.check(4.1, ">=", 4.0) is True
     assert bench.check(1.06, "<=", 1.05) is False

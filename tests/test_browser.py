@@ -105,7 +105,7 @@ def test_explorer_renders_and_follows_a_slider_in_chromium(app_url: str, tmp_pat
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1450})
             page.on("pageerror", lambda error: page_errors.append(str(error)))
             page.goto(app_url, timeout=RUN_SECONDS * 1000)
             wait_until_done(page, images=10)  # 5 views, 4 heads, the distance plot

@@ -19,7 +19,7 @@ from torchvision.transforms import InterpolationMode
 from vitlab.data import BatchTransform, ImageDataset, batches, denormalize, load_dataset
 from vitlab.errors import DataUnavailableError, VitlabError
 from vitlab.shapes import SHAPE_CLASSES, make_shapes
-from vitlab.transforms import IMAGENET_MEAN, IMAGENET_STD, rotate_flip_resize
+from vitlab.transforms import IMAGENET_MEAN, IMAGENET_STD, rotate_flip
 
 
 @pytest.fixture(autouse=True)
@@ -89,14 +89,14 @@ def test_rotation_matches_torchvision_rotate_inside_the_image() -> None:
         expected = TF.rotate(image, degrees, interpolation=InterpolationMode.BILINEAR)
         if sign < 0:
             expected = TF.hflip(expected)  # ours rotates, then mirrors
-        ours = rotate_flip_resize(image, torch.tensor([math.radians(degrees)]), torch.tensor([sign]), 32)
+        ours = rotate_flip(image, torch.tensor([math.radians(degrees)]), torch.tensor([sign]))
         torch.testing.assert_close(ours[..., interior], expected[..., interior], atol=1e-4, rtol=0)
 
 
 def test_rotation_by_45_degrees_keeps_the_octagon() -> None:
     # A square turned by 45 degrees covers a regular octagon of the output: 2 * (sqrt(2) - 1) = 0.828 of it.
     ones = torch.ones(1, 1, 64, 64)
-    out = rotate_flip_resize(ones, torch.tensor([math.radians(45.0)]), torch.ones(1), 64)
+    out = rotate_flip(ones, torch.tensor([math.radians(45.0)]), torch.ones(1))
     assert out.mean().item() == pytest.approx(2 * (math.sqrt(2) - 1), abs=0.02)
     assert out[0, 0, 0, 0] == 0 and out[0, 0, 32, 32] == 1  # black corner, untouched centre
 
@@ -416,3 +416,14 @@ def test_batches_shuffle_is_reproducible_with_a_generator() -> None:
 def test_batches_land_on_the_requested_device_with_the_right_types() -> None:
     images, labels = next(batches(_numbered(4), 4, shuffle=False, device=torch.device("cpu")))
     assert images.device.type == "cpu" and images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(32, 224), (40, 24), (17, 17)])
+def test_resize_as_matrices_equals_interpolate(size_in: int, size_out: int) -> None:
+    from vitlab.transforms import resize
+
+    x = torch.rand(2, 3, size_in, size_in, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(
+        x, size=(size_out, size_out), mode="bilinear", align_corners=False, antialias=size_out < size_in
+    )
+    torch.testing.assert_close(resize(x, size_out), expected, atol=1e-5, rtol=0)
