@@ -4,7 +4,8 @@
 
 A thin page over the package: the analyses are vitlab.attention's, the per-image work is vitlab.explorer's. The
 model is cached with st.cache_resource (shared by every session, never mutated) and each image's forward pass with
-st.cache_data, so a layer or head slider redraws from cached attention without running the model again.
+st.cache_data, so a layer or head slider redraws from cached attention without running the model again; those
+sliders live in a fragment (`attention_views`), so moving one reruns and redraws only the views it changes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def prepare_upload(upload_key: str, image_size: int, _data: bytes) -> explorer.P
     return explorer.preprocess_upload(_data, image_size)
 
 
-@st.cache_data(max_entries=24, show_spinner="Running the model on this image...")
+@st.cache_data(max_entries=16, show_spinner="Running the model on this image...")  # ViT-B/16: 22 MB each
 def analyse(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image: torch.Tensor):
     return explorer.analyse_image(_loaded.model, _image)
 
@@ -70,7 +71,7 @@ def pick_random_image(count: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Controls: model and image in the sidebar, layer and head on the page
+# Controls in the sidebar: the model and the image
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -163,7 +164,8 @@ def choose_image(loaded: explorer.LoadedModel) -> tuple[torch.Tensor, str, list[
 
 def show(image: torch.Tensor, grid_map: torch.Tensor | None, grid: int | None, **options) -> None:
     """One view: `image` with `grid_map` over it, drawn as a numpy array (cheap enough for every slider move)."""
-    st.image(explorer.render_overlay(image, grid_map, patch_grid=grid, **options), width="stretch")
+    picture = explorer.render_overlay(image, grid_map, patch_grid=grid, **options)
+    st.image(picture, width="stretch", output_format=explorer.VIEW_FORMAT)
 
 
 def main() -> None:
@@ -267,7 +269,7 @@ def attention_views(image: torch.Tensor, views: explorer.ImageViews, grid: int |
     st.subheader(f"All {views.num_heads} heads of block {layer + 1}")
     panels = [explorer.render_overlay(image, m, explorer.HEAD_VIEW_PX, patch_grid=grid) for m in views.head_maps(layer)]
     names = [f"head {index}" + (" (chosen)" if index == head else "") for index in range(views.num_heads)]
-    st.image(panels, caption=names, width=explorer.HEAD_VIEW_PX)  # one element: one redraw per slider move
+    st.image(panels, caption=names, width=explorer.HEAD_VIEW_PX, output_format=explorer.VIEW_FORMAT)  # one element
     st.caption("The class token's attention in every head of the chosen block: heads of one block look at different "
                "things.")
 

@@ -267,3 +267,13 @@ def test_the_demo_preset_learns_shapes_and_its_attention_finds_them(demo_cache: 
     assert summary["pointing_game"] >= 0.8 > summary["random_pointing_game"]
     assert summary["attention_mass_ratio"] >= 2.5
     assert summary["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.5}
+
+
+def test_an_incomplete_checkpoint_is_a_checkpoint_error(smoke_run: Path, tmp_path: Path) -> None:
+    from vitlab.checkpoint import save_checkpoint
+
+    checkpoint = load_checkpoint(smoke_run / "best.pt")
+    del checkpoint["classes"], checkpoint["format"]
+    save_checkpoint(tmp_path / "broken.pt", checkpoint)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        load_trained_model(tmp_path / "broken.pt")

@@ -90,10 +90,15 @@ def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict
         (model, checkpoint): the checkpoint dict holds "config", "classes", "epoch" and more.
     """
     checkpoint = load_checkpoint(path)
-    config = checkpoint["config"]
-    model = build_model(
-        config["arch"], num_classes=len(checkpoint["classes"]), pretrained=False,
-        trainable_blocks=checkpoint["trainable_blocks"],
-    )
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model = build_model(
+            checkpoint["config"]["arch"], num_classes=len(checkpoint["classes"]), pretrained=False,
+            trainable_blocks=checkpoint["trainable_blocks"],
+        )
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path} carries the vitlab marker but is incomplete or does not fit its own settings ({error!r}). "
+            f"Use a best.pt or checkpoint.pt written by python -m vitlab.finetune."
+        ) from None
     return model.eval(), checkpoint
