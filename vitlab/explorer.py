@@ -176,18 +176,10 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
 
 
 def _load_checkpoint_source(path: Path) -> LoadedModel:
-    try:
-        model, checkpoint = load_trained_model(path)  # weights_only=True: pickled code is refused
-        config, classes = checkpoint["config"], list(checkpoint["classes"])
-        dataset = config["dataset"]
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError, VitlabError) as error:
-        raise CheckpointError(
-            f"{path} has the vitlab checkpoint marker but its contents do not rebuild a model "
-            f"({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}). It may come from another vitlab "
-            f"version or be damaged; retrain with python -m vitlab.finetune."
-        ) from None
+    # load_trained_model raises CheckpointError for missing, foreign, unsafe (pickled code) and incomplete files.
+    model, checkpoint = load_trained_model(path)
+    config, classes = checkpoint["config"], list(checkpoint["classes"])
+    dataset = config["dataset"]
     images, note = _browse_images(
         dataset, config.get("data_dir", "./data"), seed=config.get("seed", 42), subset=config.get("subset"),
         val_size=config.get("val_size", 5000),
