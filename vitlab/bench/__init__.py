@@ -1,0 +1,60 @@
+"""How fast vitlab is, measured against the notebook's way in the same process: `python -m vitlab.bench --quick`.
+
+Every row times the notebook's way (`vitlab.baseline`) and vitlab's way on the same device, with the same batch size,
+interleaved (A B B A A B ...) after a warm-up, several repeats, and reports the medians, their ratio and the target
+from the performance issue:
+
+    row               baseline: the notebook                        vitlab                              target
+    data_pipeline     PIL transforms per image in a DataLoader      BatchTransform on a whole batch     >= 4x
+    train_step        fp32, PIL DataLoader, Adam, .item() per step  train_one_epoch, bf16 on CUDA       >= 1x
+    capture_overhead  a plain eval forward                          the same forward under capture      <= 1.05x
+    eval_throughput   PIL test transform, fp32, .item() per batch   vitlab.train.evaluate               report
+    peak_memory       its training step, in a fresh process         vitlab's, in a fresh process        report
+    demo              (none)                                        finetune --preset demo, end to end  >= 95%, <= 60 s
+    epoch (--epoch)   its loop, extrapolated to an epoch            one epoch of CIFAR-100's shape      <= 30 s, >= 10x
+
+All data is random uint8 of CIFAR-100's shape and all weights are random: nothing is downloaded, and speed does not
+depend on the values. Targets are reported, never asserted: a slow machine is information, not an error.
+
+    python -m vitlab.bench --quick                      # every row, small repeat counts (~3 minutes on 2 cores)
+    python -m vitlab.bench --rows data_pipeline,capture_overhead --json bench.json
+    python -m vitlab.bench --device cuda --epoch        # on a GPU: also the full-epoch row
+"""
+
+from vitlab.bench.cli import BENCHES, build_parser, main, pick_device
+from vitlab.bench.epoch import bench_epoch
+from vitlab.bench.measure import (
+    NUM_CLASSES,
+    OPTIONAL_ROWS,
+    ROWS,
+    Settings,
+    as_dataset,
+    check,
+    cifar_like,
+    input_size,
+    interleaved,
+    not_measured,
+    row_result,
+    sync,
+    vitlab_model,
+)
+from vitlab.bench.report import cpu_model, describe_device, device_name, format_table, report, write_json
+from vitlab.bench.rows import (
+    bench_capture_overhead,
+    bench_data_pipeline,
+    bench_demo,
+    bench_eval_throughput,
+    bench_peak_memory,
+    bench_train_step,
+    count_host_syncs,
+    memory_child,
+    notebook_trainer,
+)
+
+__all__ = [
+    "BENCHES", "NUM_CLASSES", "OPTIONAL_ROWS", "ROWS", "Settings", "as_dataset", "bench_capture_overhead",
+    "bench_data_pipeline", "bench_demo", "bench_epoch", "bench_eval_throughput", "bench_peak_memory",
+    "bench_train_step", "build_parser", "check", "cifar_like", "count_host_syncs", "cpu_model", "describe_device",
+    "device_name", "format_table", "input_size", "interleaved", "main", "memory_child", "not_measured",
+    "notebook_trainer", "pick_device", "report", "row_result", "sync", "vitlab_model", "write_json",
+]

@@ -1,0 +1,348 @@
+"""The benchmark rows that compare vitlab with the notebook's way (`vitlab.baseline`) on any device."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitlab.baseline import (
+    notebook_eval_steps,
+    notebook_load_batches,
+    notebook_loader,
+    notebook_model,
+    notebook_optimizer,
+    notebook_train_steps,
+)
+from vitlab.bench.measure import (
+    NUM_CLASSES,
+    Settings,
+    as_dataset,
+    check,
+    cifar_like,
+    input_size,
+    interleaved,
+    not_measured,
+    row_result,
+    sync,
+    vitlab_model,
+)
+from vitlab.bench.report import describe_device
+from vitlab.capture import capture
+from vitlab.data import BatchTransform, batches
+from vitlab.train import RECIPES, evaluate, make_criterion, make_optimizer, make_scheduler, train_one_epoch
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def bench_data_pipeline(settings: Settings) -> dict:
+    """Training-time preprocessing alone: the notebook's PIL DataLoader against BatchTransform, images/s."""
+    device, size = settings.device, input_size(settings.arch)
+    batch_size = settings.batch(64, 256)
+    steps = settings.count(2, 4, 10, 20)  # batches per timed repeat
+    images, labels = cifar_like(batch_size * steps, settings.seed)
+    loader = notebook_loader(images, labels, batch_size, train=True, image_size=size)
+    data = as_dataset(images, labels).to(device)  # on a GPU the dataset lives there, as in vitlab.finetune
+    transform = BatchTransform(size, train=True).to(device)
+
+    def vitlab() -> float:
+        sync(device)
+        start, count = time.perf_counter(), 0
+        for images_batch, labels_batch in batches(data, batch_size, shuffle=True, device=device):
+            transform(images_batch)  # (B, 3, 32, 32) uint8 -> (B, 3, S, S) normalised float
+            count += labels_batch.shape[0]
+        sync(device)
+        return count / (time.perf_counter() - start)
+
+    a, b = interleaved(lambda: notebook_load_batches(loader, steps), vitlab, settings.reps(5, 9))
+    base, ours = statistics.median(a), statistics.median(b)
+    where = "on the GPU, dataset resident there" if settings.cuda else "on the CPU"
+    return row_result(
+        "data_pipeline", settings, base, ours, "images/s", ratio=ours / base, ratio_meaning="vitlab / notebook",
+        target=">= 4x", met=check(ours / base, ">=", 4.0), batch_size=batch_size, steps=steps,
+        samples_baseline=a, samples_vitlab=b,
+        notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL per image, DataLoader(num_workers=0) "
+        f"on the CPU; vitlab: BatchTransform {where}",
+    )
+
+
+def _vitlab_trainer(
+    settings: Settings, images: np.ndarray, labels: np.ndarray, batch_size: int, total_steps: int,
+    cpu_bf16: bool = False,
+):
+    """vitlab's training as `vitlab.finetune` sets it up; returns (run(steps) -> images/s, model).
+
+    `cpu_bf16` wraps the steps in CPU bf16 autocast, which vitlab's recipe does not do (it uses bf16 on CUDA only):
+    the optional row `train_step_cpu_bf16` measures what it would give.
+    """
+    device = settings.device
+    model = vitlab_model(settings).to(device)
+    recipe = RECIPES["default"]
+    # pretrained=True: the real job fine-tunes ImageNet weights, so its body learns at a tenth of the head's rate.
+    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=device.type == "cuda")
+    scheduler = make_scheduler(optimizer, recipe, total_steps=total_steps)
+    criterion = make_criterion(recipe)
+    transform = BatchTransform(model.image_size, train=True).to(device)
+    data = as_dataset(images, labels).to(device)
+
+    def run(steps: int) -> float:
+        chunk = data.take(steps * batch_size)
+        sync(device)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else contextlib.nullcontext():
+            result = train_one_epoch(
+                model, batches(chunk, batch_size, shuffle=True, device=device), len(chunk), transform, optimizer,
+                scheduler, criterion, device, recipe, show_progress=False,
+            )
+        sync(device)
+        return result["count"] / (time.perf_counter() - start)
+
+    return run, model
+
+
+def notebook_trainer(settings: Settings, images: np.ndarray, labels: np.ndarray, batch_size: int):
+    """The notebook's training loop; returns (run(steps) -> images/s, model)."""
+    device = settings.device
+    torch.manual_seed(settings.seed)
+    model = notebook_model(settings.arch, NUM_CLASSES).to(device)
+    optimizer = notebook_optimizer(model)
+    loader = notebook_loader(images, labels, batch_size, train=True, image_size=input_size(settings.arch))
+    return (lambda steps: notebook_train_steps(model, loader, steps, device, optimizer)), model
+
+
+def count_host_syncs(run: Callable[[], object], device: torch.device) -> int | None:
+    """How many times `run()` made the host wait for the GPU (torch.cuda's sync debug mode); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def bench_train_step(settings: Settings, cpu_bf16: bool = False) -> dict:
+    """The training loop, data included: the notebook's (fp32, PIL, Adam) against vitlab's, images/s."""
+    device = settings.device
+    row = "train_step_cpu_bf16" if cpu_bf16 else "train_step"
+    if cpu_bf16 and settings.cuda:
+        return not_measured(row, settings, "a CPU row: on CUDA, train_step already uses bf16")
+    batch_size = settings.batch(8, 64)
+    steps = settings.count(2, 3, 10, 25)  # optimisation steps per timed repeat
+    repeats = settings.reps(3, 5)
+    images, labels = cifar_like(batch_size * steps, settings.seed)
+    notebook_run, _ = notebook_trainer(settings, images, labels, batch_size)
+    vitlab_run, _ = _vitlab_trainer(settings, images, labels, batch_size, total_steps=4 * steps * (repeats + 2),
+                                    cpu_bf16=cpu_bf16)
+
+    notebook_run(1)  # warm-up, one step each: allocates Adam's state, primes the kernels
+    vitlab_run(1)
+    syncs = count_host_syncs(lambda: vitlab_run(steps), device)  # CUDA only; None (and nothing run) elsewhere
+    a, b = interleaved(lambda: notebook_run(steps), lambda: vitlab_run(steps), repeats, warmup=0)
+    base, ours = statistics.median(a), statistics.median(b)
+    if settings.cuda:
+        precision = "bf16 autocast" if RECIPES["default"].bf16_on_cuda else "fp32"
+    elif cpu_bf16:
+        flags = describe_device(device).get("cpu_bf16") or ["no bf16 instructions"]
+        precision = f"CPU bf16 autocast, NOT what vitlab.train does today (CPU: {', '.join(flags)})"
+    else:
+        precision = "fp32 (vitlab's recipe uses bf16 on CUDA only)"
+    notes = (f"{settings.arch}, random weights, last 3 blocks + head train, batch {batch_size}, {steps} steps per "
+             f"repeat; vitlab: recipe 'default' (AdamW{', fused' if settings.cuda else ''}, warmup+cosine, label "
+             f"smoothing, clipping), {precision}")
+    if syncs is not None:
+        notes += (f"; host syncs in {steps} vitlab steps: {syncs} (expected: train_one_epoch reads its metrics "
+                  f"every 25 steps and at the end, never inside a step)")
+    return row_result(
+        row, settings, base, ours, "images/s", ratio=ours / base, ratio_meaning="vitlab / notebook",
+        target="report" if cpu_bf16 else ">= 1x", met=None if cpu_bf16 else check(ours / base, ">=", 1.0),
+        batch_size=batch_size, steps=steps, samples_baseline=a, samples_vitlab=b, host_syncs=syncs, notes=notes,
+    )
+
+
+def bench_capture_overhead(settings: Settings) -> dict:
+    """An eval forward under `vitlab.capture` against the same forward without it, seconds per batch."""
+    device = settings.device
+    batch_size = settings.batch(4, 64)
+    forwards = settings.count(1, 1, 5, 10)  # forwards per timed repeat
+    model = vitlab_model(settings).to(device).eval()
+    images, labels = cifar_like(batch_size, settings.seed)
+    inputs = BatchTransform(model.image_size, train=False).to(device)(as_dataset(images, labels).images.to(device))
+
+    @torch.no_grad()
+    def plain() -> float:
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(forwards):
+            model(inputs)
+        sync(device)
+        return (time.perf_counter() - start) / forwards
+
+    @torch.no_grad()
+    def captured() -> float:
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(forwards):
+            with capture(model) as cap:
+                model(inputs)
+        sync(device)
+        assert len(cap.attentions) == len(model.encoder.layers)  # the hooks really recorded every block
+        return (time.perf_counter() - start) / forwards
+
+    with torch.no_grad():  # the warm-up, and a check that capture changes nothing
+        logits_plain = model(inputs)
+        with capture(model):
+            logits_captured = model(inputs)
+    identical = bool(torch.equal(logits_plain, logits_captured))
+    a, b = interleaved(plain, captured, settings.reps(7, 11), warmup=0)
+    base, ours = statistics.median(a), statistics.median(b)
+    return row_result(
+        "capture_overhead", settings, base, ours, "s/batch", ratio=ours / base,
+        ratio_meaning="capture / plain (time)", target="<= 1.05x", met=check(ours / base, "<=", 1.05),
+        batch_size=batch_size, samples_baseline=a, samples_vitlab=b, logits_identical=identical,
+        notes=f"{settings.arch}, eval, torch.no_grad, fp32, batch {batch_size}; logits identical with and without "
+        f"capture: {identical}",
+    )
+
+
+def bench_eval_throughput(settings: Settings) -> dict:
+    """Evaluation: the notebook's loop (PIL test transform, fp32, .item() per batch) against vitlab's `evaluate`."""
+    device = settings.device
+    batch_size = settings.batch(8, 128)
+    steps = settings.count(1, 2, 10, 20)  # batches per timed repeat
+    images, labels = cifar_like(batch_size * steps, settings.seed)
+    model = vitlab_model(settings).to(device)  # one model for both sides: only the loops differ
+    size = model.image_size
+    loader = notebook_loader(images, labels, batch_size, train=False, image_size=model.image_size)
+    recipe = RECIPES["default"]
+    data = as_dataset(images, labels).to(device)
+    transform = BatchTransform(model.image_size, train=False).to(device)
+    criterion = make_criterion(recipe)
+
+    def vitlab() -> float:
+        sync(device)
+        start = time.perf_counter()
+        result = evaluate(model, batches(data, batch_size, shuffle=False, device=device), len(data), transform,
+                          criterion, device, recipe, show_progress=False)
+        sync(device)
+        return result["count"] / (time.perf_counter() - start)
+
+    a, b = interleaved(lambda: notebook_eval_steps(model, loader, steps, device), vitlab, settings.reps(3, 5))
+    base, ours = statistics.median(a), statistics.median(b)
+    precision = "bf16 autocast" if settings.cuda else "fp32"
+    return row_result(
+        "eval_throughput", settings, base, ours, "images/s", ratio=ours / base, ratio_meaning="vitlab / notebook",
+        target="report", met=None, batch_size=batch_size, steps=steps, samples_baseline=a, samples_vitlab=b,
+        notes=f"{settings.arch}; notebook: weights.transforms() per image (resize {round(size * 256 / 224)}, crop "
+        f"{size}), fp32; vitlab: BatchTransform eval (resize {size}), {precision}",
+    )
+
+
+def bench_demo(settings: Settings) -> dict:
+    """The offline demo end to end, in a fresh process: wall seconds and test accuracy."""
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-demo-") as tmp:
+        out = Path(tmp) / "demo"
+        command = [sys.executable, "-m", "vitlab.finetune", "--preset", "demo", "--out", str(out), "--quiet",
+                   "--device", settings.device.type, *settings.demo_args]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+        wall = time.perf_counter() - start
+        summary_file = out / "summary.json"
+        if done.returncode != 0 or not summary_file.is_file():
+            raise RuntimeError(f"the demo run failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+        summary = json.loads(summary_file.read_text())
+    accuracy = summary["test_acc"]
+    shrunk = f"; shrunk with {' '.join(settings.demo_args)}" if settings.demo_args else ""
+    return row_result(
+        "demo", settings, None, wall, "s", ratio=None, ratio_meaning="", target=">= 95% test acc, <= 60 s",
+        met=bool(accuracy >= 0.95 and wall <= 60.0), test_acc=accuracy,
+        pointing_game=summary.get("pointing_game"), attention_mass_ratio=summary.get("attention_mass_ratio"),
+        wall_seconds_in_process=summary.get("wall_seconds"),
+        notes=f"python -m vitlab.finetune --preset demo{shrunk}: test acc {accuracy:.1%}, pointing game "
+        f"{summary.get('pointing_game', float('nan')):.2f}, attention mass ratio "
+        f"{summary.get('attention_mass_ratio', float('nan')):.2f}; wall time includes starting Python and torch "
+        f"({summary.get('wall_seconds', float('nan')):.0f} s inside the run)",
+    )
+
+
+def memory_child(side: str, arch: str, batch_size: int, steps: int, device: str, seed: int = 0) -> dict:
+    """Run in a fresh process: build one side's training, run `steps` steps, report the peak memory in MiB.
+
+    CPU: peak resident set size of the whole process (so a fresh process is needed: it holds nothing else).
+    CUDA: `torch.cuda.max_memory_allocated`.
+    """
+    settings = Settings(device=torch.device(device), arch=arch, seed=seed)
+    images, labels = cifar_like(batch_size * steps, seed)
+    if side == "notebook":
+        run, _ = notebook_trainer(settings, images, labels, batch_size)
+    else:
+        run, _ = _vitlab_trainer(settings, images, labels, batch_size, total_steps=100)
+    if settings.cuda:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        before = _peak_rss_mib()
+    run(steps)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if settings.cuda else _peak_rss_mib()
+    return {"peak_mib": peak, "before_steps_mib": before}
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident set size, MiB.
+
+    Linux: VmHWM from /proc/self/status, the peak of this process's own memory map. (`ru_maxrss` would not do in a
+    child process: Linux carries the parent's high-water mark over `fork` and `exec`, so a child started from a big
+    benchmark process reports the parent's peak.) Elsewhere: `ru_maxrss`.
+    """
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 2**10  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _memory_in_fresh_process(side: str, settings: Settings, batch_size: int, steps: int) -> dict:
+    arguments = json.dumps([side, settings.arch, batch_size, steps, str(settings.device), settings.seed])
+    code = ("import json, sys; from vitlab.bench import memory_child; "
+            "print(json.dumps(memory_child(*json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, arguments], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {side} memory run failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_peak_memory(settings: Settings) -> dict:
+    """Peak memory of the training step, each side in its own fresh process (same batch size)."""
+    batch_size = settings.batch(8, 64)
+    steps = 1 if settings.quick else 2  # the peak comes in the first step: Adam's state is allocated there
+    notebook = _memory_in_fresh_process("notebook", settings, batch_size, steps)
+    vitlab = _memory_in_fresh_process("vitlab", settings, batch_size, steps)
+    base, ours = notebook["peak_mib"], vitlab["peak_mib"]
+    if settings.cuda:
+        what = "torch.cuda.max_memory_allocated"
+    else:
+        what = "peak RSS of the whole process (Python, torch, weights and data included)"
+    grown = {side: r["peak_mib"] - r["before_steps_mib"] for side, r in (("notebook", notebook), ("vitlab", vitlab))}
+    return row_result(
+        "peak_memory", settings, base, ours, "MiB", ratio=ours / base, ratio_meaning="vitlab / notebook",
+        target="report", met=None, batch_size=batch_size, steps=steps, step_growth_mib=grown,
+        notes=f"{settings.arch}, batch {batch_size}, {steps} step(s), {what}; growth during the steps: notebook "
+        f"{grown['notebook']:.0f} MiB, vitlab {grown['vitlab']:.0f} MiB",
+    )
