@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from vitlab import explorer
+from vitlab import explorer, uploads
 from vitlab.attention import cls_attention, rollout
 from vitlab.errors import CheckpointError, WeightsUnavailableError
 
@@ -110,7 +110,7 @@ def test_preprocess_upload_refuses_bad_files_with_a_clear_message(name):
 
 
 def test_preprocess_upload_refuses_files_over_the_size_limit(monkeypatch):
-    monkeypatch.setattr(explorer, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES", 1000)
     with pytest.raises(explorer.UploadError, match="smaller copy"):
         explorer.preprocess_upload(encode(noise(64, 64)), image_size=32)
 

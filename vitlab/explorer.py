@@ -18,13 +18,11 @@ Timings on this machine: `python -m vitlab.explorer --bench [--arch vit_tiny] [-
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import pickle
 import statistics
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
@@ -51,6 +49,7 @@ from vitlab.data import BatchTransform, ImageDataset, load_dataset
 from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
 from vitlab.model import build_model, weights_cache_file
 from vitlab.plotting import plot_mean_distance, to_display, upsample_map
+from vitlab.uploads import PreparedImage, UploadError, image_key, preprocess_upload  # noqa: F401 (re-exported)
 
 SOURCES = ("demo", "checkpoint", "imagenet")  # where the explorer's model comes from
 
@@ -59,17 +58,10 @@ HEAD_VIEW_PX = 192  # side of each panel in the all-heads grid
 VIEW_FORMAT = "JPEG"  # how the page sends views: a 448-px PNG takes ~27 ms to encode, a JPEG ~1.5 ms
 DISTANCE_IMAGES = 16  # images the mean attention distance is averaged over, once per model
 
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a 25 MB PNG or JPEG is already a very large photo
-MAX_UPLOAD_PIXELS = 50_000_000  # header says more than this: refuse before decoding (decompression bombs)
-MIN_UPLOAD_SIDE = 8  # pixels; smaller holds too little to look at
 
 # capture() hooks the model object for one forward pass. Streamlit serves every browser tab from threads of one
 # process, and cached models are shared between them, so two passes must not overlap on one model.
 _MODEL_LOCK = threading.Lock()
-
-
-class UploadError(VitlabError):
-    """An uploaded file cannot be used as an image; the message says why and what to upload instead."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,110 +194,6 @@ def _browse_images(dataset: str, data_dir: str = "./data", **options: Any) -> tu
         return None, f"no {names.get(dataset, dataset)} images under {data_dir}: upload an image"
     return splits.test, f"{names.get(dataset, dataset)} test set, {len(splits.test)} images"
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Uploads
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An upload made ready for the model."""
-
-    image: Tensor  # uint8 (3, S, S), S = the model's input size
-    notes: tuple[str, ...]  # what was changed on the way, one sentence each (converted, cropped, upscaled)
-
-
-def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
-    """Decode an uploaded PNG or JPEG into the model's input: uint8 (3, image_size, image_size).
-
-    EXIF rotation is applied; grayscale, palette, 16-bit and CMYK become RGB; transparency is laid on white; a
-    non-square image is cropped to its centre square; any size is resized to image_size.
-
-    Raises:
-        UploadError: empty, too large, not a PNG/JPEG, truncated or damaged, a decompression bomb (huge pixel
-            count in a small file), or smaller than MIN_UPLOAD_SIDE pixels. The message says what to do.
-    """
-    if not data:
-        raise UploadError("The uploaded file is empty. Upload a PNG or JPEG image.")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise UploadError(
-            f"The file is {len(data) / 2**20:.0f} MB; the explorer takes images up to {MAX_UPLOAD_BYTES // 2**20} MB. "
-            f"Upload a smaller copy (the model sees {image_size}x{image_size} pixels anyway)."
-        )
-    bomb = UploadError(
-        f"The image claims more than {MAX_UPLOAD_PIXELS / 1e6:.0f} million pixels, which would take too much "
-        f"memory to decode (it may be a decompression bomb). Upload a smaller copy."
-    )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))  # reads the header only
-            if picture.width * picture.height > MAX_UPLOAD_PIXELS:
-                raise bomb
-            stored = picture.size  # the file's own width and height
-            if picture.format == "JPEG":
-                picture.draft("RGB", (2 * image_size, 2 * image_size))  # decode a big JPEG at reduced scale
-            picture.load()
-            decoded = picture.size
-            picture = ImageOps.exif_transpose(picture)
-            width, height = stored if picture.size == decoded else stored[::-1]  # as seen, after EXIF rotation
-    except UploadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise bomb from None
-    except UnidentifiedImageError:
-        raise UploadError("This file is not a PNG or JPEG image. Upload a .png, .jpg or .jpeg picture.") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:  # what damaged files raise in PIL
-        raise UploadError(
-            f"The image could not be decoded: it looks truncated or damaged ({error}). Save or export it again "
-            f"and upload the new file."
-        ) from None
-    if min(width, height) < MIN_UPLOAD_SIDE:
-        raise UploadError(
-            f"The image is only {width}x{height} pixels; the explorer needs at least "
-            f"{MIN_UPLOAD_SIDE}x{MIN_UPLOAD_SIDE} to show anything. Upload a larger image."
-        )
-    rgb, notes = _to_rgb(picture)
-    if width != height:
-        notes.append(f"Cropped from {width}x{height} to its centre square: the model takes square images.")
-    if min(width, height) < image_size:
-        notes.append(
-            f"Upscaled: the image ({width}x{height}) is smaller than the model's {image_size}x{image_size} input, "
-            f"so it and its attention maps look blurry."
-        )
-    decoded_width, decoded_height = rgb.size  # smaller than width x height when a JPEG was decoded in draft mode
-    side = min(decoded_width, decoded_height)
-    centre = (
-        (decoded_width - side) // 2, (decoded_height - side) // 2,
-        (decoded_width + side) // 2, (decoded_height + side) // 2,
-    )
-    square = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC, box=centre, reducing_gap=3.0)
-    pixels = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy())  # (S, S, 3)
-    return PreparedImage(image=pixels.permute(2, 0, 1).contiguous(), notes=tuple(notes))  # (3, S, S)
-
-
-def _to_rgb(picture: Image.Image) -> tuple[Image.Image, list[str]]:
-    """Any PIL mode -> RGB, with a note when something was converted."""
-    mode = picture.mode
-    if mode == "RGB":
-        return picture, []
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit (or float) grayscale: scale to 8 bits
-        values = np.asarray(picture, dtype=np.float64)
-        scale = 255 / 65535 if values.max() > 255 else 1.0
-        gray = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8))
-        return gray.convert("RGB"), ["Converted from 16-bit grayscale to colour (RGB): the model takes 3 channels."]
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in picture.info):
-        background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-        background.alpha_composite(picture.convert("RGBA"))
-        return background.convert("RGB"), ["Transparent parts were laid on white: the model takes RGB without alpha."]
-    names = {"L": "grayscale", "1": "black-and-white", "P": "palette", "CMYK": "CMYK", "YCbCr": "YCbCr"}
-    return picture.convert("RGB"), [f"Converted from {names.get(mode, mode)} to colour (RGB): the model takes RGB."]
-
-
-def image_key(data: bytes) -> str:
-    """A short content hash that names an uploaded file in caches."""
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------------
