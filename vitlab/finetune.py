@@ -112,8 +112,6 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
     torch.manual_seed(config.seed)
     splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
                           subset=config.subset, progress=process.is_main and not config.quiet)
-    run_state = Run(config, out, process, device, splits, history=[])
-
     pretrained = config.pretrained or ("imagenet" if config.arch == "vit_b_16" else "none")
     weights = {"imagenet": True, "none": False}.get(pretrained, pretrained)
     model = build_model(config.arch, splits.num_classes, pretrained=weights, trainable_blocks=0,
@@ -132,7 +130,7 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
     model.to(device)
     # The whole dataset moves to the training device once (CIFAR-100 train is 154 MB of uint8).
     splits = DataSplits(splits.name, *(split.to(device) for split in (splits.train, splits.val, splits.test)))
-    run_state.splits = splits
+    run_state = Run(config, out, process, device, splits, history=[])
 
     local_batch = config.batch_size // process.world_size
     train_size = len(splits.train) // process.world_size
@@ -226,10 +224,11 @@ def _finish(run_state: Run, model, transform, criterion, recipe, batch_size, sho
         model.load_state_dict(best["model"])
     test = _evaluate_split(model, splits.test, run_state.process, transform, criterion, device, recipe, batch_size,
                            "test", show)
+    trainable, total = count_parameters(model)
     summary = {"test_acc": test["acc"], "test_loss": test["loss"], "test_images": test["count"],
                "best_epoch": best["epoch"] if best else None, "best_val_acc": run_state.best_val_acc,
                "epochs": len(run_state.history), "device": str(device),
-               "trainable_parameters": count_parameters(model)[0], "total_parameters": count_parameters(model)[1]}
+               "trainable_parameters": trainable, "total_parameters": total}
     if not run_state.process.is_main:
         return summary
     if splits.test.masks is not None:
