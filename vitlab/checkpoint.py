@@ -18,7 +18,7 @@ import torch
 from torchvision.models import VisionTransformer
 
 from vitlab.errors import CheckpointError
-from vitlab.model import build_model
+from vitlab.model import build_model, safe_torch_load
 
 FORMAT = "vitlab-checkpoint-v1"
 
@@ -67,14 +67,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"No checkpoint at {path}. Give a run folder (it holds checkpoint.pt and best.pt) or a .pt file "
             f"written by python -m vitlab.finetune."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError for pickled code, RuntimeError/EOFError for damaged files
-        raise CheckpointError(
-            f"Could not read {path} as a vitlab checkpoint ({type(error).__name__}). It is damaged, not a PyTorch "
-            f"file, or holds pickled code (vitlab loads tensors and plain values only, so it cannot run code "
-            f"hidden in a checkpoint)."
-        ) from None
+    checkpoint = safe_torch_load(path, lambda error: CheckpointError(
+        f"Could not read {path} as a vitlab checkpoint ({type(error).__name__}). It is damaged, not a PyTorch "
+        f"file, or holds pickled code (vitlab loads tensors and plain values only, so it cannot run code "
+        f"hidden in a checkpoint)."
+    ))
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a PyTorch file but not a vitlab checkpoint (no '{FORMAT}' marker). For a plain "

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,19 +100,29 @@ def _imagenet_weights(progress: bool) -> ViT_B_16_Weights:
     return weights
 
 
+def safe_torch_load(path: Path, refuse: Callable[[Exception], VitlabError]) -> Any:
+    """`torch.load` onto the CPU with `weights_only=True`: tensors and plain values, never pickled code.
+
+    Whatever torch raises (UnpicklingError for pickled code, RuntimeError or EOFError for a damaged or foreign
+    file) becomes `refuse(error)`, the caller's VitlabError saying what to do next, raised without torch's
+    traceback. Shared by `load_state_dict_file` and `vitlab.checkpoint.load_checkpoint`.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise refuse(error) from None
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a state-dict file safely (`weights_only=True`: tensors and plain values, never pickled code)."""
     path = Path(path)
     if not path.is_file():
         raise VitlabError(f"No weights file at {path}. Check the path, or use pretrained=True / False.")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
-        raise VitlabError(
-            f"{path} is not a loadable state-dict file ({type(error).__name__}). It may be truncated, not a "
-            f"PyTorch file, or hold pickled code, which vitlab refuses to run. Re-save it with "
-            f"torch.save(model.state_dict(), path)."
-        ) from None
+    state_dict = safe_torch_load(path, lambda error: VitlabError(
+        f"{path} is not a loadable state-dict file ({type(error).__name__}). It may be truncated, not a "
+        f"PyTorch file, or hold pickled code, which vitlab refuses to run. Re-save it with "
+        f"torch.save(model.state_dict(), path)."
+    ))
     if isinstance(state_dict, dict) and isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]  # a vitlab training checkpoint: take its model weights
     if not isinstance(state_dict, dict):

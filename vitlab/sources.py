@@ -1,0 +1,152 @@
+"""Where the explorer's model comes from: the demo model, a vitlab run's checkpoint, or the ImageNet ViT-B/16.
+
+    loaded = load_model_source("demo")             # LoadedModel: model (eval), class names, images to browse
+    loaded.images.images[0]                        # uint8 (3, 32, 32), from the shapes test split
+    load_model_source("checkpoint", "runs/demo")   # a run folder (its best.pt) or a .pt file
+    load_model_source("imagenet")                  # only from torchvision's local cache: nothing is downloaded
+
+Each source comes with a key for caches, one line describing it, and the test split of its dataset to browse
+(never downloaded: when it is missing the page says so and asks for an upload). Every failure is a VitlabError
+whose message says what to do next. The per-image work on a loaded model is vitlab.explorer's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchvision.models import VisionTransformer, ViT_B_16_Weights
+
+from vitlab.checkpoint import load_trained_model
+from vitlab.data import ImageDataset, load_dataset
+from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
+from vitlab.model import build_model, weights_cache_file
+
+SOURCES = ("demo", "checkpoint", "imagenet")  # where the explorer's model comes from
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to explore, with what the page needs around it. Shared between reruns: never mutate."""
+
+    model: VisionTransformer  # eval mode
+    classes: list[str]  # class names, index = output unit
+    key: str  # identifies this model in caches (a model object is not hashed)
+    description: str  # one line for the page: what the model is and what it was trained on
+    images: ImageDataset | None  # images to browse (a test split), or None: uploads only
+    images_note: str  # one line: which images these are, or why there are none
+
+
+def imagenet_available() -> bool:
+    """Whether torchvision's ImageNet ViT-B/16 weights are in its cache (nothing is ever downloaded here)."""
+    return weights_cache_file().is_file()
+
+
+def imagenet_hint() -> str:
+    """One line on how to make the ImageNet ViT-B/16 available offline."""
+    cache_file = weights_cache_file()
+    return (
+        f"Copy {cache_file.name} (from {ViT_B_16_Weights.IMAGENET1K_V1.url}) into {cache_file.parent}, "
+        f"or set TORCH_HOME to a folder holding hub/checkpoints/{cache_file.name}."
+    )
+
+
+def list_runs(root: str | Path = "runs") -> list[Path]:
+    """Run folders under `root` that hold a checkpoint (best.pt or checkpoint.pt), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [d for d in root.iterdir() if d.is_dir() and ((d / "best.pt").is_file() or (d / "checkpoint.pt").is_file())]
+    return sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder means its best.pt (else checkpoint.pt); a file is itself. Raises CheckpointError if missing."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "checkpoint.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} is a folder without best.pt or checkpoint.pt. Give a run folder written by "
+            f"python -m vitlab.finetune, or the path of its .pt file."
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"No checkpoint at {path}. Give a run folder (it holds best.pt) or a .pt file written by "
+            f"python -m vitlab.finetune (offline: python -m vitlab.finetune --preset demo --out runs/demo)."
+        )
+    return path
+
+
+def load_model_source(source: str, checkpoint_path: str | Path | None = None) -> LoadedModel:
+    """Load the model for one of SOURCES.
+
+    Args:
+        source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.demo), "checkpoint" (a
+            vitlab run, `checkpoint_path`), or "imagenet" (torchvision's ViT-B/16, only from its local cache).
+        checkpoint_path: a run folder or .pt file, for source="checkpoint".
+
+    Raises:
+        CheckpointError: the checkpoint is missing, not a vitlab checkpoint, holds pickled code, or does not fit.
+        WeightsUnavailableError: source="imagenet" and the weights are not in torchvision's cache.
+    """
+    if source == "demo":
+        from vitlab.demo import default_cache_dir, load_demo_model
+
+        model, splits = load_demo_model()
+        blocks, heads = len(model.encoder.layers), model.encoder.layers[0].self_attention.num_heads
+        return LoadedModel(
+            model=model.eval(), classes=list(splits.classes), key=f"demo:{default_cache_dir()}",
+            description=f"Demo: a tiny ViT ({blocks} blocks, {heads} heads, {model.patch_size}-px patches) trained "
+            f"on synthetic shapes, offline.",
+            images=splits.test, images_note=f"shapes test set, {len(splits.test)} images",
+        )
+    if source == "checkpoint":
+        if checkpoint_path is None or not str(checkpoint_path).strip():
+            raise CheckpointError("Choose a run under runs/ or type the path of a checkpoint.")
+        return _load_checkpoint_source(resolve_checkpoint(str(checkpoint_path).strip()))
+    if source == "imagenet":
+        if not imagenet_available():
+            raise WeightsUnavailableError(f"The ImageNet ViT-B/16 weights are not on this machine. {imagenet_hint()}")
+        # A state-dict path whose head already has 1000 outputs keeps that head (build_model keeps ImageNet's).
+        model = build_model("vit_b_16", num_classes=1000, pretrained=weights_cache_file(), progress=False)
+        images, note = _browse_images("cifar100", "./data")
+        if images is None:  # offline and no CIFAR: the synthetic shapes still give something to look at
+            images, _ = _browse_images("shapes")
+            note = "no CIFAR-100 under ./data, so synthetic shapes: upload a photo for a real test"
+        return LoadedModel(
+            model=model.eval(), classes=list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]), key="imagenet",
+            description="torchvision's ViT-B/16 trained on ImageNet (1000 classes), from the local weights cache.",
+            images=images, images_note=note,
+        )
+    raise VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(SOURCES)}.")
+
+
+def _load_checkpoint_source(path: Path) -> LoadedModel:
+    # load_trained_model raises CheckpointError for missing, foreign, unsafe (pickled code) and incomplete files.
+    model, checkpoint = load_trained_model(path)
+    config, classes = checkpoint["config"], list(checkpoint["classes"])
+    dataset = config["dataset"]
+    images, note = _browse_images(
+        dataset, config.get("data_dir", "./data"), seed=config.get("seed", 42), subset=config.get("subset"),
+        val_size=config.get("val_size", 5000),
+    )
+    accuracy = checkpoint.get("val_acc")
+    return LoadedModel(
+        model=model, classes=classes, key=f"checkpoint:{path.resolve()}:{path.stat().st_mtime_ns}",
+        description=f"Checkpoint {path}: {config['arch']} trained on {dataset}, epoch {checkpoint.get('epoch')}"
+        + (f", validation accuracy {accuracy:.1%}." if isinstance(accuracy, float) else "."),
+        images=images, images_note=note,
+    )
+
+
+def _browse_images(dataset: str, data_dir: str = "./data", **options: Any) -> tuple[ImageDataset | None, str]:
+    """The test split of `dataset` (never downloaded), or None and one line saying why not."""
+    names = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "shapes": "shapes", "folder": "image folder"}
+    try:
+        splits = load_dataset(dataset, data_dir, download=False, progress=False, **options)
+    except DataUnavailableError:
+        return None, f"no {names.get(dataset, dataset)} images under {data_dir}: upload an image"
+    return splits.test, f"{names.get(dataset, dataset)} test set, {len(splits.test)} images"
