@@ -190,6 +190,19 @@ def test_demo_row_runs_the_demo_end_to_end() -> None:
     assert result["pointing_game"] is not None
 
 
+def test_cached_trunk_step_row_compares_cached_and_full_steps() -> None:
+    result = bench.BENCHES["cached_trunk_step"](tiny())
+    assert_well_formed(result, "cached_trunk_step")
+    assert result["ratio_meaning"] == "cached / uncached" and result["cache_images_per_second"] > 0
+
+
+def test_cached_trunk_shapes_row_runs_both_sides_end_to_end() -> None:
+    result = bench.BENCHES["cached_trunk_shapes"](tiny(demo_args=("--epochs", "1", "--subset", "64")))
+    assert_well_formed(result, "cached_trunk_shapes")
+    assert len(result["runs"]["uncached"]) == len(result["runs"]["cached"]) == 1
+    assert result["cache_seconds"] > 0 and 0 <= result["test_acc_cached"] <= 1
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reporting and the command line
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class FinetuneConfig:
     val_size: int = 5000  # images held out of the training set for validation (CIFAR)
     max_rotation: float = 10.0  # degrees of random rotation in training, as the notebook
     compile: bool = False  # torch.compile the model: faster steps after a compile that costs tens of seconds
+    cache_trunk: bool = False  # train the last blocks on cached outputs of the frozen trunk (flip-only augmentation)
     preset: str | None = None  # a named bundle of the settings above, e.g. "demo"
     quiet: bool = False  # no progress bars or per-epoch lines
 
@@ -70,6 +71,8 @@ HELP = {
     "val_size": "training images held out for validation (default: 5000)",
     "max_rotation": "largest random rotation in degrees during training (default: 10)",
     "compile": "torch.compile the model (pays off on a GPU for long runs)",
+    "cache_trunk": "compute the frozen blocks' output once (each image as is and mirrored) and train the last "
+    "blocks on that cache: faster epochs, more memory, flip as the only augmentation (sets --max-rotation 0)",
     "preset": "named settings: 'demo' trains vit_tiny on synthetic shapes offline in about a minute",
     "quiet": "no progress bars or per-epoch lines",
 }
@@ -117,4 +120,6 @@ def make_config(flags: dict, base: FinetuneConfig | None = None) -> FinetuneConf
     if preset is not None:
         values.update(PRESETS[preset])
     values.update(flags)
+    if values["cache_trunk"] and "max_rotation" not in flags:
+        values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.trunk_cache)
     return FinetuneConfig(**values)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from vitlab import distributed
+from vitlab import distributed, trunk_cache
 from vitlab.checkpoint import load_checkpoint, save_checkpoint, save_json
 from vitlab.config import FinetuneConfig, explicit_flags, make_config
 from vitlab.data import BatchTransform, DataSplits, batches, load_dataset
@@ -51,6 +51,7 @@ class Run:
     splits: DataSplits
     history: list[dict]
     best_val_acc: float = -1.0
+    trunk_cache_seconds: float | None = None  # time spent building the --cache-trunk cache
 
     def say(self, message: str) -> None:
         if self.process.is_main and not self.config.quiet:
@@ -140,6 +141,18 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
     scheduler = make_scheduler(optimizer, recipe, total_steps=config.epochs * steps_per_epoch)
     trainer = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if process.distributed else model
+    train_transform = BatchTransform(model.image_size, train=True, max_rotation_degrees=config.max_rotation).to(device)
+    eval_transform = BatchTransform(model.image_size, train=False).to(device)
+    show = process.is_main and not config.quiet
+    trainable, total = count_parameters(model)
+    run_state.say(f"vitlab: {config.arch} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
+                  f"{len(splits.test)} test) on {device}; training {trainable:,} of {total:,} parameters; "
+                  f"run folder {out}")
+    if process.is_main:
+        save_json(out / "config.json", asdict(config))
+    cached = _cache_trunk(run_state, model, eval_transform, recipe, local_batch) if config.cache_trunk else None
+    if cached is not None:
+        trainer = cached.top  # the same parameters as the model: the optimizer and checkpoints need no change
     if config.compile:
         trainer = torch.compile(trainer)
     criterion = make_criterion(recipe)
@@ -152,27 +165,21 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
         run_state.best_val_acc = checkpoint["best_val_acc"]
         start_epoch = checkpoint["epoch"]
 
-    trainable, total = count_parameters(model)
-    run_state.say(f"vitlab: {config.arch} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
-                  f"{len(splits.test)} test) on {device}; training {trainable:,} of {total:,} parameters; "
-                  f"run folder {out}")
-    if process.is_main:
-        save_json(out / "config.json", asdict(config))
-    train_transform = BatchTransform(model.image_size, train=True, max_rotation_degrees=config.max_rotation).to(device)
-    eval_transform = BatchTransform(model.image_size, train=False).to(device)
-    show = process.is_main and not config.quiet
-
     for epoch in range(start_epoch, config.epochs):
-        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(config.seed + epoch))
-        mine = splits.train.subset(distributed.shard(order.to(splits.train.images.device), process, equal=True))
         augment = torch.Generator(device=device).manual_seed(config.seed * 1000 + epoch * 10 + process.rank)
+        train_data, count = _train_batches(run_state, cached, epoch, local_batch, augment)
         train = train_one_epoch(
-            trainer, batches(mine, local_batch, shuffle=False, device=device), len(mine), train_transform,
+            trainer, train_data, count, train_transform if cached is None else None,
             optimizer, scheduler, criterion, device, recipe, generator=augment,
             description=f"epoch {epoch + 1}/{config.epochs} train", show_progress=show,
         )
-        val = _evaluate_split(model, splits.val, process, eval_transform, criterion, device, recipe, local_batch,
-                              f"epoch {epoch + 1}/{config.epochs} val", show)
+        description = f"epoch {epoch + 1}/{config.epochs} val"
+        if cached is None:
+            val = _evaluate_split(model, splits.val, process, eval_transform, criterion, device, recipe, local_batch,
+                                  description, show)
+        else:  # the cached val tokens are the trunk's output for the val images: the same numbers, a shorter path
+            val = evaluate(cached.top, cached.val.batches(2 * local_batch), len(cached.val), None, criterion,
+                           device, recipe, description=description, show_progress=show)
         record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
                   "val_loss": val["loss"], "val_acc": val["acc"],
                   "seconds": train["seconds"] + val["seconds"], "images_per_second": train["images_per_second"]}
@@ -191,6 +198,43 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
         save_json(out / "summary.json", summary)
     distributed.stop()
     return summary
+
+
+def _cache_trunk(run_state: Run, model, transform, recipe, batch_size: int) -> trunk_cache.CachedTrunk:
+    """`--cache-trunk`: run the frozen trunk once over train (as is and mirrored) and val, before epoch 1."""
+    config, device = run_state.config, run_state.device
+    if run_state.process.distributed:
+        raise VitlabError("--cache-trunk runs in one process; start it with python -m vitlab.finetune, not torchrun.")
+    if config.max_rotation != 0:
+        raise VitlabError(
+            f"--cache-trunk allows the flip as the only augmentation, but --max-rotation is {config.max_rotation}: "
+            f"every rotated image would need its own trunk output. Use --max-rotation 0 (the default with "
+            f"--cache-trunk), or drop --cache-trunk."
+        )
+    started = time.perf_counter()
+    cached = trunk_cache.cache_trunk(
+        model, run_state.splits.train, run_state.splits.val, config.trainable_blocks, transform,
+        batch_size=2 * batch_size, bf16=device.type == "cuda" and recipe.bf16_on_cuda,
+        show_progress=run_state.process.is_main and not config.quiet,
+    )
+    size = cached.train.tokens.nbytes + cached.val.tokens.nbytes
+    run_state.trunk_cache_seconds = time.perf_counter() - started
+    run_state.say(f"cached the frozen trunk's output for {len(cached.train)} train images (2 views) and "
+                  f"{len(cached.val)} val images: {size / 2**20:,.0f} MiB, {run_state.trunk_cache_seconds:.1f} s")
+    return cached
+
+
+def _train_batches(run_state: Run, cached, epoch: int, batch_size: int, generator: torch.Generator):
+    """This process's share of the training set, reshuffled per epoch: (batches, image count).
+
+    The batches hold uint8 images, or with `--cache-trunk` the trunk's tokens, each image in a random view (the flip).
+    """
+    train, process = run_state.splits.train, run_state.process
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run_state.config.seed + epoch))
+    mine = distributed.shard(order.to(train.images.device), process, equal=True)  # (M,) indices into train
+    if cached is None:
+        return batches(train.subset(mine), batch_size, shuffle=False, device=run_state.device), len(mine)
+    return cached.train.batches(batch_size, mine, generator=generator), len(mine)
 
 
 def _evaluate_split(model, dataset, process, transform, criterion, device, recipe, batch_size, description, show):
@@ -229,6 +273,8 @@ def _finish(run_state: Run, model, transform, criterion, recipe, batch_size, sho
                "best_epoch": best["epoch"] if best else None, "best_val_acc": run_state.best_val_acc,
                "epochs": len(run_state.history), "device": str(device),
                "trainable_parameters": trainable, "total_parameters": total}
+    if run_state.trunk_cache_seconds is not None:
+        summary["trunk_cache_seconds"] = run_state.trunk_cache_seconds
     if not run_state.process.is_main:
         return summary
     if splits.test.masks is not None:

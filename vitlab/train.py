@@ -133,7 +133,7 @@ def train_step(
     model: nn.Module,
     images: Tensor,
     labels: Tensor,
-    transform: BatchTransform,
+    transform: BatchTransform | None,
     optimizer: torch.optim.Optimizer,
     criterion: Callable[[Tensor, Tensor], Tensor],
     *,
@@ -141,8 +141,12 @@ def train_step(
     grad_clip: float | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One optimisation step on a uint8 batch (B, 3, H, W). Returns (loss, logits (B, C)), never synced to host."""
-    inputs = transform(images, generator=generator)  # (B, 3, H, W) uint8 -> (B, 3, S, S) normalised float
+    """One optimisation step on a uint8 batch (B, 3, H, W). Returns (loss, logits (B, C)), never synced to host.
+
+    With `transform=None` the batch is already the model's input (cached trunk tokens, see `vitlab.trunk_cache`).
+    """
+    # (B, 3, H, W) uint8 -> (B, 3, S, S) normalised float
+    inputs = images if transform is None else transform(images, generator=generator)
     with autocast if autocast is not None else nullcontext():
         logits = model(inputs)
         loss = criterion(logits.float(), labels)
@@ -159,7 +163,7 @@ def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
     num_images: int,
-    transform: BatchTransform,
+    transform: BatchTransform | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     criterion: Callable[[Tensor, Tensor], Tensor],
@@ -214,7 +218,7 @@ def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
     num_images: int,
-    transform: BatchTransform,
+    transform: BatchTransform | None,
     criterion: Callable[[Tensor, Tensor], Tensor],
     device: torch.device,
     recipe: Recipe,
@@ -222,14 +226,17 @@ def evaluate(
     description: str = "eval",
     show_progress: bool = True,
 ) -> dict[str, float]:
-    """Loss and accuracy over `batches` (summed over all processes of a distributed run)."""
+    """Loss and accuracy over `batches` (summed over all processes of a distributed run).
+
+    `transform=None`: the batches are already model inputs (cached trunk tokens).
+    """
     model.eval()
     metrics = RunningMetrics(device)
     start = time.perf_counter()
     with tqdm(total=num_images, desc=description, unit="img", disable=not show_progress, leave=False) as bar:
         for images, labels in batches:
             with autocast_for(device, recipe):
-                logits = model(transform(images))
+                logits = model(images if transform is None else transform(images))
             metrics.update(criterion(logits.float(), labels), logits, labels)
             bar.update(labels.shape[0])
     metrics.all_reduce()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from vitlab.bench.cached import bench_cached_trunk_shapes, bench_cached_trunk_step
 from vitlab.bench.epoch import bench_epoch
 from vitlab.bench.measure import OPTIONAL_ROWS, ROWS, Settings
 from vitlab.bench.report import describe_device, format_table, report, write_json
@@ -34,7 +35,10 @@ BENCHES: dict[str, Callable[[Settings], dict]] = {
     "peak_memory": bench_peak_memory,
     "demo": bench_demo,
     "epoch": bench_epoch,
-    "train_step_cpu_bf16": lambda settings: bench_train_step(settings, cpu_bf16=True),  # optional, not in ROWS
+    # Optional rows, run only when named in --rows:
+    "train_step_cpu_bf16": lambda settings: bench_train_step(settings, cpu_bf16=True),
+    "cached_trunk_step": bench_cached_trunk_step,
+    "cached_trunk_shapes": bench_cached_trunk_shapes,
 }
 
 

@@ -1,0 +1,116 @@
+"""Optional rows for `--cache-trunk` (`vitlab.trunk_cache`): vitlab with the cache against vitlab without it.
+
+    cached_trunk_step    training steps on random CIFAR-shaped data, full model vs the trainable top on cached tokens
+    cached_trunk_shapes  the demo preset with a frozen trunk (--trainable-blocks 2), end to end, without and with
+                         --cache-trunk: seconds per epoch and test accuracy
+
+Both baselines are vitlab's own uncached training with the same flip-only augmentation, so the ratios isolate the
+cache. They run only when named: `python -m vitlab.bench --rows cached_trunk_step,cached_trunk_shapes`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vitlab import finetune
+from vitlab.bench.measure import Settings, as_dataset, cifar_like, interleaved, row_result, sync, vitlab_model
+from vitlab.data import BatchTransform, batches
+from vitlab.train import RECIPES, autocast_for, make_criterion, make_optimizer, make_scheduler, train_one_epoch
+from vitlab.trunk_cache import TrainableTop, build_cache, frozen_blocks_for
+
+TRAINABLE_BLOCKS = 3  # as in vitlab_model: the last 3 blocks and the head train
+
+
+def bench_cached_trunk_step(settings: Settings) -> dict:
+    """Training throughput, images/s: every step through the whole model, against steps on cached trunk tokens."""
+    device = settings.device
+    batch_size = settings.batch(8, 64)
+    steps = settings.count(2, 3, 10, 25)
+    repeats = settings.reps(3, 5)
+    images, labels = cifar_like(batch_size * steps, settings.seed)
+    data = as_dataset(images, labels).to(device)
+    model = vitlab_model(settings).to(device)
+    recipe = RECIPES["default"]
+    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
+    scheduler = make_scheduler(optimizer, recipe, total_steps=4 * steps * (repeats + 2))
+    criterion = make_criterion(recipe)
+    flip_only = BatchTransform(model.image_size, train=True, max_rotation_degrees=0.0).to(device)
+    eval_transform = BatchTransform(model.image_size, train=False).to(device)
+    bf16 = settings.cuda and recipe.bf16_on_cuda
+    frozen = frozen_blocks_for(model, TRAINABLE_BLOCKS)
+
+    sync(device)
+    start = time.perf_counter()
+    cache = build_cache(model, data, eval_transform, frozen, views=2, batch_size=batch_size,
+                        dtype=torch.bfloat16 if bf16 else torch.float32,
+                        autocast=autocast_for(device, recipe) if bf16 else None, show_progress=False)
+    sync(device)
+    cache_rate = len(data) / (time.perf_counter() - start)  # images/s, both views of each image
+    top = TrainableTop(model, TRAINABLE_BLOCKS)
+
+    def steps_per_second(trainer, source, transform) -> float:
+        sync(device)
+        begin = time.perf_counter()
+        result = train_one_epoch(trainer, source, len(data), transform, optimizer, scheduler, criterion, device,
+                                 recipe, show_progress=False)
+        sync(device)
+        return result["count"] / (time.perf_counter() - begin)
+
+    def full() -> float:
+        return steps_per_second(model, batches(data, batch_size, shuffle=True, device=device), flip_only)
+
+    def cached() -> float:
+        return steps_per_second(top, cache.batches(batch_size, torch.randperm(len(data), device=device)), None)
+
+    a, b = interleaved(full, cached, repeats)
+    base, ours = statistics.median(a), statistics.median(b)
+    return row_result(
+        "cached_trunk_step", settings, base, ours, "images/s", ratio=ours / base,
+        ratio_meaning="cached / uncached", target="report", met=None, batch_size=batch_size, steps=steps,
+        samples_baseline=a, samples_vitlab=b, cache_images_per_second=cache_rate,
+        notes=f"{settings.arch}, random weights, the last {TRAINABLE_BLOCKS} blocks + head train, batch {batch_size}; "
+        f"both sides: recipe 'default', flip as the only augmentation; uncached: the whole model every step; cached: "
+        f"the last {TRAINABLE_BLOCKS} blocks on stored tokens of the first {frozen}. Building the cache (2 views per "
+        f"image) ran at {cache_rate:.1f} images/s, a one-off cost before epoch 1",
+    )
+
+
+def bench_cached_trunk_shapes(settings: Settings) -> dict:
+    """The demo preset with 2 of 4 blocks frozen, end to end, without and with --cache-trunk."""
+    common = ["--preset", "demo", "--trainable-blocks", "2", "--quiet", "--device", settings.device.type,
+              *settings.demo_args]
+    runs: dict[str, list[dict]] = {"uncached": [], "cached": []}
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-cache-") as tmp:
+        for repeat in range(settings.reps(1, 2)):
+            order = ("uncached", "cached") if repeat % 2 == 0 else ("cached", "uncached")
+            for side in order:
+                out = Path(tmp) / f"{side}-{repeat}"
+                flags = ["--cache-trunk"] if side == "cached" else []
+                code = finetune.main([*common, *flags, "--out", str(out)])
+                if code != 0:
+                    raise RuntimeError(f"the {side} shapes run exited with {code}")
+                history = json.loads((out / "history.json").read_text())
+                summary = json.loads((out / "summary.json").read_text())
+                runs[side].append({"epoch_seconds": statistics.mean(e["seconds"] for e in history),
+                                   "test_acc": summary["test_acc"],
+                                   "cache_seconds": summary.get("trunk_cache_seconds")})
+    base = statistics.median(r["epoch_seconds"] for r in runs["uncached"])
+    ours = statistics.median(r["epoch_seconds"] for r in runs["cached"])
+    acc_base, acc_ours = runs["uncached"][0]["test_acc"], runs["cached"][0]["test_acc"]
+    cache_seconds = statistics.median(r["cache_seconds"] for r in runs["cached"])
+    shrunk = f" {' '.join(settings.demo_args)}" if settings.demo_args else ""
+    return row_result(
+        "cached_trunk_shapes", settings, base, ours, "s/epoch", ratio=base / ours,
+        ratio_meaning="speed-up (uncached / cached)", target="report", met=None,
+        test_acc_uncached=acc_base, test_acc_cached=acc_ours, cache_seconds=cache_seconds, runs=runs,
+        notes=f"python -m vitlab.finetune --preset demo --trainable-blocks 2{shrunk} [--cache-trunk]: vit_tiny, "
+        f"2 of 4 blocks frozen (random init), flip only on both sides (the preset has no rotation); seconds per epoch "
+        f"are train + val; test accuracy {acc_base:.1%} uncached, {acc_ours:.1%} cached; building the cache took "
+        f"{cache_seconds:.1f} s once",
+    )
