@@ -13,6 +13,9 @@ from the performance issue:
     demo              (none)                                        finetune --preset demo, end to end  >= 95%, <= 60 s
     epoch (--epoch)   its loop, extrapolated to an epoch            one epoch of CIFAR-100's shape      <= 30 s, >= 10x
 
+Optional rows, run only when named in --rows: `train_step_cpu_bf16` (vitlab's step under CPU bf16 autocast), and
+`cached_trunk_step` and `cached_trunk_shapes` (vitlab without against with `--cache-trunk`; see `bench.cached`).
+
 All data is random uint8 of CIFAR-100's shape and all weights are random: nothing is downloaded, and speed does not
 depend on the values. Targets are reported, never asserted: a slow machine is information, not an error.
 
@@ -38,16 +41,15 @@ from vitlab.bench.measure import (
     sync,
     vitlab_model,
 )
+from vitlab.bench.memory import bench_peak_memory, memory_child
 from vitlab.bench.report import cpu_model, describe_device, device_name, format_table, report, write_json
 from vitlab.bench.rows import (
     bench_capture_overhead,
     bench_data_pipeline,
     bench_demo,
     bench_eval_throughput,
-    bench_peak_memory,
     bench_train_step,
     count_host_syncs,
-    memory_child,
     notebook_trainer,
 )
 
