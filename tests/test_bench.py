@@ -196,6 +196,13 @@ def test_cached_trunk_step_row_compares_cached_and_full_steps() -> None:
     assert result["ratio_meaning"] == "cached / uncached" and result["cache_images_per_second"] > 0
 
 
+def test_epoch_cached_row_needs_cuda_unless_forced() -> None:
+    assert bench.BENCHES["epoch_cached"](tiny())["measured"] is False
+    result = bench.BENCHES["epoch_cached"](tiny(force_epoch=True, epoch_images=60, compile=False))
+    assert_well_formed(result, "epoch_cached")
+    assert (result["train_images"], result["val_images"]) == (54, 6) and result["cache_seconds"] > 0
+
+
 def test_cached_trunk_shapes_row_runs_both_sides_end_to_end() -> None:
     result = bench.BENCHES["cached_trunk_shapes"](tiny(demo_args=("--epochs", "1", "--subset", "64")))
     assert_well_formed(result, "cached_trunk_shapes")

@@ -1,11 +1,13 @@
 """Optional rows for `--cache-trunk` (`vitlab.trunk_cache`): vitlab with the cache against vitlab without it.
 
     cached_trunk_step    training steps on random CIFAR-shaped data, full model vs the trainable top on cached tokens
+    epoch_cached         one epoch of CIFAR-100's shape (train 45,000 + val 5,000), without and with the cache, plus
+                         the one-off time to build it (a GPU row, like `epoch`)
     cached_trunk_shapes  the demo preset with a frozen trunk (--trainable-blocks 2), end to end, without and with
                          --cache-trunk: seconds per epoch and test accuracy
 
 Both baselines are vitlab's own uncached training with the same flip-only augmentation, so the ratios isolate the
-cache. They run only when named: `python -m vitlab.bench --rows cached_trunk_step,cached_trunk_shapes`.
+cache. They run only when named: `python -m vitlab.bench --rows cached_trunk_step,cached_trunk_shapes,epoch_cached`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,28 @@ from pathlib import Path
 import torch
 
 from vitlab import finetune
-from vitlab.bench.measure import Settings, as_dataset, cifar_like, interleaved, row_result, sync, vitlab_model
-from vitlab.data import BatchTransform, batches
-from vitlab.train import RECIPES, autocast_for, make_criterion, make_optimizer, make_scheduler, train_one_epoch
-from vitlab.trunk_cache import TrainableTop, build_cache, frozen_blocks_for
+from vitlab.bench.measure import (
+    Settings,
+    as_dataset,
+    cifar_like,
+    epoch_splits,
+    interleaved,
+    not_measured,
+    row_result,
+    sync,
+    vitlab_model,
+)
+from vitlab.data import BatchTransform, ImageDataset, batches
+from vitlab.train import (
+    RECIPES,
+    autocast_for,
+    evaluate,
+    make_criterion,
+    make_optimizer,
+    make_scheduler,
+    train_one_epoch,
+)
+from vitlab.trunk_cache import TrainableTop, TrunkCache, build_cache, cache_trunk, frozen_blocks_for
 
 TRAINABLE_BLOCKS = 3  # as in vitlab_model: the last 3 blocks and the head train
 
@@ -124,3 +144,74 @@ def bench_cached_trunk_shapes(settings: Settings) -> dict:
         f"{accuracies('uncached')}, cached {accuracies('cached')}; building the cache took {cache_seconds:.1f} s "
         f"once per run",
     )
+
+
+def bench_epoch_cached(settings: Settings) -> dict:
+    """One epoch (train + val) of the default recipe with flip-only augmentation, without and with the cache.
+
+    The same data, model and optimiser serve both sides; each side is warmed up (and compiled, on CUDA) on a few
+    batches first. Reported: both epoch times and the one-off time to build the cache.
+    """
+    if not settings.cuda and not settings.force_epoch:
+        return not_measured("epoch_cached", settings, "needs CUDA; --force-epoch runs it anyway")
+    device, recipe = settings.device, RECIPES["default"]
+    batch_size = settings.batch(64, 64)
+    train, val = epoch_splits(settings)
+    model = vitlab_model(settings).to(device)
+    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
+    scheduler = make_scheduler(optimizer, recipe, total_steps=2 * (-(-len(train) // batch_size)) + 20)
+    criterion = make_criterion(recipe)
+    use_compile = settings.cuda if settings.compile is None else settings.compile
+    flip_only = BatchTransform(model.image_size, train=True, max_rotation_degrees=0.0).to(device)
+    eval_transform = BatchTransform(model.image_size, train=False).to(device)
+
+    sync(device)
+    start = time.perf_counter()
+    cached = cache_trunk(model, train, val, TRAINABLE_BLOCKS, eval_transform, batch_size=2 * batch_size,
+                         bf16=settings.cuda and recipe.bf16_on_cuda, show_progress=False)
+    sync(device)
+    cache_seconds = time.perf_counter() - start
+    full = torch.compile(model) if use_compile else model
+    top = torch.compile(cached.top) if use_compile else cached.top
+
+    def uncached_epoch(train_set: ImageDataset, val_set: ImageDataset) -> None:
+        train_one_epoch(full, batches(train_set, batch_size, shuffle=True, device=device), len(train_set), flip_only,
+                        optimizer, scheduler, criterion, device, recipe, show_progress=False)
+        evaluate(model, batches(val_set, 2 * batch_size, shuffle=False, device=device), len(val_set),
+                 eval_transform, criterion, device, recipe, show_progress=False)
+
+    def cached_epoch(train_set: TrunkCache, val_set: TrunkCache) -> None:
+        order = torch.randperm(len(train_set), device=device)
+        train_one_epoch(top, train_set.batches(batch_size, order), len(train_set), None, optimizer, scheduler,
+                        criterion, device, recipe, show_progress=False)
+        evaluate(cached.top, val_set.batches(2 * batch_size), len(val_set), None, criterion, device, recipe,
+                 show_progress=False)
+
+    def timed(run) -> float:
+        sync(device)
+        begin = time.perf_counter()
+        run()
+        sync(device)
+        return time.perf_counter() - begin
+
+    # Warm-up: a full batch and the epoch's last, smaller batch on both sides, so no shape is new in the epoch.
+    n_train, n_val = 2 * batch_size + len(train) % batch_size, 2 * batch_size + len(val) % (2 * batch_size)
+    warmup_seconds = timed(lambda: uncached_epoch(train.take(n_train), val.take(n_val)))
+    warmup_seconds += timed(lambda: cached_epoch(_head(cached.train, n_train), _head(cached.val, n_val)))
+    base = timed(lambda: uncached_epoch(train, val))
+    ours = timed(lambda: cached_epoch(cached.train, cached.val))
+    size_gib = (cached.train.tokens.nbytes + cached.val.tokens.nbytes) / 2**30
+    return row_result(
+        "epoch_cached", settings, base, ours, "s/epoch", ratio=base / ours,
+        ratio_meaning="speed-up (uncached / cached)", target="report", met=None, batch_size=batch_size,
+        train_images=len(train), val_images=len(val), cache_seconds=cache_seconds, cache_gib=size_gib,
+        warmup_seconds=warmup_seconds, compiled=use_compile,
+        notes=f"{settings.arch}, random weights, the last {TRAINABLE_BLOCKS} blocks + head, {len(train)} train + "
+        f"{len(val)} val images, batch {batch_size}, flip only on both sides, compile "
+        f"{'on' if use_compile else 'off'}; building the cache took {cache_seconds:.1f} s once ({size_gib:.1f} GiB)",
+    )
+
+
+def _head(cache: TrunkCache, n: int) -> TrunkCache:
+    """The first `n` images of a cache (views, not copies)."""
+    return TrunkCache(cache.tokens[:n], cache.labels[:n])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from vitlab.bench.cached import bench_cached_trunk_shapes, bench_cached_trunk_step
+from vitlab.bench.cached import bench_cached_trunk_shapes, bench_cached_trunk_step, bench_epoch_cached
 from vitlab.bench.epoch import bench_epoch
 from vitlab.bench.measure import OPTIONAL_ROWS, ROWS, Settings
 from vitlab.bench.memory import bench_peak_memory
@@ -39,6 +39,7 @@ BENCHES: dict[str, Callable[[Settings], dict]] = {
     "train_step_cpu_bf16": lambda settings: bench_train_step(settings, cpu_bf16=True),
     "cached_trunk_step": bench_cached_trunk_step,
     "cached_trunk_shapes": bench_cached_trunk_shapes,
+    "epoch_cached": bench_epoch_cached,
 }
 
 

@@ -18,6 +18,7 @@ from vitlab.bench.measure import (
     Settings,
     as_dataset,
     cifar_like,
+    epoch_splits,
     not_measured,
     row_result,
     sync,
@@ -42,12 +43,8 @@ def bench_epoch(settings: Settings) -> dict:
         return not_measured("epoch", settings, "needs CUDA; --force-epoch runs it anyway", target)
     device = settings.device
     batch_size = settings.batch(64, 64)  # the notebook's and vitlab.finetune's default
-    total = settings.epoch_images or CIFAR_TRAIN + CIFAR_VAL
-    n_val = total * CIFAR_VAL // (CIFAR_TRAIN + CIFAR_VAL)
-    images, labels = cifar_like(total, settings.seed)
-    pool = as_dataset(images, labels).to(device)
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(42)).to(device)  # vitlab's split
-    train, val = pool.subset(order[n_val:]), pool.subset(order[:n_val])
+    train, val = epoch_splits(settings)
+    total = len(train) + len(val)
 
     model = vitlab_model(settings).to(device)
     recipe = RECIPES["default"]

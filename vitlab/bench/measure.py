@@ -14,7 +14,8 @@ from vitlab.data import ImageDataset
 from vitlab.model import build_model
 
 ROWS = ("data_pipeline", "capture_overhead", "train_step", "eval_throughput", "peak_memory", "demo", "epoch")
-OPTIONAL_ROWS = ("train_step_cpu_bf16", "cached_trunk_step", "cached_trunk_shapes")  # run only when named in --rows
+# Run only when named in --rows:
+OPTIONAL_ROWS = ("train_step_cpu_bf16", "cached_trunk_step", "cached_trunk_shapes", "epoch_cached")
 NUM_CLASSES = 100  # CIFAR-100's
 CIFAR_TRAIN, CIFAR_VAL, CIFAR_TEST = 45_000, 5_000, 10_000  # vitlab holds 5,000 of the 50,000 out for validation
 
@@ -141,6 +142,19 @@ def as_dataset(images_nhwc: np.ndarray, labels: np.ndarray) -> ImageDataset:
     """The same images as vitlab holds them: one uint8 tensor (N, 3, H, W) and int64 labels."""
     images = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
     return ImageDataset(images, torch.from_numpy(labels).long(), [f"class_{i}" for i in range(NUM_CLASSES)])
+
+
+def epoch_splits(settings: Settings) -> tuple[ImageDataset, ImageDataset]:
+    """Random CIFAR-100-shaped (train, val) on the device, split 45,000 / 5,000 as vitlab splits CIFAR-100.
+
+    `settings.epoch_images` shrinks the total (default 50,000) in the same proportion.
+    """
+    total = settings.epoch_images or CIFAR_TRAIN + CIFAR_VAL
+    n_val = total * CIFAR_VAL // (CIFAR_TRAIN + CIFAR_VAL)
+    images, labels = cifar_like(total, settings.seed)
+    pool = as_dataset(images, labels).to(settings.device)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(42)).to(settings.device)  # (total,)
+    return pool.subset(order[n_val:]), pool.subset(order[:n_val])
 
 
 def vitlab_model(settings: Settings) -> torch.nn.Module:
