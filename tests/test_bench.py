@@ -151,15 +151,24 @@ def test_check_compares_against_the_target() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("row", ["data_pipeline", "capture_overhead", "train_step", "eval_throughput"])
+@pytest.mark.parametrize("row", ["data_pipeline", "train_step", "eval_throughput"])
 def test_timing_rows_run_and_are_well_formed(row: str) -> None:
     result = bench.BENCHES[row](tiny())
     assert_well_formed(result, row)
     assert len(result["samples_baseline"]) == len(result["samples_vitlab"]) == 1
 
 
-def test_capture_row_checks_that_capture_changes_nothing() -> None:
-    assert bench.bench_capture_overhead(tiny())["logits_identical"] is True
+def test_capture_row_measures_fresh_processes_and_checks_that_capture_changes_nothing() -> None:
+    result = bench.bench_capture_overhead(tiny())
+    assert_well_formed(result, "capture_overhead")
+    assert len(result["process_ratios"]) == 3 and len(result["samples_vitlab"]) == 3  # 3 processes x 1 repeat
+    assert result["ratio"] == sorted(result["process_ratios"])[1]  # the median process
+    assert result["logits_identical"] is True
+
+
+def test_capture_samples_are_interleaved_in_one_process() -> None:
+    samples = bench.capture_samples("vit_tiny", 2, 1, 3, "cpu")
+    assert len(samples["plain"]) == len(samples["captured"]) == 3 and samples["identical"] is True
 
 
 def test_epoch_row_is_not_measured_without_cuda_unless_forced() -> None:
@@ -247,12 +256,12 @@ def test_json_report_round_trips(tmp_path) -> None:
 
 def test_main_runs_selected_rows_and_writes_json(tmp_path, capsys) -> None:
     path = tmp_path / "bench.json"
-    code = bench.main(["--device", "cpu", "--arch", "vit_tiny", "--rows", "capture_overhead", "--repeats", "1",
+    code = bench.main(["--device", "cpu", "--arch", "vit_tiny", "--rows", "eval_throughput", "--repeats", "1",
                        "--batch-size", "2", "--json", str(path)])
     assert code == 0
-    assert "capture_overhead" in capsys.readouterr().out
+    assert "eval_throughput" in capsys.readouterr().out
     rows = json.loads(path.read_text())["rows"]
-    assert [r["row"] for r in rows] == ["capture_overhead"] and rows[0]["batch_size"] == 2
+    assert [r["row"] for r in rows] == ["eval_throughput"] and rows[0]["batch_size"] == 2
 
 
 def test_main_refuses_unknown_rows(capsys) -> None:

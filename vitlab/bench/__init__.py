@@ -42,9 +42,9 @@ from vitlab.bench.measure import (
     vitlab_model,
 )
 from vitlab.bench.memory import bench_peak_memory, memory_child
+from vitlab.bench.overhead import bench_capture_overhead, capture_samples
 from vitlab.bench.report import cpu_model, describe_device, device_name, format_table, report, write_json
 from vitlab.bench.rows import (
-    bench_capture_overhead,
     bench_data_pipeline,
     bench_demo,
     bench_eval_throughput,
@@ -56,7 +56,7 @@ from vitlab.bench.rows import (
 __all__ = [
     "BENCHES", "NUM_CLASSES", "OPTIONAL_ROWS", "ROWS", "Settings", "as_dataset", "bench_capture_overhead",
     "bench_data_pipeline", "bench_demo", "bench_epoch", "bench_eval_throughput", "bench_peak_memory",
-    "bench_train_step", "build_parser", "check", "cifar_like", "count_host_syncs", "cpu_model", "describe_device",
-    "device_name", "format_table", "input_size", "interleaved", "main", "memory_child", "not_measured",
-    "notebook_trainer", "pick_device", "report", "row_result", "sync", "vitlab_model", "write_json",
+    "bench_train_step", "build_parser", "capture_samples", "check", "cifar_like", "count_host_syncs", "cpu_model",
+    "describe_device", "device_name", "format_table", "input_size", "interleaved", "main", "memory_child",
+    "not_measured", "notebook_trainer", "pick_device", "report", "row_result", "sync", "vitlab_model", "write_json",
 ]

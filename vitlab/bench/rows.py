@@ -39,7 +39,6 @@ from vitlab.bench.measure import (
     vitlab_model,
 )
 from vitlab.bench.report import describe_device
-from vitlab.capture import capture
 from vitlab.data import BatchTransform, batches
 from vitlab.train import RECIPES, evaluate, make_criterion, make_optimizer, make_scheduler, train_one_epoch
 
@@ -173,51 +172,6 @@ def bench_train_step(settings: Settings, cpu_bf16: bool = False) -> dict:
         row, settings, base, ours, "images/s", ratio=ours / base, ratio_meaning="vitlab / notebook",
         target="report" if cpu_bf16 else ">= 1x", met=None if cpu_bf16 else check(ours / base, ">=", 1.0),
         batch_size=batch_size, steps=steps, samples_baseline=a, samples_vitlab=b, host_syncs=syncs, notes=notes,
-    )
-
-
-def bench_capture_overhead(settings: Settings) -> dict:
-    """An eval forward under `vitlab.capture` against the same forward without it, seconds per batch."""
-    device = settings.device
-    batch_size = settings.batch(4, 64)
-    forwards = settings.count(1, 1, 5, 10)  # forwards per timed repeat
-    model = vitlab_model(settings).to(device).eval()
-    images, labels = cifar_like(batch_size, settings.seed)
-    inputs = BatchTransform(model.image_size, train=False).to(device)(as_dataset(images, labels).images.to(device))
-
-    @torch.no_grad()
-    def plain() -> float:
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(forwards):
-            model(inputs)
-        sync(device)
-        return (time.perf_counter() - start) / forwards
-
-    @torch.no_grad()
-    def captured() -> float:
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(forwards):
-            with capture(model) as cap:
-                model(inputs)
-        sync(device)
-        assert len(cap.attentions) == len(model.encoder.layers)  # the hooks really recorded every block
-        return (time.perf_counter() - start) / forwards
-
-    with torch.no_grad():  # the warm-up, and a check that capture changes nothing
-        logits_plain = model(inputs)
-        with capture(model):
-            logits_captured = model(inputs)
-    identical = bool(torch.equal(logits_plain, logits_captured))
-    a, b = interleaved(plain, captured, settings.reps(7, 11), warmup=0)
-    base, ours = statistics.median(a), statistics.median(b)
-    return row_result(
-        "capture_overhead", settings, base, ours, "s/batch", ratio=ours / base,
-        ratio_meaning="capture / plain (time)", target="<= 1.05x", met=check(ours / base, "<=", 1.05),
-        batch_size=batch_size, samples_baseline=a, samples_vitlab=b, logits_identical=identical,
-        notes=f"{settings.arch}, eval, torch.no_grad, fp32, batch {batch_size}; logits identical with and without "
-        f"capture: {identical}",
     )
 
 
