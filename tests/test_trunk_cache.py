@@ -85,6 +85,8 @@ def test_cached_batches_cover_the_order_once_and_draw_both_views() -> None:
         assert torch.equal(values.abs(), labels.float())  # each token row belongs to its label's image
         views.append(values < 0)
     assert torch.equal(torch.cat(seen), order)
+    half = TrunkCache(tokens.to(torch.bfloat16), torch.arange(n))  # stored in bf16, handed on in float32
+    assert next(half.batches(8))[0].dtype == torch.float32
     mirrored_share = torch.cat(views)[order != 0].float().mean().item()  # image 0 is 0 in both views
     assert 0.4 < mirrored_share < 0.6
 

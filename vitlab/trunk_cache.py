@@ -88,7 +88,7 @@ class TrunkCache:
         """Yield (tokens (b, T, D), labels (b,)) in `order` (int64 (M,), default: all images in turn).
 
         With two views each image's view is drawn at random per batch (p = 0.5 each): the random flip. `generator`
-        must live on the cache's device.
+        must live on the cache's device. The tokens come out as float32 whatever the cache stores.
         """
         order = torch.arange(len(self), device=self.tokens.device) if order is None else order  # (M,)
         for start in range(0, len(order), batch_size):
@@ -97,7 +97,9 @@ class TrunkCache:
                 view = torch.zeros_like(index)  # (b,)
             else:
                 view = torch.randint(self.views, index.shape, generator=generator, device=index.device)  # (b,)
-            yield self.tokens[index, view], self.labels[index]  # (b, T, D), (b,)
+            # Stored in bf16 to halve the memory, handed on in float32: the residual stream of the trainable blocks
+            # then carries the same precision as in a run without the cache.
+            yield self.tokens[index, view].float(), self.labels[index]  # (b, T, D), (b,)
 
 
 def frozen_blocks_for(model: VisionTransformer, trainable_blocks: int) -> int:
