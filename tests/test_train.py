@@ -1,0 +1,68 @@
+"""The training loop reads values back to the host only at progress-bar refreshes, never inside a step.
+
+On a GPU every such read (`.item()`, `.tolist()`, `bool(tensor)`, ...) makes Python wait for the kernels queued so
+far, so a read per step would stall the loop. The same code runs on the CPU, so the reads can be counted here: a
+TorchFunctionMode sees every tensor method call and notes those that vitlab's own code makes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from vitlab.data import BatchTransform, ImageDataset, batches
+from vitlab.model import build_model
+from vitlab.train import RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch
+
+HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
+VITLAB = str(Path(__file__).resolve().parents[1] / "vitlab")
+
+
+class VitlabHostReads(TorchFunctionMode):
+    """Records (function name, file:line) for every host read that code under vitlab/ makes itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, str]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            # The frame that called the method. Reads inside torch itself do not count: the non-fused optimizers
+            # read their CPU step counters, which never waits for a GPU (and the fused CUDA path reads nothing).
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(VITLAB):
+                self.reads.append((name, f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}"))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("refresh_every, expected_reads", [(25, 1), (2, 4)])
+def test_training_reads_the_host_only_at_refreshes(refresh_every: int, expected_reads: int) -> None:
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", 4, pretrained=False, trainable_blocks=1, progress=False)
+    recipe = RECIPES["default"]  # AdamW, warmup + cosine, label smoothing, clipping: every part of the step
+    optimizer = make_optimizer(model, recipe, 1e-3, pretrained=False)
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
+    data = ImageDataset(images, torch.arange(48) % 4, ["a", "b", "c", "d"])
+    transform = BatchTransform(32, train=True)
+    with VitlabHostReads() as mode:
+        result = train_one_epoch(
+            model, batches(data, 8, shuffle=True), len(data), transform, optimizer,
+            make_scheduler(optimizer, recipe, total_steps=6), make_criterion(recipe), torch.device("cpu"), recipe,
+            show_progress=False, refresh_every=refresh_every,
+        )
+    assert result["count"] == 48
+    # 6 steps: one read at the end, plus one at each refresh (steps 2, 4 and 6 when refreshing every 2).
+    assert len(mode.reads) == expected_reads, mode.reads
+    assert {where.split(":")[0] for _, where in mode.reads} == {"train.py"}
+
+
+def test_the_counter_sees_a_read_per_step() -> None:
+    """The check above can fail: a loop that calls .item() every step is caught."""
+    with VitlabHostReads() as mode:
+        exec(compile("for _ in range(3): torch.ones(1).sum().item()", f"{VITLAB}/fake.py", "exec"), {"torch": torch})
+    assert len(mode.reads) == 3
