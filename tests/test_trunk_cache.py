@@ -171,3 +171,15 @@ def test_finetune_refuses_settings_a_cache_cannot_serve(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "max_rotation, trainable_blocks, distributed, message",
+    [(10.0, 3, False, "--max-rotation 0"), (0.0, None, False, "nothing to cache"), (0.0, 3, True, "torchrun")],
+)
+def test_check_settings_refuses_what_a_cache_cannot_serve(
+    max_rotation: float, trainable_blocks: int | None, distributed: bool, message: str
+) -> None:
+    trunk_cache.check_settings(0.0, 3, False)  # flip only, 3 blocks training, one process: fine
+    with pytest.raises(VitlabError, match=message):
+        trunk_cache.check_settings(max_rotation, trainable_blocks, distributed)

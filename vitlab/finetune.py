@@ -110,6 +110,8 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
     if config.batch_size % process.world_size:
         raise VitlabError(f"--batch-size {config.batch_size} must divide by the {process.world_size} processes.")
     out = prepare_out(config, resuming=checkpoint is not None)
+    if config.cache_trunk:  # refuse what a cache cannot serve before any data is loaded
+        trunk_cache.check_settings(config.max_rotation, config.trainable_blocks, process.distributed)
     torch.manual_seed(config.seed)
     splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
                           subset=config.subset, progress=process.is_main and not config.quiet)
@@ -203,14 +205,6 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
 def _cache_trunk(run_state: Run, model, transform, recipe, batch_size: int) -> trunk_cache.CachedTrunk:
     """`--cache-trunk`: run the frozen trunk once over train (as is and mirrored) and val, before epoch 1."""
     config, device = run_state.config, run_state.device
-    if run_state.process.distributed:
-        raise VitlabError("--cache-trunk runs in one process; start it with python -m vitlab.finetune, not torchrun.")
-    if config.max_rotation != 0:
-        raise VitlabError(
-            f"--cache-trunk allows the flip as the only augmentation, but --max-rotation is {config.max_rotation}: "
-            f"every rotated image would need its own trunk output. Use --max-rotation 0 (the default with "
-            f"--cache-trunk), or drop --cache-trunk."
-        )
     started = time.perf_counter()
     cached = trunk_cache.cache_trunk(
         model, run_state.splits.train, run_state.splits.val, config.trainable_blocks, transform,

@@ -102,6 +102,24 @@ class TrunkCache:
             yield self.tokens[index, view].float(), self.labels[index]  # (b, T, D), (b,)
 
 
+def check_settings(max_rotation: float, trainable_blocks: int | None, distributed: bool) -> None:
+    """Refuse the `--cache-trunk` settings a cache cannot serve (VitlabError, with what to do instead)."""
+    if distributed:
+        raise VitlabError("--cache-trunk runs in one process; start it with python -m vitlab.finetune, not torchrun.")
+    if max_rotation != 0:
+        raise VitlabError(
+            f"--cache-trunk allows the flip as the only augmentation, but --max-rotation is {max_rotation}: every "
+            f"rotated image would need its own trunk output. Use --max-rotation 0 (the default with --cache-trunk), "
+            f"or drop --cache-trunk."
+        )
+    if trainable_blocks is None:
+        raise VitlabError(
+            "--cache-trunk needs a frozen trunk, but --trainable-blocks is 'all' (also the demo preset's setting), "
+            "which trains the whole model: there is nothing to cache. Choose a number of blocks, e.g. "
+            "--trainable-blocks 2, or drop --cache-trunk."
+        )
+
+
 def frozen_blocks_for(model: VisionTransformer, trainable_blocks: int) -> int:
     """How many leading blocks the trunk has; refuses a setting where nothing before the top is frozen."""
     num_blocks = len(model.encoder.layers)
