@@ -1,4 +1,5 @@
-"""The training loop reads values back to the host only at progress-bar refreshes, never inside a step.
+"""The training loop: it reads values back to the host only at progress-bar refreshes, never inside a step, and it
+keeps frozen leading blocks in eval mode (`train_mode`) without changing what is computed.
 
 On a GPU every such read (`.item()`, `.tolist()`, `bool(tensor)`, ...) makes Python wait for the kernels queued so
 far, so a read per step would stall the loop. The same code runs on the CPU, so the reads can be counted here: a
@@ -15,8 +16,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from vitlab.data import BatchTransform, ImageDataset, batches
-from vitlab.model import build_model
-from vitlab.train import RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch
+from vitlab.model import build_model, train_mode
+from vitlab.train import RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch, train_step
 
 HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
 VITLAB = str(Path(__file__).resolve().parents[1] / "vitlab")
@@ -66,3 +67,48 @@ def test_the_counter_sees_a_read_per_step() -> None:
     with VitlabHostReads() as mode:
         exec(compile("for _ in range(3): torch.ones(1).sum().item()", f"{VITLAB}/fake.py", "exec"), {"torch": torch})
     assert len(mode.reads) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train_mode: frozen leading blocks stay in eval mode
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _vit(trainable_blocks: int, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("vit_tiny", 4, pretrained=False, trainable_blocks=trainable_blocks, progress=False)
+
+
+def test_train_mode_keeps_only_the_frozen_leading_blocks_in_eval() -> None:
+    model = _vit(1)
+    train_mode(torch.compile(model))  # looks through the compile wrapper (nothing is compiled until a call)
+    assert [block.training for block in model.encoder.layers] == [False, False, False, True]
+    assert not model.encoder.dropout.training and model.heads.training and model.encoder.ln.training
+    assert all(m.training for m in model.encoder.layers[3].modules())  # dropout in a training block stays on
+    everything = _vit(4)  # every block: the embeddings train too
+    train_mode(everything)
+    assert all(m.training for m in everything.modules())
+
+
+def test_train_mode_runs_the_fused_attention_kernel_in_frozen_blocks_only() -> None:
+    model = _vit(1)
+    train_mode(model)
+    inputs = torch.randn(2, 3, 32, 32)
+    with torch.profiler.profile() as profile:
+        model(inputs).sum().backward()
+    fused = sum(e.count for e in profile.key_averages() if e.key == "aten::_native_multi_head_attention")
+    assert fused == 3  # the three frozen blocks; the training block keeps the differentiable path
+
+
+def test_a_step_in_train_mode_equals_a_step_in_plain_training_mode() -> None:
+    images, labels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 4
+    transform, criterion = BatchTransform(32, train=False), make_criterion(RECIPES["default"])
+    states = []
+    for use_train_mode in (False, True):
+        model = _vit(2, seed=1)
+        train_mode(model) if use_train_mode else model.train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        train_step(model, images, labels, transform, optimizer, criterion)
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=1e-4, atol=1e-6, msg=name)

