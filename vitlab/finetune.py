@@ -34,6 +34,7 @@ from vitlab.train import (
     make_scheduler,
     predict,
     train_one_epoch,
+    uses_bf16,
 )
 
 # Settings a checkpoint's weights depend on: resuming with a different value would load mismatched weights.
@@ -208,13 +209,12 @@ def _cache_trunk(run_state: Run, model, transform, recipe, batch_size: int) -> t
     started = time.perf_counter()
     cached = trunk_cache.cache_trunk(
         model, run_state.splits.train, run_state.splits.val, config.trainable_blocks, transform,
-        batch_size=2 * batch_size, bf16=device.type == "cuda" and recipe.bf16_on_cuda,
+        batch_size=2 * batch_size, bf16=uses_bf16(device, recipe),
         show_progress=run_state.process.is_main and not config.quiet,
     )
-    size = cached.train.tokens.nbytes + cached.val.tokens.nbytes
-    run_state.trunk_cache_seconds = time.perf_counter() - started
+    seconds = run_state.trunk_cache_seconds = time.perf_counter() - started
     run_state.say(f"cached the frozen trunk's output for {len(cached.train)} train images (2 views) and "
-                  f"{len(cached.val)} val images: {size / 2**20:,.0f} MiB, {run_state.trunk_cache_seconds:.1f} s")
+                  f"{len(cached.val)} val images: {cached.nbytes / 2**20:,.0f} MiB, {seconds:.1f} s")
     return cached
 
 

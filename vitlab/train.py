@@ -98,9 +98,14 @@ def make_criterion(recipe: Recipe) -> Callable[[Tensor, Tensor], Tensor]:
     return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
 
+def uses_bf16(device: torch.device, recipe: Recipe) -> bool:
+    """Whether `recipe` computes in bf16 on `device` (on CUDA only: CPU bf16 measured slower, see BENCHMARKS.md)."""
+    return device.type == "cuda" and recipe.bf16_on_cuda
+
+
 def autocast_for(device: torch.device, recipe: Recipe):
     """bf16 autocast on CUDA when the recipe asks for it, else a no-op context."""
-    if device.type == "cuda" and recipe.bf16_on_cuda:
+    if uses_bf16(device, recipe):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 

@@ -21,7 +21,7 @@ and in evaluation mode: training on the cache is training on the model, up to th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 from tqdm.auto import tqdm
 
+from vitlab.capture import geometry
 from vitlab.data import BatchTransform, ImageDataset
 from vitlab.errors import VitlabError
 
@@ -81,6 +82,10 @@ class TrunkCache:
     @property
     def views(self) -> int:
         return self.tokens.shape[1]
+
+    def take(self, n: int) -> TrunkCache:
+        """The first `n` images (slices are views: nothing is copied), as `ImageDataset.take`."""
+        return TrunkCache(self.tokens[:n], self.labels[:n])
 
     def batches(
         self, batch_size: int, order: Tensor | None = None, generator: torch.Generator | None = None
@@ -134,7 +139,7 @@ def frozen_blocks_for(model: VisionTransformer, trainable_blocks: int) -> int:
 
 def cache_bytes(model: VisionTransformer, num_images: int, views: int, dtype: torch.dtype) -> int:
     """Bytes a cache of `num_images` x `views` trunk outputs takes: (N, V, T, D) numbers of `dtype`."""
-    tokens = (model.image_size // model.patch_size) ** 2 + 1  # T: the patches and the class token
+    tokens = geometry(model).num_tokens  # T: the class token and the patches
     return num_images * views * tokens * model.hidden_dim * torch.finfo(dtype).bits // 8
 
 
@@ -170,8 +175,7 @@ def build_cache(
     *,
     views: int,
     batch_size: int,
-    dtype: torch.dtype = torch.float32,
-    autocast: AbstractContextManager | None = None,
+    bf16: bool = False,
     description: str = "caching the trunk",
     show_progress: bool = True,
 ) -> TrunkCache:
@@ -182,21 +186,24 @@ def build_cache(
         dataset: uint8 images (N, 3, H, W) and labels (N,), on the device where the cache should live.
         transform: the evaluation transform (resize + normalise, no augmentation).
         views: 1 (images as they are) or 2 (as they are, and mirrored left-right: the flip augmentation).
-        dtype: how the cache stores numbers; bf16 halves the memory when training runs under bf16 autocast anyway.
+        bf16: run the trunk under bf16 autocast and store bf16, half the memory of float32 (for runs that train
+            under bf16 autocast anyway).
     """
     if views not in (1, 2):
         raise ValueError(f"views must be 1 or 2, got {views}")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    autocast = torch.autocast(dataset.images.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     was_training = model.training
     model.eval()
     images = dataset.images
-    first = trunk_forward(model, transform(images[:1]), frozen_blocks)  # (1, T, D): the cache's shape
-    tokens = torch.empty((len(dataset), views, *first.shape[1:]), dtype=dtype, device=images.device)  # (N, V, T, D)
+    shape = (len(dataset), views, geometry(model).num_tokens, model.hidden_dim)  # (N, V, T, D)
+    tokens = torch.empty(shape, dtype=dtype, device=images.device)
     with tqdm(total=len(dataset) * views, desc=description, unit="img", disable=not show_progress, leave=False) as bar:
         for start in range(0, len(dataset), batch_size):
             batch = images[start : start + batch_size]  # (b, 3, H, W) uint8
             for view in range(views):
                 shown = batch.flip(-1) if view == 1 else batch  # view 1: mirrored left-right
-                with autocast if autocast is not None else nullcontext():
+                with autocast:
                     out = trunk_forward(model, transform(shown), frozen_blocks)  # (b, T, D)
                 tokens[start : start + batch_size, view] = out.to(dtype)
                 bar.update(batch.shape[0])
@@ -211,6 +218,11 @@ class CachedTrunk:
     top: TrainableTop
     train: TrunkCache  # two views per image: as is and mirrored (the random flip)
     val: TrunkCache  # one view per image: no augmentation
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the cached tokens take, train and val together."""
+        return self.train.tokens.nbytes + self.val.tokens.nbytes
 
 
 def cache_trunk(
@@ -231,10 +243,8 @@ def cache_trunk(
     """
     frozen_blocks = frozen_blocks_for(model, trainable_blocks)
     dtype = torch.bfloat16 if bf16 else torch.float32
-    device = train.images.device
-    check_fits(cache_bytes(model, 2 * len(train) + len(val), 1, dtype), device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
-    common = {"batch_size": batch_size, "dtype": dtype, "autocast": autocast, "show_progress": show_progress}
+    check_fits(cache_bytes(model, 2 * len(train) + len(val), 1, dtype), train.images.device)
+    common = {"batch_size": batch_size, "bf16": bf16, "show_progress": show_progress}
     train_cache = build_cache(model, train, transform, frozen_blocks, views=2, description="caching train", **common)
     val_cache = build_cache(model, val, transform, frozen_blocks, views=1, description="caching val", **common)
     return CachedTrunk(TrainableTop(model, trainable_blocks), train_cache, val_cache)

@@ -14,7 +14,8 @@ from the performance issue:
     epoch (--epoch)   its loop, extrapolated to an epoch            one epoch of CIFAR-100's shape      <= 30 s, >= 10x
 
 Optional rows, run only when named in --rows: `train_step_cpu_bf16` (vitlab's step under CPU bf16 autocast), and
-`cached_trunk_step` and `cached_trunk_shapes` (vitlab without against with `--cache-trunk`; see `bench.cached`).
+`cached_trunk_step`, `cached_trunk_shapes` and `epoch_cached` (vitlab without against with `--cache-trunk`; see
+`bench.cached`).
 
 All data is random uint8 of CIFAR-100's shape and all weights are random: nothing is downloaded, and speed does not
 depend on the values. Targets are reported, never asserted: a slow machine is information, not an error.

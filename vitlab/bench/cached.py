@@ -35,12 +35,12 @@ from vitlab.bench.measure import (
 from vitlab.data import BatchTransform, ImageDataset, batches
 from vitlab.train import (
     RECIPES,
-    autocast_for,
     evaluate,
     make_criterion,
     make_optimizer,
     make_scheduler,
     train_one_epoch,
+    uses_bf16,
 )
 from vitlab.trunk_cache import TrainableTop, TrunkCache, build_cache, cache_trunk, frozen_blocks_for
 
@@ -62,14 +62,12 @@ def bench_cached_trunk_step(settings: Settings) -> dict:
     criterion = make_criterion(recipe)
     flip_only = BatchTransform(model.image_size, train=True, max_rotation_degrees=0.0).to(device)
     eval_transform = BatchTransform(model.image_size, train=False).to(device)
-    bf16 = settings.cuda and recipe.bf16_on_cuda
     frozen = frozen_blocks_for(model, TRAINABLE_BLOCKS)
 
     sync(device)
     start = time.perf_counter()
     cache = build_cache(model, data, eval_transform, frozen, views=2, batch_size=batch_size,
-                        dtype=torch.bfloat16 if bf16 else torch.float32,
-                        autocast=autocast_for(device, recipe) if bf16 else None, show_progress=False)
+                        bf16=uses_bf16(device, recipe), show_progress=False)
     sync(device)
     cache_rate = len(data) / (time.perf_counter() - start)  # images/s, both views of each image
     top = TrainableTop(model, TRAINABLE_BLOCKS)
@@ -168,7 +166,7 @@ def bench_epoch_cached(settings: Settings) -> dict:
     sync(device)
     start = time.perf_counter()
     cached = cache_trunk(model, train, val, TRAINABLE_BLOCKS, eval_transform, batch_size=2 * batch_size,
-                         bf16=settings.cuda and recipe.bf16_on_cuda, show_progress=False)
+                         bf16=uses_bf16(device, recipe), show_progress=False)
     sync(device)
     cache_seconds = time.perf_counter() - start
     full = torch.compile(model) if use_compile else model
@@ -197,10 +195,10 @@ def bench_epoch_cached(settings: Settings) -> dict:
     # Warm-up: a full batch and the epoch's last, smaller batch on both sides, so no shape is new in the epoch.
     n_train, n_val = 2 * batch_size + len(train) % batch_size, 2 * batch_size + len(val) % (2 * batch_size)
     warmup_seconds = timed(lambda: uncached_epoch(train.take(n_train), val.take(n_val)))
-    warmup_seconds += timed(lambda: cached_epoch(_head(cached.train, n_train), _head(cached.val, n_val)))
+    warmup_seconds += timed(lambda: cached_epoch(cached.train.take(n_train), cached.val.take(n_val)))
     base = timed(lambda: uncached_epoch(train, val))
     ours = timed(lambda: cached_epoch(cached.train, cached.val))
-    size_gib = (cached.train.tokens.nbytes + cached.val.tokens.nbytes) / 2**30
+    size_gib = cached.nbytes / 2**30
     return row_result(
         "epoch_cached", settings, base, ours, "s/epoch", ratio=base / ours,
         ratio_meaning="speed-up (uncached / cached)", target="report", met=None, batch_size=batch_size,
@@ -211,7 +209,3 @@ def bench_epoch_cached(settings: Settings) -> dict:
         f"{'on' if use_compile else 'off'}; building the cache took {cache_seconds:.1f} s once ({size_gib:.1f} GiB)",
     )
 
-
-def _head(cache: TrunkCache, n: int) -> TrunkCache:
-    """The first `n` images of a cache (views, not copies)."""
-    return TrunkCache(cache.tokens[:n], cache.labels[:n])
