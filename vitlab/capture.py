@@ -34,6 +34,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
+from vitlab.model import stem_parameters
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -124,8 +126,7 @@ def capture(model: VisionTransformer) -> Iterator[Captured]:
 
     def note_input(module: nn.Module, args: tuple) -> None:
         nonlocal plain_tracks_grad
-        stem = [model.class_token, model.encoder.pos_embedding, *model.conv_proj.parameters()]
-        plain_tracks_grad = args[0].requires_grad or any(p.requires_grad for p in stem)
+        plain_tracks_grad = args[0].requires_grad or any(p.requires_grad for p in stem_parameters(model))
 
     def record_patch_embeddings(module: nn.Module, args: Any, output: Tensor) -> None:
         # (B, hidden, grid, grid) -> (B, patches, hidden), row-major like torchvision's _process_input

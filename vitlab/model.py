@@ -166,6 +166,11 @@ def freeze_all_but_last(model: VisionTransformer, trainable_blocks: int) -> None
     model.heads.requires_grad_(True)
 
 
+def stem_parameters(model: VisionTransformer) -> list[nn.Parameter]:
+    """The parameters before the first encoder block: patch projection, class token and position embedding."""
+    return [*model.conv_proj.parameters(), model.class_token, model.encoder.pos_embedding]
+
+
 def train_mode(model: nn.Module) -> None:
     """`model.train()`, except that a ViT's frozen leading part (stem and frozen blocks) stays in eval mode.
 
@@ -179,8 +184,7 @@ def train_mode(model: nn.Module) -> None:
     inner = getattr(inner, "module", inner)  # and DistributedDataParallel here
     if not isinstance(inner, VisionTransformer):
         return
-    stem = [inner.class_token, inner.encoder.pos_embedding, *inner.conv_proj.parameters()]
-    if any(p.requires_grad for p in stem):
+    if any(p.requires_grad for p in stem_parameters(inner)):
         return  # the embeddings train: gradients flow through every block
     inner.conv_proj.eval()
     inner.encoder.dropout.eval()

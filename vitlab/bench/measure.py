@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +87,19 @@ def interleaved(
             b.append(vitlab())
             a.append(baseline())
     return a, b
+
+
+def in_fresh_process(module: str, function: str, arguments: list, what: str) -> dict:
+    """Call `module.function(*arguments)` in a new Python process and return the dict it returns (through JSON).
+
+    For measurements that a long-lived process would skew: peak memory, or speed that differs between processes.
+    """
+    code = (f"import json, sys; from {module} import {function}; "
+            f"print(json.dumps({function}(*json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {what} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def check(value: float | None, op: str, limit: float) -> bool | None:

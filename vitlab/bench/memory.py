@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from vitlab.bench.measure import Settings, cifar_like, row_result
+from vitlab.bench.measure import Settings, cifar_like, in_fresh_process, row_result
 from vitlab.bench.rows import notebook_trainer, vitlab_trainer
 
 
@@ -52,13 +50,8 @@ def _peak_rss_mib() -> float:
 
 
 def _memory_in_fresh_process(side: str, settings: Settings, batch_size: int, steps: int) -> dict:
-    arguments = json.dumps([side, settings.arch, batch_size, steps, str(settings.device), settings.seed])
-    code = ("import json, sys; from vitlab.bench import memory_child; "
-            "print(json.dumps(memory_child(*json.loads(sys.argv[1]))))")
-    done = subprocess.run([sys.executable, "-c", code, arguments], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {side} memory run failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    arguments = [side, settings.arch, batch_size, steps, str(settings.device), settings.seed]
+    return in_fresh_process("vitlab.bench.memory", "memory_child", arguments, f"{side} memory run")
 
 
 def bench_peak_memory(settings: Settings) -> dict:

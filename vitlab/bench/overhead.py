@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
-from vitlab.bench.measure import Settings, as_dataset, check, cifar_like, interleaved, row_result, sync, vitlab_model
+from vitlab.bench.measure import (
+    Settings,
+    as_dataset,
+    check,
+    cifar_like,
+    in_fresh_process,
+    interleaved,
+    row_result,
+    sync,
+    vitlab_model,
+)
 from vitlab.capture import capture
 from vitlab.data import BatchTransform
 
@@ -64,14 +71,8 @@ def bench_capture_overhead(settings: Settings) -> dict:
     forwards = settings.count(1, 1, 5, 10)  # forwards per timed repeat
     processes = settings.count(3, 5, 2, 3)
     arguments = [settings.arch, batch_size, forwards, settings.reps(5, 7), str(settings.device), settings.seed]
-    code = ("import json, sys; from vitlab.bench.overhead import capture_samples; "
-            "print(json.dumps(capture_samples(*json.loads(sys.argv[1]))))")
-    runs = []
-    for _ in range(processes):
-        done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"the capture measurement failed (exit {done.returncode}): {done.stderr[-800:]}")
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    runs = [in_fresh_process("vitlab.bench.overhead", "capture_samples", arguments, "capture measurement")
+            for _ in range(processes)]
     ratios = [statistics.median(r["captured"]) / statistics.median(r["plain"]) for r in runs]
     base = statistics.median(statistics.median(r["plain"]) for r in runs)
     ours = statistics.median(statistics.median(r["captured"]) for r in runs)
