@@ -257,7 +257,7 @@ def _save_epoch(run_state: Run, model, optimizer, scheduler, epoch: int, improve
 def _finish(run_state: Run, model, transform, criterion, recipe, batch_size, show) -> dict:
     """Test once, on the best-validation weights; draw the curves and predictions; score attention on shapes."""
     out, splits, device = run_state.out, run_state.splits, run_state.device
-    best = torch.load(out / "best.pt", map_location=device, weights_only=True) if (out / "best.pt").exists() else None
+    best = load_checkpoint(out / "best.pt") if (out / "best.pt").exists() else None
     if best is not None:
         model.load_state_dict(best["model"])
     test = _evaluate_split(model, splits.test, run_state.process, transform, criterion, device, recipe, batch_size,
