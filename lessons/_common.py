@@ -35,17 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
-from vitlab.attention import patch_coverage
-from vitlab.capture import Geometry
 from vitlab.checkpoint import load_checkpoint, load_trained_model
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, load_dataset
 from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import DataUnavailableError, VitlabError
+from vitlab.localization import masks_at, object_patches  # noqa: F401 (the lessons import them from here)
 from vitlab.model import build_model, weights_cache_file
 from vitlab.plotting import save_figure
 
@@ -213,17 +211,6 @@ def _imagenet_vit_b_16(args: argparse.Namespace) -> Subject:
     classes = list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
     return Subject(model.eval(), "ViT-B/16 (ImageNet)", classes, splits, labels_match=False, small=False,
                    source="imagenet", weights_path=cache_file)
-
-
-def masks_at(masks: Tensor, geo: Geometry) -> Tensor:
-    """Object masks (B, H, W) bool at the model's input size (B, S, S): the shapes are stored at 32x32, but
-    ViT-B/16 sees them resized to 224x224, so its 16-px patches must be compared with resized masks."""
-    return F.interpolate(masks[:, None].float(), size=geo.image_size, mode="nearest")[:, 0] > 0.5
-
-
-def object_patches(masks: Tensor, geo: Geometry) -> Tensor:
-    """(B, patches) bool: True where a patch of the model's input holds object pixels."""
-    return patch_coverage(masks_at(masks, geo), geo.patch_size) > 0
 
 
 def dataset_on_disk(name: str, data_dir: str) -> bool:

@@ -8,7 +8,7 @@ import torch
 from torchvision.models import VisionTransformer
 
 from vitlab.data import load_dataset
-from vitlab.demo import localization_scores
+from vitlab.localization import localization_scores
 from vitlab.model import build_model
 
 

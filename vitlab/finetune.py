@@ -272,7 +272,7 @@ def _finish(run_state: Run, model, transform, criterion, recipe, batch_size, sho
     if not run_state.process.is_main:
         return summary
     if splits.test.masks is not None:
-        from vitlab.demo import localization_scores
+        from vitlab.localization import localization_scores
 
         summary.update(localization_scores(model, splits.test, device=device))
     shown = splits.test.take(16)
