@@ -16,8 +16,9 @@ import random
 import streamlit as st
 import torch
 
-from vitlab import explorer, sources, uploads
+from vitlab import explorer
 from vitlab.errors import VitlabError
+from vitlab.explorer import sources, uploads
 from vitlab.model import weights_cache_file
 
 SOURCE_LABELS = {

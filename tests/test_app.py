@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from vitlab import explorer, uploads
+from vitlab import explorer
 from vitlab.attention import cls_attention, rollout
 from vitlab.errors import CheckpointError, WeightsUnavailableError
+from vitlab.explorer import uploads
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 TIMEOUT = 300  # seconds per AppTest run (its default is 3): a first run loads the model, and the CPU may be shared

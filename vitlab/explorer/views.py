@@ -44,9 +44,7 @@ from vitlab.attention import (
 )
 from vitlab.capture import Geometry, capture_forward, geometry
 from vitlab.data import BatchTransform
-from vitlab.model import build_model, weights_cache_file  # noqa: F401 (weights_cache_file re-exported)
-from vitlab.plotting import plot_mean_distance, to_display, upsample_map
-from vitlab.sources import (  # noqa: F401 (re-exported)
+from vitlab.explorer.sources import (  # noqa: F401 (re-exported)
     SOURCES,
     LoadedModel,
     imagenet_available,
@@ -55,7 +53,9 @@ from vitlab.sources import (  # noqa: F401 (re-exported)
     load_model_source,
     resolve_checkpoint,
 )
-from vitlab.uploads import PreparedImage, UploadError, image_key, preprocess_upload  # noqa: F401 (re-exported)
+from vitlab.explorer.uploads import PreparedImage, UploadError, image_key, preprocess_upload  # noqa: F401 (re-exported)
+from vitlab.model import build_model, weights_cache_file  # noqa: F401 (weights_cache_file re-exported)
+from vitlab.plotting import plot_mean_distance, to_display, upsample_map
 
 MAIN_VIEW_PX = 448  # side of the big views (image, class-token map, rollout, query, class-specific)
 HEAD_VIEW_PX = 192  # side of each panel in the all-heads grid
