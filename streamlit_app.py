@@ -2,8 +2,8 @@
 
     streamlit run streamlit_app.py
 
-A thin page over the package: the analyses are vitlab.attention's, the per-image work is vitlab.explorer's, the
-model sources are vitlab.sources's and the uploads vitlab.uploads's. The model is cached with st.cache_resource
+Widgets and caches only: everything else is the vitlab.explorer package's (the per-image views, the drawing, the
+model sources and the uploads), and the analyses are vitlab.attention's. The model is cached with st.cache_resource
 (shared by every session, never mutated) and each image's forward pass with st.cache_data, so a layer or head slider
 redraws from cached attention without running the model again; those sliders live in a fragment (`attention_views`),
 so moving one reruns and redraws only the views it changes.
@@ -12,14 +12,12 @@ so moving one reruns and redraws only the views it changes.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import streamlit as st
 import torch
 
 from vitlab import explorer
-from vitlab.errors import VitlabError
-from vitlab.explorer import sources, uploads
-from vitlab.model import weights_cache_file
 
 SOURCE_LABELS = {
     "demo": "Demo model (shapes, offline)",
@@ -36,28 +34,28 @@ PREDICTED = -1  # the class selector's "explain the predicted class"
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model (the demo model trains once, on first use)...")
-def load_source(source: str, path: str | None, stamp: str) -> sources.LoadedModel:
+def load_source(source: str, path: str | None, stamp: str) -> explorer.LoadedModel:
     """`stamp` names the files behind the model (cache folder, modification time), so a changed file reloads."""
-    return sources.load_model_source(source, path)
+    return explorer.load_model_source(source, path)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def prepare_upload(upload_key: str, image_size: int, _data: bytes) -> uploads.PreparedImage:
-    return uploads.preprocess_upload(_data, image_size)
+def prepare_upload(upload_key: str, image_size: int, _data: bytes) -> explorer.PreparedImage:
+    return explorer.preprocess_upload(_data, image_size)
 
 
 @st.cache_data(max_entries=16, show_spinner="Running the model on this image...")  # ViT-B/16: 22 MB each
-def analyse(model_key: str, image_key: str, _loaded: sources.LoadedModel, _image: torch.Tensor):
+def analyse(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image: torch.Tensor):
     return explorer.analyse_image(_loaded.model, _image)
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing the class-specific map (forward and backward pass)...")
-def explain(model_key: str, image_key: str, target: int | None, _loaded: sources.LoadedModel, _image: torch.Tensor):
+def explain(model_key: str, image_key: str, target: int | None, _loaded: explorer.LoadedModel, _image: torch.Tensor):
     return explorer.class_map(_loaded.model, _image, target)
 
 
 @st.cache_data(max_entries=8, show_spinner="Measuring how far each head looks (once per model)...")
-def distance_png(model_key: str, images_key: str, _loaded: sources.LoadedModel, _images: torch.Tensor) -> bytes:
+def distance_png(model_key: str, images_key: str, _loaded: explorer.LoadedModel, _images: torch.Tensor) -> bytes:
     distances = explorer.mean_distances(_loaded.model, _images)  # (layers, heads)
     return explorer.distance_figure_png(distances, _loaded.model.patch_size)
 
@@ -78,54 +76,53 @@ def pick_random_image(count: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def choose_model() -> sources.LoadedModel:
+def choose_model() -> explorer.LoadedModel:
     st.sidebar.header("Model")
-    available = sources.imagenet_available()
+    available = explorer.imagenet_available()
     labels = {**SOURCE_LABELS, "imagenet": SOURCE_LABELS["imagenet"] + ("" if available else " (unavailable)")}
-    keep_in("model_source", sources.SOURCES, "demo")
-    source = st.sidebar.selectbox("Model source", sources.SOURCES, format_func=labels.get, key="model_source")
+    keep_in("model_source", explorer.SOURCES, "demo")
+    source = st.sidebar.selectbox("Model source", explorer.SOURCES, format_func=labels.get, key="model_source")
     if not available:
-        cache_file = weights_cache_file()
+        cache_file = explorer.weights_cache_file()
         st.sidebar.caption(f"ImageNet ViT-B/16 is unavailable: put {cache_file.name} in {cache_file.parent}.")
 
-    path, stamp = None, source
-    if source == "demo":
-        from vitlab.demo import default_cache_dir
-
-        stamp = str(default_cache_dir())
-    elif source == "imagenet":
-        if not available:
-            st.warning(f"The ImageNet ViT-B/16 weights are not on this machine. {sources.imagenet_hint()}")
-            st.stop()
-        stamp = str(weights_cache_file())
-    else:
-        runs = [str(run) for run in sources.list_runs("runs")]
-        keep_in("run_choice", [""] + runs, "")
-        run = st.sidebar.selectbox(
-            "Run under runs/", [""] + runs, key="run_choice", format_func=lambda r: r or "(choose a run)"
-        )
-        if not runs:
-            st.sidebar.caption("No runs under runs/ yet: python -m vitlab.finetune --preset demo --out runs/demo")
-        typed = st.sidebar.text_input("...or a checkpoint file or run folder", key="checkpoint_path").strip()
-        if not (typed or run):
-            st.info("Choose a run under runs/ in the sidebar, or type the path of a vitlab checkpoint.")
-            st.stop()
-        try:
-            resolved = sources.resolve_checkpoint(typed or run)
-        except VitlabError as error:
-            st.error(str(error))
-            st.stop()
-        path, stamp = str(resolved), f"{resolved.resolve()}:{resolved.stat().st_mtime_ns}"
+    checkpoint = None
+    if source == "imagenet" and not available:
+        st.warning(f"The ImageNet ViT-B/16 weights are not on this machine. {explorer.imagenet_hint()}")
+        st.stop()
+    if source == "checkpoint":
+        checkpoint = choose_checkpoint()
     try:
-        loaded = load_source(source, path, stamp)
-    except (VitlabError, RuntimeError) as error:  # RuntimeError: training the demo model failed
+        stamp = explorer.source_stamp(source, checkpoint)
+        loaded = load_source(source, None if checkpoint is None else str(checkpoint), stamp)
+    except (explorer.VitlabError, RuntimeError) as error:  # RuntimeError: training the demo model failed
         st.error(str(error))
         st.stop()
     st.sidebar.caption(loaded.description)
     return loaded
 
 
-def choose_image(loaded: sources.LoadedModel) -> tuple[torch.Tensor, str, list[str]]:
+def choose_checkpoint() -> Path:
+    """A run under runs/ or a typed path, as the checkpoint file it means; stops the page with a message if none."""
+    runs = [str(run) for run in explorer.list_runs("runs")]
+    keep_in("run_choice", [""] + runs, "")
+    run = st.sidebar.selectbox(
+        "Run under runs/", [""] + runs, key="run_choice", format_func=lambda r: r or "(choose a run)"
+    )
+    if not runs:
+        st.sidebar.caption("No runs under runs/ yet: python -m vitlab.finetune --preset demo --out runs/demo")
+    typed = st.sidebar.text_input("...or a checkpoint file or run folder", key="checkpoint_path").strip()
+    if not (typed or run):
+        st.info("Choose a run under runs/ in the sidebar, or type the path of a vitlab checkpoint.")
+        st.stop()
+    try:
+        return explorer.resolve_checkpoint(typed or run)
+    except explorer.VitlabError as error:
+        st.error(str(error))
+        st.stop()
+
+
+def choose_image(loaded: explorer.LoadedModel) -> tuple[torch.Tensor, str, list[str]]:
     """The image uint8 (3, H, W), its cache key, and lines to show under it."""
     st.sidebar.header("Image")
     image_sources = ["dataset", "upload"] if loaded.images is not None else ["upload"]
@@ -151,10 +148,10 @@ def choose_image(loaded: sources.LoadedModel) -> tuple[torch.Tensor, str, list[s
         st.info("Upload a PNG or JPEG image in the sidebar to see where the model looks.")
         st.stop()
     data = upload.getvalue()
-    key = uploads.image_key(data)
+    key = explorer.image_key(data)
     try:
         prepared = prepare_upload(key, loaded.model.image_size, data)
-    except VitlabError as error:
+    except explorer.VitlabError as error:
         st.error(f"{upload.name}: {error}")
         st.stop()
     return prepared.image, f"upload:{key}", [f"Uploaded: {upload.name}", *prepared.notes]

@@ -1,10 +1,14 @@
-"""The attention explorer: vitlab.explorer's functions, and streamlit_app.py driven through Streamlit's AppTest."""
+"""The attention explorer: the vitlab.explorer package, its benchmark, and streamlit_app.py driven by AppTest."""
 
 from __future__ import annotations
 
+import ast
 import io
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from vitlab import explorer
 from vitlab.attention import cls_attention, rollout
+from vitlab.bench.explorer import benchmark_explorer
 from vitlab.errors import CheckpointError, WeightsUnavailableError
 from vitlab.explorer import uploads
 
@@ -187,9 +192,36 @@ def test_imagenet_source_without_weights_says_where_to_put_them(tmp_path, monkey
 
 
 def test_benchmark_returns_medians_for_both_interactions():
-    result = explorer.benchmark_explorer("vit_tiny", repeats=1)
+    result = benchmark_explorer("vit_tiny", repeats=1)
     assert set(result) == {"new_image_seconds", "slider_seconds"}
     assert all(seconds > 0 for seconds in result.values())
+
+
+def test_source_stamp_changes_when_the_checkpoint_file_changes(tmp_path):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"first")
+    os.utime(checkpoint, ns=(1_000_000_000, 1_000_000_000))
+    first = explorer.source_stamp("checkpoint", checkpoint)
+    assert first == f"checkpoint:{checkpoint.resolve()}:1000000000"
+    os.utime(checkpoint, ns=(2_000_000_000, 2_000_000_000))
+    assert explorer.source_stamp("checkpoint", checkpoint) != first
+    assert explorer.source_stamp("imagenet") == f"imagenet:{explorer.weights_cache_file()}"
+    with pytest.raises(CheckpointError, match="Choose a run"):
+        explorer.source_stamp("checkpoint")
+    with pytest.raises(explorer.VitlabError, match="Unknown model source"):
+        explorer.source_stamp("webcam")
+
+
+def test_the_app_imports_only_the_explorer_package_and_the_package_not_the_bench():
+    tree = ast.parse(APP.read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [
+        f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    ]
+    assert [name for name in imported if name.startswith("vitlab")] == ["vitlab.explorer"]
+    check = "import sys, vitlab.explorer; assert not [m for m in sys.modules if m.startswith('vitlab.bench')]"
+    subprocess.run([sys.executable, "-c", check], check=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@
     load_model_source("checkpoint", "runs/demo")   # a run folder (its best.pt) or a .pt file
     load_model_source("imagenet")                  # only from torchvision's local cache: nothing is downloaded
 
-Each source comes with a key for caches, one line describing it, and the test split of its dataset to browse
+Each source comes with a key for caches (`source_stamp`: it names the files behind the model, so a changed file
+makes a new key), one line describing it, and the test split of its dataset to browse
 (never downloaded: when it is missing the page says so and asks for an upload). Every failure is a VitlabError
-whose message says what to do next. The per-image work on a loaded model is vitlab.explorer's.
+whose message says what to do next. The per-image work on a loaded model is vitlab.explorer.views's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
 from vitlab.checkpoint import load_trained_model
 from vitlab.data import ImageDataset, load_dataset
+from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
 from vitlab.model import build_model, weights_cache_file
 
@@ -32,7 +34,7 @@ class LoadedModel:
 
     model: VisionTransformer  # eval mode
     classes: list[str]  # class names, index = output unit
-    key: str  # identifies this model in caches (a model object is not hashed)
+    key: str  # identifies this model in caches (a model object is not hashed): its source_stamp
     description: str  # one line for the page: what the model is and what it was trained on
     images: ImageDataset | None  # images to browse (a test split), or None: uploads only
     images_note: str  # one line: which images these are, or why there are none
@@ -80,6 +82,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def source_stamp(source: str, checkpoint: Path | None = None) -> str:
+    """A key naming the files behind a source's model: a cache keyed by it reloads when they change.
+
+    Args:
+        source: one of SOURCES.
+        checkpoint: for source="checkpoint", the file resolve_checkpoint found.
+    Returns:
+        "demo:<cache folder>", "checkpoint:<file>:<modification time in ns>" or "imagenet:<weights file>".
+    """
+    if source == "demo":
+        return f"demo:{default_cache_dir()}"
+    if source == "checkpoint":
+        if checkpoint is None:
+            raise CheckpointError(_CHOOSE_A_CHECKPOINT)
+        return f"checkpoint:{checkpoint.resolve()}:{checkpoint.stat().st_mtime_ns}"
+    if source == "imagenet":
+        return f"imagenet:{weights_cache_file()}"
+    raise _unknown_source(source)
+
+
 def load_model_source(source: str, checkpoint_path: str | Path | None = None) -> LoadedModel:
     """Load the model for one of SOURCES.
 
@@ -93,35 +115,49 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
         WeightsUnavailableError: source="imagenet" and the weights are not in torchvision's cache.
     """
     if source == "demo":
-        from vitlab.demo import default_cache_dir, load_demo_model
-
-        model, splits = load_demo_model()
-        blocks, heads = len(model.encoder.layers), model.encoder.layers[0].self_attention.num_heads
-        return LoadedModel(
-            model=model.eval(), classes=list(splits.classes), key=f"demo:{default_cache_dir()}",
-            description=f"Demo: a tiny ViT ({blocks} blocks, {heads} heads, {model.patch_size}-px patches) trained "
-            f"on synthetic shapes, offline.",
-            images=splits.test, images_note=f"shapes test set, {len(splits.test)} images",
-        )
+        return _load_demo_source()
     if source == "checkpoint":
         if checkpoint_path is None or not str(checkpoint_path).strip():
-            raise CheckpointError("Choose a run under runs/ or type the path of a checkpoint.")
+            raise CheckpointError(_CHOOSE_A_CHECKPOINT)
         return _load_checkpoint_source(resolve_checkpoint(str(checkpoint_path).strip()))
     if source == "imagenet":
-        if not imagenet_available():
-            raise WeightsUnavailableError(f"The ImageNet ViT-B/16 weights are not on this machine. {imagenet_hint()}")
-        # A state-dict path whose head already has 1000 outputs keeps that head (build_model keeps ImageNet's).
-        model = build_model("vit_b_16", num_classes=1000, pretrained=weights_cache_file(), progress=False)
-        images, note = _browse_images("cifar100", "./data")
-        if images is None:  # offline and no CIFAR: the synthetic shapes still give something to look at
-            images, _ = _browse_images("shapes")
-            note = "no CIFAR-100 under ./data, so synthetic shapes: upload a photo for a real test"
-        return LoadedModel(
-            model=model.eval(), classes=list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]), key="imagenet",
-            description="torchvision's ViT-B/16 trained on ImageNet (1000 classes), from the local weights cache.",
-            images=images, images_note=note,
-        )
-    raise VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(SOURCES)}.")
+        return _load_imagenet_source()
+    raise _unknown_source(source)
+
+
+_CHOOSE_A_CHECKPOINT = "Choose a run under runs/ or type the path of a checkpoint."
+
+
+def _unknown_source(source: str) -> VitlabError:
+    return VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(SOURCES)}.")
+
+
+def _load_demo_source() -> LoadedModel:
+    model, splits = load_demo_model()  # trained on first use, then read from the cache
+    blocks, heads = len(model.encoder.layers), model.encoder.layers[0].self_attention.num_heads
+    return LoadedModel(
+        model=model.eval(), classes=list(splits.classes), key=source_stamp("demo"),
+        description=f"Demo: a tiny ViT ({blocks} blocks, {heads} heads, {model.patch_size}-px patches) trained "
+        f"on synthetic shapes, offline.",
+        images=splits.test, images_note=f"shapes test set, {len(splits.test)} images",
+    )
+
+
+def _load_imagenet_source() -> LoadedModel:
+    if not imagenet_available():
+        raise WeightsUnavailableError(f"The ImageNet ViT-B/16 weights are not on this machine. {imagenet_hint()}")
+    # A state-dict path whose head already has 1000 outputs keeps that head (build_model keeps ImageNet's).
+    model = build_model("vit_b_16", num_classes=1000, pretrained=weights_cache_file(), progress=False)
+    images, note = _browse_images("cifar100", "./data")
+    if images is None:  # offline and no CIFAR: the synthetic shapes still give something to look at
+        images, _ = _browse_images("shapes")
+        note = "no CIFAR-100 under ./data, so synthetic shapes: upload a photo for a real test"
+    return LoadedModel(
+        model=model.eval(), classes=list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]),
+        key=source_stamp("imagenet"),
+        description="torchvision's ViT-B/16 trained on ImageNet (1000 classes), from the local weights cache.",
+        images=images, images_note=note,
+    )
 
 
 def _load_checkpoint_source(path: Path) -> LoadedModel:
@@ -135,7 +171,7 @@ def _load_checkpoint_source(path: Path) -> LoadedModel:
     )
     accuracy = checkpoint.get("val_acc")
     return LoadedModel(
-        model=model, classes=classes, key=f"checkpoint:{path.resolve()}:{path.stat().st_mtime_ns}",
+        model=model, classes=classes, key=source_stamp("checkpoint", path),
         description=f"Checkpoint {path}: {config['arch']} trained on {dataset}, epoch {checkpoint.get('epoch')}"
         + (f", validation accuracy {accuracy:.1%}." if isinstance(accuracy, float) else "."),
         images=images, images_note=note,

@@ -27,7 +27,6 @@ class UploadError(VitlabError):
     """An uploaded file cannot be used as an image; the message says why and what to upload instead."""
 
 
-
 @dataclass(frozen=True)
 class PreparedImage:
     """An upload made ready for the model."""
@@ -53,6 +52,37 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
             f"The file is {len(data) / 2**20:.0f} MB; the explorer takes images up to {MAX_UPLOAD_BYTES // 2**20} MB. "
             f"Upload a smaller copy (the model sees {image_size}x{image_size} pixels anyway)."
         )
+    picture, (width, height) = _decode(data, image_size)
+    if min(width, height) < MIN_UPLOAD_SIDE:
+        raise UploadError(
+            f"The image is only {width}x{height} pixels; the explorer needs at least "
+            f"{MIN_UPLOAD_SIDE}x{MIN_UPLOAD_SIDE} to show anything. Upload a larger image."
+        )
+    rgb, notes = _to_rgb(picture)
+    if width != height:
+        notes.append(f"Cropped from {width}x{height} to its centre square: the model takes square images.")
+    if min(width, height) < image_size:
+        notes.append(
+            f"Upscaled: the image ({width}x{height}) is smaller than the model's {image_size}x{image_size} input, "
+            f"so it and its attention maps look blurry."
+        )
+    decoded_width, decoded_height = rgb.size  # smaller than width x height when a JPEG was decoded in draft mode
+    side = min(decoded_width, decoded_height)
+    centre = (
+        (decoded_width - side) // 2, (decoded_height - side) // 2,
+        (decoded_width + side) // 2, (decoded_height + side) // 2,
+    )
+    square = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC, box=centre, reducing_gap=3.0)
+    pixels = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy())  # (S, S, 3)
+    return PreparedImage(image=pixels.permute(2, 0, 1).contiguous(), notes=tuple(notes))  # (3, S, S)
+
+
+def _decode(data: bytes, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode a PNG or JPEG, refusing bombs and damaged files; the picture and its (width, height) as seen.
+
+    A big JPEG is decoded at reduced scale (at least 2 * image_size per side), so the picture may be smaller than
+    the (width, height) returned, which are the file's own, after EXIF rotation.
+    """
     bomb = UploadError(
         f"The image claims more than {MAX_UPLOAD_PIXELS / 1e6:.0f} million pixels, which would take too much "
         f"memory to decode (it may be a decompression bomb). Upload a smaller copy."
@@ -81,28 +111,7 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
             f"The image could not be decoded: it looks truncated or damaged ({error}). Save or export it again "
             f"and upload the new file."
         ) from None
-    if min(width, height) < MIN_UPLOAD_SIDE:
-        raise UploadError(
-            f"The image is only {width}x{height} pixels; the explorer needs at least "
-            f"{MIN_UPLOAD_SIDE}x{MIN_UPLOAD_SIDE} to show anything. Upload a larger image."
-        )
-    rgb, notes = _to_rgb(picture)
-    if width != height:
-        notes.append(f"Cropped from {width}x{height} to its centre square: the model takes square images.")
-    if min(width, height) < image_size:
-        notes.append(
-            f"Upscaled: the image ({width}x{height}) is smaller than the model's {image_size}x{image_size} input, "
-            f"so it and its attention maps look blurry."
-        )
-    decoded_width, decoded_height = rgb.size  # smaller than width x height when a JPEG was decoded in draft mode
-    side = min(decoded_width, decoded_height)
-    centre = (
-        (decoded_width - side) // 2, (decoded_height - side) // 2,
-        (decoded_width + side) // 2, (decoded_height + side) // 2,
-    )
-    square = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC, box=centre, reducing_gap=3.0)
-    pixels = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy())  # (S, S, 3)
-    return PreparedImage(image=pixels.permute(2, 0, 1).contiguous(), notes=tuple(notes))  # (3, S, S)
+    return picture, (width, height)
 
 
 def _to_rgb(picture: Image.Image) -> tuple[Image.Image, list[str]]:

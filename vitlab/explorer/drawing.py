@@ -1,0 +1,97 @@
+"""Drawing the explorer's views: a map over its image as a numpy picture, and the mean-distance figure.
+
+    picture = render_overlay(image, grid_map, size=448)   # uint8 (448, 448, 3), ready for st.image
+    png = distance_figure_png(distances, patch_size=16)   # bytes: vitlab.plotting's figure, rendered once
+
+Overlays are plain numpy (no matplotlib figure) so that every slider move can afford to redraw them; colour comes
+from a matplotlib colour map. Nothing here runs a model: the maps come from vitlab.explorer.views.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from torch import Tensor
+
+from vitlab.plotting import plot_mean_distance, to_display, upsample_map
+
+MAIN_VIEW_PX = 448  # side of the big views (image, class-token map, rollout, query, class-specific)
+HEAD_VIEW_PX = 192  # side of each panel in the all-heads grid
+VIEW_FORMAT = "JPEG"  # how the page sends views: a 448-px PNG takes ~27 ms to encode, a JPEG ~1.5 ms
+QUERY_OUTLINE = (0, 229, 255)  # cyan: visible over every colour of the inferno map
+
+
+def render_overlay(
+    image: Tensor,
+    grid_map: Tensor | None,
+    size: int = MAIN_VIEW_PX,
+    *,
+    patch_grid: int | None = None,
+    highlight: tuple[int, int] | None = None,
+    alpha: float = 0.55,
+    cmap: str = "inferno",
+) -> np.ndarray:
+    """Draw `image` uint8 (3, H, W) at size x size with a (grid, grid) map over it, like plotting.draw_overlay.
+
+    Args:
+        grid_map: scaled to [0, 1] for display (plotting.upsample_map) and coloured with `cmap`; None: image only.
+        patch_grid: draw the boundaries of a patch_grid x patch_grid patch layout.
+        highlight: (row, col) of a patch of grid_map's grid to outline (the query patch).
+    Returns:
+        uint8 (size, size, 3).
+    """
+    picture = _resized(image, size)  # (size, size, 3) float in [0, 1]
+    if grid_map is not None:
+        colours = colormaps[cmap](upsample_map(grid_map, size))[..., :3]  # (size, size, 3)
+        picture = (1 - alpha) * picture + alpha * colours
+    picture = (picture * 255).round().astype(np.uint8)
+    if patch_grid:
+        _draw_patch_grid(picture, patch_grid)
+    if highlight is not None and grid_map is not None:
+        _outline_patch(picture, highlight, grid_map.shape[-1])
+    return picture
+
+
+def _resized(image: Tensor, size: int) -> np.ndarray:
+    """uint8 (3, H, W) -> float (size, size, 3) in [0, 1]."""
+    pixels = torch.from_numpy(to_display(image)).permute(2, 0, 1)[None]  # (1, 3, H, W) float in [0, 1]
+    small = image.shape[-1] < size // 4  # tiny images (32 px) stay crisp, so their patches stay visible
+    mode = "nearest-exact" if small else "bilinear"
+    pixels = F.interpolate(pixels, size=(size, size), mode=mode, antialias=not small and image.shape[-1] > size)
+    return pixels[0].permute(1, 2, 0).clamp(0, 1).numpy()  # (size, size, 3)
+
+
+def _draw_patch_grid(picture: np.ndarray, patch_grid: int) -> None:
+    """Lighten the pixel rows and columns between patches of `picture` uint8 (size, size, 3), in place."""
+    size = picture.shape[0]
+    edges = np.round(np.arange(1, patch_grid) * size / patch_grid).astype(int)
+    picture[edges, :] = (0.3 * picture[edges, :] + 0.7 * 255).astype(np.uint8)
+    picture[:, edges] = (0.3 * picture[:, edges] + 0.7 * 255).astype(np.uint8)
+
+
+def _outline_patch(picture: np.ndarray, patch: tuple[int, int], grid: int) -> None:
+    """Draw a frame around patch (row, col) of a grid x grid layout on `picture` uint8 (size, size, 3), in place."""
+    size = picture.shape[0]
+    step = size / grid
+    top, left = round(patch[0] * step), round(patch[1] * step)
+    bottom, right = round((patch[0] + 1) * step) - 1, round((patch[1] + 1) * step) - 1
+    width = max(2, size // 90)  # about 5 px at 448: still visible when the page shrinks the picture
+    colour = np.array(QUERY_OUTLINE, dtype=np.uint8)
+    picture[top : top + width, left : right + 1] = colour
+    picture[bottom - width + 1 : bottom + 1, left : right + 1] = colour
+    picture[top : bottom + 1, left : left + width] = colour
+    picture[top : bottom + 1, right - width + 1 : right + 1] = colour
+
+
+def distance_figure_png(distances: Tensor, patch_size: int) -> bytes:
+    """vitlab.plotting's mean-distance figure for `distances` (layers, heads) in pixels, as PNG bytes.
+
+    Rendered once per model (the app caches it), not per slider move.
+    """
+    buffer = io.BytesIO()
+    plot_mean_distance(distances, patch_size).savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
