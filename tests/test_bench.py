@@ -1,4 +1,4 @@
-"""Tests for vitlab.bench and vitlab.baseline: the benchmark runs and reports; it never asserts a speed.
+"""Tests for vitlab.bench and vitlab.bench.baseline: the benchmark runs and reports; it never asserts a speed.
 
 Every row runs here with the tiny model, tiny batches and one repeat, to prove the code path works and the result is
 well formed. Whether vitlab meets its targets is for `python -m vitlab.bench` on a quiet machine to say.
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vitlab import bench
-from vitlab.baseline import (
+from vitlab.bench.baseline import (
     NotebookDataset,
     notebook_eval_steps,
     notebook_loader,

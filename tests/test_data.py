@@ -1,4 +1,4 @@
-"""Tests for vitlab.data and vitlab.shapes: known answers first, all offline (no test touches the network)."""
+"""Tests for vitlab.data (datasets, loaders, shapes, transforms): known answers, all offline (no network)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from vitlab.data import BatchTransform, ImageDataset, batches, denormalize, load_dataset
+from vitlab.data.shapes import SHAPE_CLASSES, make_shapes
+from vitlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize, rotate_flip
 from vitlab.errors import DataUnavailableError, VitlabError
-from vitlab.shapes import SHAPE_CLASSES, make_shapes
-from vitlab.transforms import IMAGENET_MEAN, IMAGENET_STD, rotate_flip
 
 
 @pytest.fixture(autouse=True)
@@ -420,8 +420,6 @@ def test_batches_land_on_the_requested_device_with_the_right_types() -> None:
 
 @pytest.mark.parametrize(("size_in", "size_out"), [(32, 224), (40, 24), (17, 17)])
 def test_resize_as_matrices_equals_interpolate(size_in: int, size_out: int) -> None:
-    from vitlab.transforms import resize
-
     x = torch.rand(2, 3, size_in, size_in, generator=torch.Generator().manual_seed(0))
     expected = torch.nn.functional.interpolate(
         x, size=(size_out, size_out), mode="bilinear", align_corners=False, antialias=size_out < size_in

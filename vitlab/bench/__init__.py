@@ -1,8 +1,8 @@
 """How fast vitlab is, measured against the notebook's way in the same process: `python -m vitlab.bench --quick`.
 
-Every row times the notebook's way (`vitlab.baseline`) and vitlab's way on the same device, with the same batch size,
-interleaved (A B B A A B ...) after a warm-up, several repeats, and reports the medians, their ratio and the target
-from the performance issue:
+Every row times the notebook's way (`vitlab.bench.baseline`) and vitlab's way on the same device, with the same batch
+size, interleaved (A B B A A B ...) after a warm-up, several repeats, and reports the medians, their ratio and the
+target from the performance issue:
 
     row               baseline: the notebook                        vitlab                              target
     data_pipeline     PIL transforms per image in a DataLoader      BatchTransform on a whole batch     >= 4x
@@ -27,6 +27,7 @@ depend on the values. Targets are reported, never asserted: a slow machine is in
 
 from vitlab.bench.cli import BENCHES, build_parser, main, pick_device
 from vitlab.bench.epoch import bench_epoch
+from vitlab.bench.machine import cpu_model, describe_device, device_name
 from vitlab.bench.measure import (
     NUM_CLASSES,
     OPTIONAL_ROWS,
@@ -35,29 +36,24 @@ from vitlab.bench.measure import (
     as_dataset,
     check,
     cifar_like,
-    input_size,
+    count_host_syncs,
     interleaved,
     not_measured,
     row_result,
     sync,
-    vitlab_model,
+    timed,
 )
 from vitlab.bench.memory import bench_peak_memory, memory_child
 from vitlab.bench.overhead import bench_capture_overhead, capture_samples
-from vitlab.bench.report import cpu_model, describe_device, device_name, format_table, report, write_json
-from vitlab.bench.rows import (
-    bench_data_pipeline,
-    bench_demo,
-    bench_eval_throughput,
-    bench_train_step,
-    count_host_syncs,
-    notebook_trainer,
-)
+from vitlab.bench.report import format_table, report, write_json
+from vitlab.bench.rows import bench_data_pipeline, bench_demo, bench_eval_throughput, bench_train_step
+from vitlab.bench.sides import input_size, notebook_trainer, vitlab_model
 
 __all__ = [
     "BENCHES", "NUM_CLASSES", "OPTIONAL_ROWS", "ROWS", "Settings", "as_dataset", "bench_capture_overhead",
     "bench_data_pipeline", "bench_demo", "bench_epoch", "bench_eval_throughput", "bench_peak_memory",
     "bench_train_step", "build_parser", "capture_samples", "check", "cifar_like", "count_host_syncs", "cpu_model",
     "describe_device", "device_name", "format_table", "input_size", "interleaved", "main", "memory_child",
-    "not_measured", "notebook_trainer", "pick_device", "report", "row_result", "sync", "vitlab_model", "write_json",
+    "not_measured", "notebook_trainer", "pick_device", "report", "row_result", "sync", "timed", "vitlab_model",
+    "write_json",
 ]

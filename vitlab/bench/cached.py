@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,23 +25,15 @@ from vitlab.bench.measure import (
     as_dataset,
     cifar_like,
     epoch_splits,
-    interleaved,
     not_measured,
     row_result,
-    sync,
-    vitlab_model,
+    throughput_row,
+    timed,
 )
+from vitlab.bench.sides import vitlab_training
 from vitlab.data import BatchTransform, ImageDataset, batches
-from vitlab.train import (
-    RECIPES,
-    evaluate,
-    make_criterion,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-    uses_bf16,
-)
-from vitlab.trunk_cache import TrainableTop, TrunkCache, build_cache, cache_trunk, frozen_blocks_for
+from vitlab.train import uses_bf16
+from vitlab.trunk_cache import CachedTrunk, TrainableTop, TrunkCache, build_cache, cache_trunk, frozen_blocks_for
 
 TRAINABLE_BLOCKS = 3  # as in vitlab_model: the last 3 blocks and the head train
 
@@ -55,43 +46,33 @@ def bench_cached_trunk_step(settings: Settings) -> dict:
     repeats = settings.reps(3, 5)
     images, labels = cifar_like(batch_size * steps, settings.seed)
     data = as_dataset(images, labels).to(device)
-    model = vitlab_model(settings).to(device)
-    recipe = RECIPES["default"]
-    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
-    scheduler = make_scheduler(optimizer, recipe, total_steps=4 * steps * (repeats + 2))
-    criterion = make_criterion(recipe)
+    training = vitlab_training(settings, total_steps=4 * steps * (repeats + 2))
+    model = training.model
     flip_only = BatchTransform(model.image_size, train=True, max_rotation_degrees=0.0).to(device)
     eval_transform = BatchTransform(model.image_size, train=False).to(device)
     frozen = frozen_blocks_for(model, TRAINABLE_BLOCKS)
 
-    sync(device)
-    start = time.perf_counter()
-    cache = build_cache(model, data, eval_transform, frozen, views=2, batch_size=batch_size,
-                        bf16=uses_bf16(device, recipe), show_progress=False)
-    sync(device)
-    cache_rate = len(data) / (time.perf_counter() - start)  # images/s, both views of each image
+    def build() -> TrunkCache:
+        return build_cache(model, data, eval_transform, frozen, views=2, batch_size=batch_size,
+                           bf16=uses_bf16(device, training.recipe), show_progress=False)
+
+    cache, seconds = timed(device, build)
+    cache_rate = len(data) / seconds  # images/s, both views of each image
     top = TrainableTop(model, TRAINABLE_BLOCKS)
 
-    def steps_per_second(trainer, source, transform) -> float:
-        sync(device)
-        begin = time.perf_counter()
-        result = train_one_epoch(trainer, source, len(data), transform, optimizer, scheduler, criterion, device,
-                                 recipe, show_progress=False)
-        sync(device)
-        return result["count"] / (time.perf_counter() - begin)
+    def images_per_second(trainer, source, transform) -> float:
+        result, seconds = timed(device, lambda: training.train(trainer, source, len(data), transform))
+        return result["count"] / seconds
 
     def full() -> float:
-        return steps_per_second(model, batches(data, batch_size, shuffle=True, device=device), flip_only)
+        return images_per_second(model, batches(data, batch_size, shuffle=True, device=device), flip_only)
 
     def cached() -> float:
-        return steps_per_second(top, cache.batches(batch_size, torch.randperm(len(data), device=device)), None)
+        return images_per_second(top, cache.batches(batch_size, torch.randperm(len(data), device=device)), None)
 
-    a, b = interleaved(full, cached, repeats)
-    base, ours = statistics.median(a), statistics.median(b)
-    return row_result(
-        "cached_trunk_step", settings, base, ours, "images/s", ratio=ours / base,
-        ratio_meaning="cached / uncached", target="report", met=None, batch_size=batch_size, steps=steps,
-        samples_baseline=a, samples_vitlab=b, cache_images_per_second=cache_rate,
+    return throughput_row(
+        "cached_trunk_step", settings, (full, cached), repeats, ratio_meaning="cached / uncached",
+        batch_size=batch_size, steps=steps, cache_images_per_second=cache_rate,
         notes=f"{settings.arch}, random weights, the last {TRAINABLE_BLOCKS} blocks + head train, batch {batch_size}; "
         f"both sides: recipe 'default', flip as the only augmentation; uncached: the whole model every step; cached: "
         f"the last {TRAINABLE_BLOCKS} blocks on stored tokens of the first {frozen}. Building the cache (2 views per "
@@ -152,52 +133,42 @@ def bench_epoch_cached(settings: Settings) -> dict:
     """
     if not settings.cuda and not settings.force_epoch:
         return not_measured("epoch_cached", settings, "needs CUDA; --force-epoch runs it anyway")
-    device, recipe = settings.device, RECIPES["default"]
+    device = settings.device
     batch_size = settings.batch(64, 64)
     train, val = epoch_splits(settings)
-    model = vitlab_model(settings).to(device)
-    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
-    scheduler = make_scheduler(optimizer, recipe, total_steps=2 * (-(-len(train) // batch_size)) + 20)
-    criterion = make_criterion(recipe)
+    training = vitlab_training(settings, total_steps=2 * (-(-len(train) // batch_size)) + 20)
+    model = training.model
     use_compile = settings.cuda if settings.compile is None else settings.compile
     flip_only = BatchTransform(model.image_size, train=True, max_rotation_degrees=0.0).to(device)
     eval_transform = BatchTransform(model.image_size, train=False).to(device)
 
-    sync(device)
-    start = time.perf_counter()
-    cached = cache_trunk(model, train, val, TRAINABLE_BLOCKS, eval_transform, batch_size=2 * batch_size,
-                         bf16=uses_bf16(device, recipe), show_progress=False)
-    sync(device)
-    cache_seconds = time.perf_counter() - start
+    def build() -> CachedTrunk:
+        return cache_trunk(model, train, val, TRAINABLE_BLOCKS, eval_transform, batch_size=2 * batch_size,
+                           bf16=uses_bf16(device, training.recipe), show_progress=False)
+
+    cached, cache_seconds = timed(device, build)
     full = torch.compile(model) if use_compile else model
     top = torch.compile(cached.top) if use_compile else cached.top
 
     def uncached_epoch(train_set: ImageDataset, val_set: ImageDataset) -> None:
-        train_one_epoch(full, batches(train_set, batch_size, shuffle=True, device=device), len(train_set), flip_only,
-                        optimizer, scheduler, criterion, device, recipe, show_progress=False)
-        evaluate(model, batches(val_set, 2 * batch_size, shuffle=False, device=device), len(val_set),
-                 eval_transform, criterion, device, recipe, show_progress=False)
+        training.train(full, batches(train_set, batch_size, shuffle=True, device=device), len(train_set), flip_only)
+        training.evaluate(model, batches(val_set, 2 * batch_size, shuffle=False, device=device), len(val_set),
+                          eval_transform)
 
     def cached_epoch(train_set: TrunkCache, val_set: TrunkCache) -> None:
         order = torch.randperm(len(train_set), device=device)
-        train_one_epoch(top, train_set.batches(batch_size, order), len(train_set), None, optimizer, scheduler,
-                        criterion, device, recipe, show_progress=False)
-        evaluate(cached.top, val_set.batches(2 * batch_size), len(val_set), None, criterion, device, recipe,
-                 show_progress=False)
+        training.train(top, train_set.batches(batch_size, order), len(train_set), None)
+        training.evaluate(cached.top, val_set.batches(2 * batch_size), len(val_set), None)
 
-    def timed(run) -> float:
-        sync(device)
-        begin = time.perf_counter()
-        run()
-        sync(device)
-        return time.perf_counter() - begin
+    def seconds_of(run) -> float:
+        return timed(device, run)[1]
 
     # Warm-up: a full batch and the epoch's last, smaller batch on both sides, so no shape is new in the epoch.
     n_train, n_val = 2 * batch_size + len(train) % batch_size, 2 * batch_size + len(val) % (2 * batch_size)
-    warmup_seconds = timed(lambda: uncached_epoch(train.take(n_train), val.take(n_val)))
-    warmup_seconds += timed(lambda: cached_epoch(cached.train.take(n_train), cached.val.take(n_val)))
-    base = timed(lambda: uncached_epoch(train, val))
-    ours = timed(lambda: cached_epoch(cached.train, cached.val))
+    warmup_seconds = seconds_of(lambda: uncached_epoch(train.take(n_train), val.take(n_val)))
+    warmup_seconds += seconds_of(lambda: cached_epoch(cached.train.take(n_train), cached.val.take(n_val)))
+    base = seconds_of(lambda: uncached_epoch(train, val))
+    ours = seconds_of(lambda: cached_epoch(cached.train, cached.val))
     size_gib = cached.nbytes / 2**30
     return row_result(
         "epoch_cached", settings, base, ours, "s/epoch", ratio=base / ours,

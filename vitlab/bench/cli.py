@@ -11,10 +11,11 @@ import torch
 
 from vitlab.bench.cached import bench_cached_trunk_shapes, bench_cached_trunk_step, bench_epoch_cached
 from vitlab.bench.epoch import bench_epoch
+from vitlab.bench.machine import describe_device
 from vitlab.bench.measure import OPTIONAL_ROWS, ROWS, Settings
 from vitlab.bench.memory import bench_peak_memory
 from vitlab.bench.overhead import bench_capture_overhead
-from vitlab.bench.report import describe_device, format_table, report, write_json
+from vitlab.bench.report import format_table, report, write_json
 from vitlab.bench.rows import (
     bench_data_pipeline,
     bench_demo,

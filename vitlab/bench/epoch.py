@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import statistics
-import time
+from collections.abc import Callable
 
 import torch
 
-from vitlab.baseline import (
-    notebook_eval_steps,
-    notebook_loader,
-)
+from vitlab.bench.baseline import notebook_eval_steps, notebook_loader
 from vitlab.bench.measure import (
     CIFAR_TEST,
     CIFAR_TRAIN,
@@ -18,15 +15,14 @@ from vitlab.bench.measure import (
     Settings,
     as_dataset,
     cifar_like,
+    count_host_syncs,
     epoch_splits,
     not_measured,
     row_result,
-    sync,
-    vitlab_model,
+    timed,
 )
-from vitlab.bench.rows import count_host_syncs, notebook_trainer
+from vitlab.bench.sides import notebook_trainer, vitlab_training
 from vitlab.data import BatchTransform, ImageDataset, batches
-from vitlab.train import RECIPES, evaluate, make_criterion, make_optimizer, make_scheduler, train_one_epoch
 
 
 def bench_epoch(settings: Settings) -> dict:
@@ -46,55 +42,27 @@ def bench_epoch(settings: Settings) -> dict:
     train, val = epoch_splits(settings)
     total = len(train) + len(val)
 
-    model = vitlab_model(settings).to(device)
-    recipe = RECIPES["default"]
-    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
-    steps_per_epoch = -(-len(train) // batch_size)
-    scheduler = make_scheduler(optimizer, recipe, total_steps=steps_per_epoch + 10)
-    criterion = make_criterion(recipe)
     use_compile = settings.cuda if settings.compile is None else settings.compile
-    trainer = torch.compile(model) if use_compile else model
-    train_transform = BatchTransform(model.image_size, train=True).to(device)
-    eval_transform = BatchTransform(model.image_size, train=False).to(device)
+    train_on, evaluate_on, image_size = vitlab_loops(settings, batch_size, -(-len(train) // batch_size), use_compile)
 
-    def train_on(dataset: ImageDataset) -> dict:
-        return train_one_epoch(trainer, batches(dataset, batch_size, shuffle=True, device=device), len(dataset),
-                               train_transform, optimizer, scheduler, criterion, device, recipe, show_progress=False)
+    def warm_up() -> None:  # a full batch and the epoch's last, smaller batch, so no shape is new in the epoch
+        train_on(train.take(2 * batch_size + len(train) % batch_size))
+        evaluate_on(val.take(2 * batch_size + len(val) % (2 * batch_size)))
 
-    def evaluate_on(dataset: ImageDataset) -> dict:  # vitlab.finetune evaluates the uncompiled model
-        return evaluate(model, batches(dataset, 2 * batch_size, shuffle=False, device=device), len(dataset),
-                        eval_transform, criterion, device, recipe, show_progress=False)
-
-    # Warm-up (and compilation): a full batch and the epoch's last, smaller batch, so no shape is new in the epoch.
-    start = time.perf_counter()
-    train_on(train.take(2 * batch_size + len(train) % batch_size))
-    evaluate_on(val.take(2 * batch_size + len(val) % (2 * batch_size)))
-    sync(device)
-    warmup_seconds = time.perf_counter() - start
+    _, warmup_seconds = timed(device, warm_up)  # compilation included, on CUDA
     syncs = count_host_syncs(lambda: train_on(train.take(4 * batch_size)), device)  # compiled already: 4 steps
 
     # The notebook, half before and half after the epoch: both see the same machine state on average.
-    notebook_steps = max(2, settings.count(2, 2, 10, 30) // 2)
-    nb_images, nb_labels = cifar_like(batch_size * notebook_steps, settings.seed + 1)
-    notebook_run, notebook_net = notebook_trainer(settings, nb_images, nb_labels, batch_size)
-    nb_eval_loader = notebook_loader(nb_images, nb_labels, batch_size, train=False, image_size=model.image_size)
-    notebook_run(1)  # warm-up
-    nb_train = [notebook_run(notebook_steps)]
-    nb_eval = [notebook_eval_steps(notebook_net, nb_eval_loader, notebook_steps, device)]
-
-    sync(device)
-    start = time.perf_counter()
-    trained = train_on(train)
-    validated = evaluate_on(val)
-    sync(device)
-    epoch_seconds = time.perf_counter() - start
+    notebook_steps, notebook_rates = notebook_timer(settings, batch_size, image_size)
+    before = notebook_rates()
+    (trained, validated), epoch_seconds = timed(device, lambda: (train_on(train), evaluate_on(val)))  # the epoch
 
     # The test set (10,000 images at full size), evaluated as vitlab.finetune does at the end: throughput at scale.
     test_images, test_labels = cifar_like(total * CIFAR_TEST // (CIFAR_TRAIN + CIFAR_VAL), settings.seed + 2)
     tested = evaluate_on(as_dataset(test_images, test_labels).to(device))
 
-    nb_train.append(notebook_run(notebook_steps))
-    nb_eval.append(notebook_eval_steps(notebook_net, nb_eval_loader, notebook_steps, device))
+    after = notebook_rates()
+    nb_train, nb_eval = [before[0], after[0]], [before[1], after[1]]  # images/s, before and after vitlab's epoch
     notebook_seconds = len(train) / statistics.mean(nb_train) + len(val) / statistics.mean(nb_eval)
     speedup = notebook_seconds / epoch_seconds
     full_size = total == CIFAR_TRAIN + CIFAR_VAL and settings.batch_size in (None, 64)
@@ -117,3 +85,42 @@ def bench_epoch(settings: Settings) -> dict:
     )
 
 
+def vitlab_loops(
+    settings: Settings, batch_size: int, steps_per_epoch: int, use_compile: bool
+) -> tuple[Callable[[ImageDataset], dict], Callable[[ImageDataset], dict], int]:
+    """vitlab's training and evaluation as `vitlab.finetune` runs them: (train_on, evaluate_on, image size).
+
+    `train_on(dataset)` trains one pass (compiled when `use_compile`); `evaluate_on(dataset)` evaluates the
+    uncompiled model, as `vitlab.finetune` does. Each returns its metrics dict.
+    """
+    device = settings.device
+    training = vitlab_training(settings, total_steps=steps_per_epoch + 10)
+    model = training.model
+    trainer = torch.compile(model) if use_compile else model
+    train_transform = BatchTransform(model.image_size, train=True).to(device)
+    eval_transform = BatchTransform(model.image_size, train=False).to(device)
+
+    def train_on(dataset: ImageDataset) -> dict:
+        return training.train(trainer, batches(dataset, batch_size, shuffle=True, device=device), len(dataset),
+                              train_transform)
+
+    def evaluate_on(dataset: ImageDataset) -> dict:
+        return training.evaluate(model, batches(dataset, 2 * batch_size, shuffle=False, device=device), len(dataset),
+                                 eval_transform)
+
+    return train_on, evaluate_on, model.image_size
+
+
+def notebook_timer(
+    settings: Settings, batch_size: int, image_size: int
+) -> tuple[int, Callable[[], tuple[float, float]]]:
+    """The notebook's loops on their own random data, warmed up: (steps, a call that times `steps` of each).
+
+    Each call returns (train images/s, eval images/s); the epoch row calls it before and after vitlab's epoch.
+    """
+    steps = max(2, settings.count(2, 2, 10, 30) // 2)
+    images, labels = cifar_like(batch_size * steps, settings.seed + 1)
+    run, net = notebook_trainer(settings, images, labels, batch_size)
+    eval_loader = notebook_loader(images, labels, batch_size, train=False, image_size=image_size)
+    run(1)  # warm-up
+    return steps, lambda: (run(steps), notebook_eval_steps(net, eval_loader, steps, settings.device))

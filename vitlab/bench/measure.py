@@ -1,20 +1,25 @@
-"""The benchmark's measuring tools: settings, interleaved timing, the row record, random CIFAR-like data."""
+"""The benchmark's measuring tools: settings, synchronised and interleaved timing, the row record, random data."""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from vitlab.bench.report import device_name
-from vitlab.data import ImageDataset
-from vitlab.model import build_model
+from vitlab.bench.machine import device_name
+from vitlab.data import ImageDataset, seeded_generator
+
+T = TypeVar("T")
 
 ROWS = ("data_pipeline", "capture_overhead", "train_step", "eval_throughput", "peak_memory", "demo", "epoch")
 # Run only when named in --rows:
@@ -65,6 +70,29 @@ def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so a timer read afterwards covers it (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
+    """Run `work()`; return what it returned and its wall seconds, the device's queued work included."""
+    sync(device)  # work queued before the call is not charged to it
+    start = time.perf_counter()
+    result = work()
+    sync(device)
+    return result, time.perf_counter() - start
+
+
+def count_host_syncs(run: Callable[[], object], device: torch.device) -> int | None:
+    """How many times `run()` made the host wait for the GPU (torch.cuda's sync debug mode); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def interleaved(
@@ -142,6 +170,30 @@ def row_result(
             "notes": notes, **extra}
 
 
+def throughput_row(
+    row: str,
+    settings: Settings,
+    sides: tuple[Callable[[], float], Callable[[], float]],
+    repeats: int,
+    *,
+    warmup: int = 1,
+    at_least: float | None = None,
+    ratio_meaning: str = "vitlab / notebook",
+    target: str = "report",
+    notes: str,
+    **extra,
+) -> dict:
+    """Time (baseline, vitlab) images/s `interleaved` and make the row: medians, vitlab / baseline, every sample.
+
+    `at_least`: the ratio the target asks for (met is None without one). `extra` goes into the row unchanged.
+    """
+    a, b = interleaved(*sides, repeats, warmup)
+    base, ours = statistics.median(a), statistics.median(b)
+    met = None if at_least is None else check(ours / base, ">=", at_least)
+    return row_result(row, settings, base, ours, "images/s", ratio=ours / base, ratio_meaning=ratio_meaning,
+                      target=target, met=met, samples_baseline=a, samples_vitlab=b, notes=notes, **extra)
+
+
 def not_measured(row: str, settings: Settings, why: str, target: str = "") -> dict:
     return row_result(row, settings, None, None, "", ratio=None, ratio_meaning="", target=target, met=None,
                       notes=f"not measured ({why})", measured=False)
@@ -169,16 +221,5 @@ def epoch_splits(settings: Settings) -> tuple[ImageDataset, ImageDataset]:
     n_val = total * CIFAR_VAL // (CIFAR_TRAIN + CIFAR_VAL)
     images, labels = cifar_like(total, settings.seed)
     pool = as_dataset(images, labels).to(settings.device)
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(42)).to(settings.device)  # (total,)
+    order = torch.randperm(total, generator=seeded_generator(42)).to(settings.device)  # (total,)
     return pool.subset(order[n_val:]), pool.subset(order[:n_val])
-
-
-def vitlab_model(settings: Settings) -> torch.nn.Module:
-    """vitlab's model with random weights (nothing to download): the last 3 blocks and the head train."""
-    torch.manual_seed(settings.seed)
-    return build_model(settings.arch, NUM_CLASSES, pretrained=False, trainable_blocks=3, progress=False)
-
-
-def input_size(arch: str) -> int:
-    """The side length the model takes (224 for ViT-B/16): the notebook's Resize target."""
-    return 224 if arch == "vit_b_16" else 32

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from vitlab.bench.measure import Settings, cifar_like, in_fresh_process, row_result
-from vitlab.bench.rows import notebook_trainer, vitlab_trainer
+from vitlab.bench.sides import notebook_trainer, vitlab_trainer
 
 
 def memory_child(side: str, arch: str, batch_size: int, steps: int, device: str, seed: int = 0) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
@@ -15,10 +14,10 @@ from vitlab.bench.measure import (
     in_fresh_process,
     interleaved,
     row_result,
-    sync,
-    vitlab_model,
+    timed,
 )
-from vitlab.capture import capture
+from vitlab.bench.sides import vitlab_model
+from vitlab.capture import Captured, capture
 from vitlab.data import BatchTransform
 
 
@@ -32,25 +31,25 @@ def capture_samples(arch: str, batch_size: int, forwards: int, repeats: int, dev
     images, labels = cifar_like(batch_size, seed)
     inputs = BatchTransform(model.image_size, train=False).to(device)(as_dataset(images, labels).images.to(device))
 
-    @torch.no_grad()
-    def plain() -> float:
-        sync(settings.device)
-        start = time.perf_counter()
+    def forward_plain() -> None:
         for _ in range(forwards):
             model(inputs)
-        sync(settings.device)
-        return (time.perf_counter() - start) / forwards
 
-    @torch.no_grad()
-    def captured() -> float:
-        sync(settings.device)
-        start = time.perf_counter()
+    def forward_captured() -> Captured:
         for _ in range(forwards):
             with capture(model) as cap:
                 model(inputs)
-        sync(settings.device)
+        return cap
+
+    @torch.no_grad()
+    def plain() -> float:
+        return timed(settings.device, forward_plain)[1] / forwards
+
+    @torch.no_grad()
+    def captured() -> float:
+        cap, seconds = timed(settings.device, forward_captured)
         assert len(cap.attentions) == len(model.encoder.layers)  # the hooks really recorded every block
-        return (time.perf_counter() - start) / forwards
+        return seconds / forwards
 
     with torch.no_grad():  # the warm-up, and a check that capture changes nothing
         logits_plain = model(inputs)

@@ -1,46 +1,30 @@
-"""The benchmark rows that compare vitlab with the notebook's way (`vitlab.baseline`) on any device."""
+"""The benchmark rows that compare vitlab with the notebook's way (`vitlab.bench.baseline`) on any device."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from vitlab.baseline import (
-    notebook_eval_steps,
-    notebook_load_batches,
-    notebook_loader,
-    notebook_model,
-    notebook_optimizer,
-    notebook_train_steps,
-)
+from vitlab.bench.baseline import notebook_eval_steps, notebook_load_batches, notebook_loader
+from vitlab.bench.machine import describe_device
 from vitlab.bench.measure import (
-    NUM_CLASSES,
     Settings,
     as_dataset,
-    check,
     cifar_like,
-    input_size,
-    interleaved,
+    count_host_syncs,
     not_measured,
     row_result,
-    sync,
-    vitlab_model,
+    throughput_row,
+    timed,
 )
-from vitlab.bench.report import describe_device
+from vitlab.bench.sides import input_size, notebook_trainer, vitlab_model, vitlab_trainer
 from vitlab.data import BatchTransform, batches
-from vitlab.train import RECIPES, evaluate, make_criterion, make_optimizer, make_scheduler, train_one_epoch
+from vitlab.train import RECIPES, evaluate, make_criterion
 
 # ---------------------------------------------------------------------------------------------------------------
 # The rows
@@ -57,83 +41,24 @@ def bench_data_pipeline(settings: Settings) -> dict:
     data = as_dataset(images, labels).to(device)  # on a GPU the dataset lives there, as in vitlab.finetune
     transform = BatchTransform(size, train=True).to(device)
 
-    def vitlab() -> float:
-        sync(device)
-        start, count = time.perf_counter(), 0
+    def transform_all() -> int:
+        count = 0
         for images_batch, labels_batch in batches(data, batch_size, shuffle=True, device=device):
             transform(images_batch)  # (B, 3, 32, 32) uint8 -> (B, 3, S, S) normalised float
             count += labels_batch.shape[0]
-        sync(device)
-        return count / (time.perf_counter() - start)
+        return count
 
-    a, b = interleaved(lambda: notebook_load_batches(loader, steps), vitlab, settings.reps(5, 9))
-    base, ours = statistics.median(a), statistics.median(b)
+    def vitlab() -> float:
+        count, seconds = timed(device, transform_all)
+        return count / seconds
+
     where = "on the GPU, dataset resident there" if settings.cuda else "on the CPU"
-    return row_result(
-        "data_pipeline", settings, base, ours, "images/s", ratio=ours / base, ratio_meaning="vitlab / notebook",
-        target=">= 4x", met=check(ours / base, ">=", 4.0), batch_size=batch_size, steps=steps,
-        samples_baseline=a, samples_vitlab=b,
+    return throughput_row(
+        "data_pipeline", settings, (lambda: notebook_load_batches(loader, steps), vitlab), settings.reps(5, 9),
+        at_least=4.0, target=">= 4x", batch_size=batch_size, steps=steps,
         notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL per image, DataLoader(num_workers=0) "
         f"on the CPU; vitlab: BatchTransform {where}",
     )
-
-
-def vitlab_trainer(
-    settings: Settings, images: np.ndarray, labels: np.ndarray, batch_size: int, total_steps: int,
-    cpu_bf16: bool = False,
-):
-    """vitlab's training as `vitlab.finetune` sets it up; returns (run(steps) -> images/s, model).
-
-    `cpu_bf16` wraps the steps in CPU bf16 autocast, which vitlab's recipe does not do (it uses bf16 on CUDA only):
-    the optional row `train_step_cpu_bf16` measures what it would give.
-    """
-    device = settings.device
-    model = vitlab_model(settings).to(device)
-    recipe = RECIPES["default"]
-    # pretrained=True: the real job fine-tunes ImageNet weights, so its body learns at a tenth of the head's rate.
-    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=device.type == "cuda")
-    scheduler = make_scheduler(optimizer, recipe, total_steps=total_steps)
-    criterion = make_criterion(recipe)
-    transform = BatchTransform(model.image_size, train=True).to(device)
-    data = as_dataset(images, labels).to(device)
-
-    def run(steps: int) -> float:
-        chunk = data.take(steps * batch_size)
-        sync(device)
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else contextlib.nullcontext():
-            result = train_one_epoch(
-                model, batches(chunk, batch_size, shuffle=True, device=device), len(chunk), transform, optimizer,
-                scheduler, criterion, device, recipe, show_progress=False,
-            )
-        sync(device)
-        return result["count"] / (time.perf_counter() - start)
-
-    return run, model
-
-
-def notebook_trainer(settings: Settings, images: np.ndarray, labels: np.ndarray, batch_size: int):
-    """The notebook's training loop; returns (run(steps) -> images/s, model)."""
-    device = settings.device
-    torch.manual_seed(settings.seed)
-    model = notebook_model(settings.arch, NUM_CLASSES).to(device)
-    optimizer = notebook_optimizer(model)
-    loader = notebook_loader(images, labels, batch_size, train=True, image_size=input_size(settings.arch))
-    return (lambda steps: notebook_train_steps(model, loader, steps, device, optimizer)), model
-
-
-def count_host_syncs(run: Callable[[], object], device: torch.device) -> int | None:
-    """How many times `run()` made the host wait for the GPU (torch.cuda's sync debug mode); None off CUDA."""
-    if device.type != "cuda":
-        return None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def bench_train_step(settings: Settings, cpu_bf16: bool = False) -> dict:
@@ -153,8 +78,6 @@ def bench_train_step(settings: Settings, cpu_bf16: bool = False) -> dict:
     notebook_run(1)  # warm-up, one step each: allocates Adam's state, primes the kernels
     vitlab_run(1)
     syncs = count_host_syncs(lambda: vitlab_run(steps), device)  # CUDA only; None (and nothing run) elsewhere
-    a, b = interleaved(lambda: notebook_run(steps), lambda: vitlab_run(steps), repeats, warmup=0)
-    base, ours = statistics.median(a), statistics.median(b)
     if settings.cuda:
         precision = "bf16 autocast" if RECIPES["default"].bf16_on_cuda else "fp32"
     elif cpu_bf16:
@@ -168,10 +91,10 @@ def bench_train_step(settings: Settings, cpu_bf16: bool = False) -> dict:
     if syncs is not None:
         notes += (f"; host syncs in {steps} vitlab steps: {syncs} (expected: train_one_epoch reads its metrics "
                   f"every 25 steps and at the end, never inside a step)")
-    return row_result(
-        row, settings, base, ours, "images/s", ratio=ours / base, ratio_meaning="vitlab / notebook",
-        target="report" if cpu_bf16 else ">= 1x", met=None if cpu_bf16 else check(ours / base, ">=", 1.0),
-        batch_size=batch_size, steps=steps, samples_baseline=a, samples_vitlab=b, host_syncs=syncs, notes=notes,
+    return throughput_row(
+        row, settings, (lambda: notebook_run(steps), lambda: vitlab_run(steps)), repeats, warmup=0,
+        at_least=None if cpu_bf16 else 1.0, target="report" if cpu_bf16 else ">= 1x",
+        batch_size=batch_size, steps=steps, host_syncs=syncs, notes=notes,
     )
 
 
@@ -183,26 +106,24 @@ def bench_eval_throughput(settings: Settings) -> dict:
     images, labels = cifar_like(batch_size * steps, settings.seed)
     model = vitlab_model(settings).to(device)  # one model for both sides: only the loops differ
     size = model.image_size
-    loader = notebook_loader(images, labels, batch_size, train=False, image_size=model.image_size)
-    recipe = RECIPES["default"]
+    loader = notebook_loader(images, labels, batch_size, train=False, image_size=size)
     data = as_dataset(images, labels).to(device)
-    transform = BatchTransform(model.image_size, train=False).to(device)
+    transform = BatchTransform(size, train=False).to(device)
+    recipe = RECIPES["default"]
     criterion = make_criterion(recipe)
 
-    def vitlab() -> float:
-        sync(device)
-        start = time.perf_counter()
-        result = evaluate(model, batches(data, batch_size, shuffle=False, device=device), len(data), transform,
-                          criterion, device, recipe, show_progress=False)
-        sync(device)
-        return result["count"] / (time.perf_counter() - start)
+    def evaluate_all() -> dict:
+        return evaluate(model, batches(data, batch_size, shuffle=False, device=device), len(data), transform,
+                        criterion, device, recipe, show_progress=False)
 
-    a, b = interleaved(lambda: notebook_eval_steps(model, loader, steps, device), vitlab, settings.reps(3, 5))
-    base, ours = statistics.median(a), statistics.median(b)
+    def vitlab() -> float:
+        result, seconds = timed(device, evaluate_all)
+        return result["count"] / seconds
+
     precision = "bf16 autocast" if settings.cuda else "fp32"
-    return row_result(
-        "eval_throughput", settings, base, ours, "images/s", ratio=ours / base, ratio_meaning="vitlab / notebook",
-        target="report", met=None, batch_size=batch_size, steps=steps, samples_baseline=a, samples_vitlab=b,
+    return throughput_row(
+        "eval_throughput", settings, (lambda: notebook_eval_steps(model, loader, steps, device), vitlab),
+        settings.reps(3, 5), batch_size=batch_size, steps=steps,
         notes=f"{settings.arch}; notebook: weights.transforms() per image (resize {round(size * 256 / 224)}, crop "
         f"{size}), fp32; vitlab: BatchTransform eval (resize {size}), {precision}",
     )

@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vitlab.data import ImageDataset
+from vitlab.data.dataset import DataSplits, ImageDataset, seeded_generator
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+SPLIT_SIZES = (8000, 1000, 1000)  # train, val, test images of load_dataset("shapes")
 
 # Sizes are given for 32x32 images and scale with image_size.
 _REFERENCE_SIZE = 32
@@ -29,6 +30,14 @@ _NOISE_STD = 12.0  # per-pixel Gaussian noise on the background, in 0..255 units
 # any colours it stayed near chance for several (measured while designing this dataset).
 _BACKGROUND_MAX = 80.0  # background channels in [0, 80]
 _SHAPE_MIN = 175.0  # shape channels in [175, 255]
+
+
+def load_shapes(seed: int) -> DataSplits:
+    """The "shapes" dataset's three splits (SPLIT_SIZES images of 32x32), each from its own seed derived from `seed`."""
+    # Three seeds, so that train, val and test are different images.
+    seeds = torch.randint(2**31, (3,), generator=seeded_generator(seed)).tolist()
+    train, val, test = (make_shapes(n, split_seed) for n, split_seed in zip(SPLIT_SIZES, seeds, strict=True))
+    return DataSplits("shapes", train, val, test)
 
 
 def make_shapes(num_images: int, seed: int, image_size: int = 32) -> ImageDataset:
@@ -48,7 +57,7 @@ def make_shapes(num_images: int, seed: int, image_size: int = 32) -> ImageDatase
     """
     if num_images < 0 or image_size < 8:
         raise ValueError(f"need num_images >= 0 and image_size >= 8, got {num_images} and {image_size}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     n, size = num_images, image_size
     num_classes = len(SHAPE_CLASSES)
 

@@ -20,16 +20,18 @@ is left out.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torchvision.transforms as transforms
 from PIL import Image
-from torch import nn, optim
+from torch import Tensor, nn, optim
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models import VisionTransformer, ViT_B_16_Weights, vit_b_16
+from torchvision.transforms._presets import ImageClassification
 
+from vitlab.bench.measure import timed
 from vitlab.model import VIT_TINY_CONFIG
 
 # The notebook's Normalize arguments (the ImageNet statistics, as vitlab.data.IMAGENET_MEAN / IMAGENET_STD).
@@ -56,8 +58,6 @@ def notebook_test_transform(image_size: int = 224) -> nn.Module:
     """
     if image_size == 224:
         return ViT_B_16_Weights.IMAGENET1K_V1.transforms()
-    from torchvision.transforms._presets import ImageClassification
-
     return ImageClassification(crop_size=image_size, resize_size=round(image_size * 256 / 224))
 
 
@@ -119,9 +119,17 @@ def notebook_optimizer(model: nn.Module) -> optim.Optimizer:
     return optim.Adam(model.parameters(), lr=0.001)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class NotebookTally:
+    """The notebook's running loss and correct count, read with `.item()` on every step as it does."""
+
+    def __init__(self) -> None:
+        self.running_loss, self.correct = 0.0, 0
+
+    def add(self, loss: Tensor, outputs: Tensor, labels: Tensor) -> None:
+        """Count one batch: loss scalar, outputs (b, classes), labels (b,). Each `.item()` makes the host wait."""
+        self.running_loss += loss.item()  # a host sync on every step
+        _, predicted = torch.max(outputs.data, 1)  # (b,)
+        self.correct += (predicted == labels).sum().item()  # and another
 
 
 def notebook_train_steps(
@@ -140,27 +148,18 @@ def notebook_train_steps(
     criterion = nn.CrossEntropyLoss()
     optimizer = optimizer if optimizer is not None else notebook_optimizer(model)
     model.train()
-    running_loss, correct, total = 0.0, 0, 0
-    _sync(device)
-    start = time.perf_counter()
-    for i, (inputs, labels) in enumerate(loader):
-        if i == steps:
-            break
-        inputs, labels = inputs.to(device), labels.to(device)
+    tally = NotebookTally()
+
+    def step(inputs: Tensor, labels: Tensor) -> None:
+        inputs, labels = inputs.to(device), labels.to(device)  # (b, 3, S, S), (b,)
         optimizer.zero_grad()
-        outputs = model(inputs)
+        outputs = model(inputs)  # (b, classes)
         loss = criterion(outputs, labels)
         loss.backward()
         optimizer.step()
-        running_loss += loss.item()  # a host sync on every step
-        _, predicted = torch.max(outputs.data, 1)
-        total += labels.size(0)
-        correct += (predicted == labels).sum().item()  # and another
-    _sync(device)
-    seconds = time.perf_counter() - start
-    if total == 0:
-        raise ValueError("the loader yielded no batches: give it at least one batch of images")
-    return total / seconds
+        tally.add(loss, outputs, labels)
+
+    return images_per_second(loader, steps, device, step)
 
 
 def notebook_eval_steps(model: nn.Module, loader: DataLoader, steps: int, device: torch.device | str) -> float:
@@ -168,36 +167,40 @@ def notebook_eval_steps(model: nn.Module, loader: DataLoader, steps: int, device
     device = torch.device(device)
     criterion = nn.CrossEntropyLoss()
     model.eval()
-    running_loss, correct, total = 0.0, 0, 0
-    _sync(device)
-    start = time.perf_counter()
+    tally = NotebookTally()
+
+    def step(inputs: Tensor, labels: Tensor) -> None:
+        inputs, labels = inputs.to(device), labels.to(device)  # (b, 3, S, S), (b,)
+        outputs = model(inputs)  # (b, classes)
+        tally.add(criterion(outputs, labels), outputs, labels)
+
     with torch.no_grad():
-        for i, (inputs, labels) in enumerate(loader):
-            if i == steps:
-                break
-            inputs, labels = inputs.to(device), labels.to(device)
-            outputs = model(inputs)
-            loss = criterion(outputs, labels)
-            running_loss += loss.item()
-            _, predicted = torch.max(outputs.data, 1)
-            total += labels.size(0)
-            correct += (predicted == labels).sum().item()
-    _sync(device)
-    seconds = time.perf_counter() - start
-    if total == 0:
-        raise ValueError("the loader yielded no batches: give it at least one batch of images")
-    return total / seconds
+        return images_per_second(loader, steps, device, step)
 
 
 def notebook_load_batches(loader: DataLoader, steps: int) -> float:
     """Draw `steps` batches from the notebook's loader and nothing else (the data pipeline alone); images/s."""
-    total = 0
-    start = time.perf_counter()
-    for i, (inputs, _labels) in enumerate(loader):
-        if i == steps:
-            break
-        total += inputs.shape[0]
-    seconds = time.perf_counter() - start
+    return images_per_second(loader, steps, torch.device("cpu"), lambda inputs, labels: None)
+
+
+def images_per_second(
+    loader: DataLoader, steps: int, device: torch.device, step: Callable[[Tensor, Tensor], None]
+) -> float:
+    """Hand the first `steps` batches (images (b, 3, S, S), labels (b,)) of `loader` to `step`; images per second.
+
+    The clock covers drawing each batch (the PIL work) and the device's queued work, as the notebook's loops did.
+    """
+
+    def loop() -> int:
+        total = 0
+        for i, (inputs, labels) in enumerate(loader):
+            if i == steps:
+                break
+            step(inputs, labels)
+            total += labels.size(0)
+        return total
+
+    total, seconds = timed(device, loop)
     if total == 0:
         raise ValueError("the loader yielded no batches: give it at least one batch of images")
     return total / seconds

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from vitlab.data import DataSplits, ImageDataset, seeded_generator
+from vitlab.data.dataset import DataSplits, ImageDataset, seeded_generator
 from vitlab.errors import DataUnavailableError
 
 _FOLDER_LAYOUT = (

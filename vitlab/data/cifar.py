@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from vitlab.data import DataSplits, ImageDataset, seeded_generator
+from vitlab.data.dataset import DataSplits, ImageDataset, seeded_generator
 from vitlab.errors import DataUnavailableError, VitlabError
 
 # What reading a damaged archive or pickle raises (gzip.BadGzipFile is an OSError: caught before OSError below).

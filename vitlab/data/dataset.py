@@ -1,32 +1,16 @@
-"""Datasets as plain uint8 tensors, and a batched, on-device transform that turns them into ViT inputs.
+"""Datasets as plain uint8 tensors: one dataset, its three splits, and batches drawn from it.
 
-The notebook pushed every image through PIL transforms in a DataLoader, one image at a time, on the CPU. vitlab keeps
-each dataset as one uint8 tensor (CIFAR-100's 60,000 32x32 images are only 184 MB) and does resize, flip, rotation
-and ImageNet normalisation on a whole batch at once, on whatever device the batch is on:
-
-    splits = load_dataset("cifar100")                       # or "cifar10", "shapes" (offline), "folder"
-    transform = BatchTransform(image_size=224, train=True)
-    for images, labels in batches(splits.train, 64, shuffle=True, device="cuda"):
-        x = transform(images)                              # (64, 3, 32, 32) uint8 -> (64, 3, 224, 224) float
-
-The synthetic, offline "shapes" dataset is generated in `vitlab.shapes`.
+vitlab keeps each dataset as one uint8 tensor (CIFAR-100's 60,000 32x32 images are only 184 MB) instead of a
+DataLoader of PIL images, so a whole dataset can live on the GPU and `batches` indexes it in place.
 """
-
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
-
-from vitlab.errors import VitlabError
-from vitlab.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, denormalize  # noqa: F401 (re-exported)
-
-DATASETS = ("cifar100", "cifar10", "shapes", "folder")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Datasets as tensors
@@ -65,7 +49,7 @@ class ImageDataset:
 class DataSplits:
     """The three splits of one dataset. `val` picks checkpoints and settings; `test` is looked at last."""
 
-    name: str  # one of DATASETS
+    name: str  # one of vitlab.data.DATASETS
     train: ImageDataset
     val: ImageDataset
     test: ImageDataset
@@ -82,61 +66,6 @@ class DataSplits:
     def image_size(self) -> int:
         """Height of the stored images (32 for CIFAR and shapes); BatchTransform resizes them for the model."""
         return self.train.images.shape[-2]
-
-
-def load_dataset(
-    name: str,
-    data_dir: str | Path = "./data",
-    *,
-    val_size: int = 5000,
-    seed: int = 42,
-    download: bool = True,
-    subset: int | None = None,
-    image_size: int = 224,
-    progress: bool = True,
-) -> DataSplits:
-    """Load a dataset as train/val/test uint8 tensors.
-
-    Args:
-        name: "cifar100" or "cifar10" (torchvision's files, downloaded into `data_dir` when missing), "shapes"
-            (synthetic 32x32 images made in memory: 8000 train, 1000 val, 1000 test; see `vitlab.shapes`) or
-            "folder" (your images, one subfolder per class, under `data_dir`; optional train/, val/, test/).
-        data_dir: where the CIFAR files are (or will go), or the image folder.
-        val_size: CIFAR only: how many of the 50,000 training images are held out for validation.
-        seed: makes the validation split, the folder split and the shapes reproducible.
-        download: CIFAR only: allow downloading when the files are missing.
-        subset: keep only the first `subset` images of each split, for quick smoke runs.
-        image_size: folder only: the stored side length. CIFAR and shapes stay 32x32 (BatchTransform resizes).
-        progress: show a progress bar while reading a folder (torchvision's download bar always shows).
-
-    Returns:
-        DataSplits whose datasets hold images uint8 (N, 3, H, W) and labels int64 (N,).
-
-    Raises:
-        DataUnavailableError: the data is missing and cannot be downloaded, or is corrupt or unreadable.
-    """
-    # The loaders import ImageDataset and DataSplits from this module, so they are imported here, not at the top.
-    from vitlab.cifar import load_cifar
-    from vitlab.folder import load_folder
-    from vitlab.shapes import make_shapes
-
-    if name in ("cifar100", "cifar10"):
-        splits = load_cifar(name, Path(data_dir).expanduser(), val_size, seed, download)
-    elif name == "shapes":
-        # Three seeds derived from `seed`, so that train, val and test are different images.
-        train_seed, val_seed, test_seed = torch.randint(2**31, (3,), generator=seeded_generator(seed)).tolist()
-        splits = DataSplits(
-            "shapes", make_shapes(8000, train_seed), make_shapes(1000, val_seed), make_shapes(1000, test_seed)
-        )
-    elif name == "folder":
-        splits = load_folder(Path(data_dir).expanduser(), image_size, seed, progress)
-    else:
-        raise VitlabError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)}.")
-    if subset is not None:
-        if subset < 1:
-            raise VitlabError(f"subset must be a positive number of images per split, got {subset}.")
-        splits = DataSplits(splits.name, splits.train.take(subset), splits.val.take(subset), splits.test.take(subset))
-    return splits
 
 
 def seeded_generator(seed: int) -> torch.Generator:
