@@ -1,12 +1,17 @@
-"""The demo's localisation scores and loading weights across head sizes."""
+"""The demo's localisation scores, loading weights across head sizes, and how the demo model is trained."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from torchvision.models import VisionTransformer
 
+from vitlab import demo, finetune
+from vitlab.checkpoint import LAST
+from vitlab.config import make_config
 from vitlab.data import load_dataset
 from vitlab.localization import localization_scores
 from vitlab.model import build_model
@@ -42,3 +47,20 @@ def test_a_state_dict_with_another_head_size_keeps_the_body(tmp_path: Path) -> N
     assert two_classes.heads.head.out_features == 2
     body = "encoder.layers.encoder_layer_2.mlp.0.weight"
     assert torch.equal(two_classes.state_dict()[body], four_classes.state_dict()[body])
+
+
+def test_the_demo_trains_through_finetune_run_and_resumes_an_interrupted_run(
+    demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    monkeypatch.setattr(finetune, "main", lambda argv=None: pytest.fail("the demo must not build a command line"))
+    monkeypatch.setattr(finetune, "run", lambda config, checkpoint=None: calls.append((config, checkpoint)) or {})
+    fresh = tmp_path / "fresh"
+    demo.train_demo(fresh)
+    assert calls.pop() == (make_config({"preset": "demo", "out": str(fresh), "quiet": True}), None)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    shutil.copy(demo_cache / "demo" / LAST, interrupted / LAST)  # as if stopped after the last epoch's save
+    demo.train_demo(interrupted)
+    config, checkpoint = calls.pop()
+    assert config.resume == config.out == str(interrupted) and checkpoint["epoch"] == config.epochs == 4

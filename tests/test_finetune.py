@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from vitlab import finetune
-from vitlab.checkpoint import load_checkpoint, load_trained_model
-from vitlab.errors import CheckpointError
+from vitlab.bench.cli import BENCH_DEVICES
+from vitlab.checkpoint import BEST, LAST, checkpoint_file, load_checkpoint, load_trained_model, save_checkpoint
+from vitlab.config import explicit_flags, make_config, resolve_config, resume_config
+from vitlab.device import pick_device
+from vitlab.errors import CheckpointError, VitlabError
+from vitlab.model import build_model, num_blocks
 
 # A few hundred shapes, two epochs: seconds on a laptop CPU, yet every part of the job runs.
 SMOKE = ["--preset", "demo", "--subset", "192", "--epochs", "2", "--batch-size", "32", "--quiet"]
@@ -150,11 +154,9 @@ def test_resume_refuses_a_dataset_with_another_class_count(smoke_run: Path, tmp_
     checkpoint["classes"] = [f"c{i}" for i in range(10)]  # as if made on a 10-class dataset
     run = tmp_path / "ten_classes"
     run.mkdir()
-    from vitlab.checkpoint import save_checkpoint
-
     save_checkpoint(run / "checkpoint.pt", {k: v for k, v in checkpoint.items() if k != "format"})
     with pytest.raises(CheckpointError, match="10 classes"):
-        config, saved = finetune.resolve_config(["--resume", str(run), "--quiet"])
+        config, saved = resolve_config(["--resume", str(run), "--quiet"])
         finetune.run(config, saved)
 
 
@@ -175,8 +177,6 @@ def test_seed_recipe_is_the_notebooks_adam(tmp_path: Path) -> None:
 
 
 def test_pretrained_state_dict_file(tmp_path: Path) -> None:
-    from vitlab.model import build_model
-
     torch.manual_seed(3)
     source = build_model("vit_tiny", num_classes=4, pretrained=False, trainable_blocks=4)
     torch.save(source.state_dict(), tmp_path / "tiny.pt")
@@ -270,10 +270,77 @@ def test_the_demo_preset_learns_shapes_and_its_attention_finds_them(demo_cache: 
 
 
 def test_an_incomplete_checkpoint_is_a_checkpoint_error(smoke_run: Path, tmp_path: Path) -> None:
-    from vitlab.checkpoint import save_checkpoint
-
     checkpoint = load_checkpoint(smoke_run / "best.pt")
     del checkpoint["classes"], checkpoint["format"]
     save_checkpoint(tmp_path / "broken.pt", checkpoint)
     with pytest.raises(CheckpointError, match="incomplete"):
         load_trained_model(tmp_path / "broken.pt")
+
+
+def test_the_config_is_complete_when_make_config_returns() -> None:
+    notebook = make_config({})
+    assert notebook.pretrained == "imagenet" and notebook.trainable_blocks == 3
+    demo = make_config({"preset": "demo"})
+    assert demo.pretrained == "none" and demo.trainable_blocks == 4  # "all" of vit_tiny's 4 blocks
+    assert make_config(explicit_flags(["--trainable-blocks", "all"])).trainable_blocks == 12  # typed "all" counts
+    assert make_config(explicit_flags(["--arch", "vit_tiny"])).pretrained == "none"  # no published vit_tiny weights
+    assert make_config(explicit_flags(["--cache-trunk"])).max_rotation == 0.0
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny", "vit_b_16"])
+def test_num_blocks_knows_the_arch_without_building_it(arch: str) -> None:
+    assert num_blocks(arch) == len(build_model(arch, 4, pretrained=False, progress=False).encoder.layers)
+
+
+def test_resume_resolves_a_checkpoint_saved_before_the_config_was_complete(smoke_run: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(smoke_run)
+    checkpoint["config"].update(trainable_blocks=None, pretrained=None)  # as older runs saved "all" and the default
+    old = tmp_path / "old"
+    save_checkpoint(old / LAST, {k: v for k, v in checkpoint.items() if k != "format"})
+    config, saved = resume_config(explicit_flags(["--resume", str(old), "--trainable-blocks", "all", "--quiet"]))
+    assert (config.trainable_blocks, config.pretrained, config.out) == (4, "none", str(old))
+    summary = finetune.run(config, saved)  # both epochs are done: straight to the test pass
+    assert summary["epochs"] == 2 and summary["test_images"] == 192
+
+
+def test_a_run_folder_means_checkpoint_pt_to_resume_and_best_pt_to_study(smoke_run: Path, tmp_path: Path) -> None:
+    assert checkpoint_file(smoke_run, "resume") == smoke_run / LAST
+    assert checkpoint_file(smoke_run, "study") == smoke_run / BEST
+    assert checkpoint_file(smoke_run / LAST, "study") == smoke_run / LAST  # a file is itself
+    best_epoch = max(_history(smoke_run), key=lambda r: r["val_acc"])["epoch"]
+    assert load_trained_model(smoke_run)[1]["epoch"] == best_epoch
+    only_last = tmp_path / "only_last"
+    only_last.mkdir()
+    (only_last / LAST).write_bytes((smoke_run / LAST).read_bytes())
+    assert checkpoint_file(only_last, "study") == only_last / LAST  # no best.pt: the last epoch's weights
+    with pytest.raises(CheckpointError, match="folder without checkpoint.pt"):
+        checkpoint_file(tmp_path, "resume")
+    with pytest.raises(CheckpointError, match="No checkpoint at"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_pick_device_refuses_what_is_absent_and_auto_prefers_cuda_then_mps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu") == pick_device("cpu")
+    for name, message in [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "MPS"), ("gpu", "not a device")]:
+        with pytest.raises(VitlabError, match=message):
+            pick_device(name)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("mps")
+    # The benchmark knows CUDA and the CPU only: 'auto' skips MPS there, and asking for it is refused.
+    assert pick_device("auto", kinds=BENCH_DEVICES) == torch.device("cpu")
+    with pytest.raises(VitlabError, match="not supported"):
+        pick_device("mps", kinds=BENCH_DEVICES)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto") == torch.device("cuda") == pick_device("auto", kinds=BENCH_DEVICES)
+    with pytest.raises(VitlabError, match="1 CUDA GPU"):
+        pick_device("cuda:1")
+
+
+def test_a_missing_device_is_a_clear_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert finetune.main([*SMOKE, "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    assert "--device cpu" in capsys.readouterr().err

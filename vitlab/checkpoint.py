@@ -4,6 +4,11 @@ A checkpoint is what nanoGPT saves: `{"model": state_dict, "optimizer": ..., "co
 written to a temporary file in the same folder and moved into place with `os.replace`, so a crash or Ctrl-C
 mid-write leaves the previous file intact. It is read with `torch.load(weights_only=True)`, which refuses pickled
 code: opening someone else's checkpoint cannot run their code.
+
+A run folder (`python -m vitlab.finetune --out DIR`) holds two checkpoints, and what a command wants decides which
+one it reads (`checkpoint_file`): `--resume` reads checkpoint.pt, the last completed epoch with everything needed
+to continue; studying the model (the test pass, the lessons' `--checkpoint`, the explorer) reads best.pt, the
+weights of the best validation epoch.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torchvision.models import VisionTransformer
@@ -21,6 +26,39 @@ from vitlab.errors import CheckpointError
 from vitlab.model import build_model, safe_torch_load
 
 FORMAT = "vitlab-checkpoint-v1"
+
+# The two checkpoints of a run folder.
+LAST = "checkpoint.pt"  # the last completed epoch: weights, optimizer, scheduler, RNG and history, to resume
+BEST = "best.pt"  # the weights of the best validation epoch: what the test pass measures and what is studied
+
+Purpose = Literal["resume", "study"]
+_READS: dict[str, tuple[str, ...]] = {"resume": (LAST,), "study": (BEST, LAST)}  # a run folder's files, by preference
+
+
+def checkpoint_file(path: str | os.PathLike, purpose: Purpose) -> Path:
+    """The file to read for `purpose` from `path`, a run folder or a .pt file (a file is itself).
+
+    In a run folder, "resume" reads checkpoint.pt; "study" reads best.pt, or checkpoint.pt when there is no best.pt.
+
+    Raises:
+        CheckpointError: `path` does not exist, or is a folder without the file(s) `purpose` reads.
+    """
+    path = Path(path).expanduser()
+    names = _READS[purpose]
+    if path.is_dir():
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} is a folder without {' or '.join(names)}. Give a run folder written by "
+            f"python -m vitlab.finetune, or the path of its .pt file."
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"No checkpoint at {path}. Give a run folder (it holds {LAST} and {BEST}) or a .pt file written by "
+            f"python -m vitlab.finetune (offline: python -m vitlab.finetune --preset demo --out runs/demo)."
+        )
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> Path:
@@ -57,16 +95,12 @@ def save_json(path: str | os.PathLike, value: Any) -> Path:
     return atomic_write(path, lambda file: file.write((json.dumps(value, indent=2) + "\n").encode()))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a vitlab checkpoint file (or a run folder holding `checkpoint.pt`) safely."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise CheckpointError(
-            f"No checkpoint at {path}. Give a run folder (it holds checkpoint.pt and best.pt) or a .pt file "
-            f"written by python -m vitlab.finetune."
-        )
+def load_checkpoint(path: str | os.PathLike, purpose: Purpose = "resume") -> dict[str, Any]:
+    """Load a vitlab checkpoint safely: a .pt file, or the file of a run folder that `purpose` reads.
+
+    The default reads a run folder's checkpoint.pt, the one that holds everything (see `checkpoint_file`).
+    """
+    path = checkpoint_file(path, purpose)
     checkpoint = safe_torch_load(path, lambda error: CheckpointError(
         f"Could not read {path} as a vitlab checkpoint ({type(error).__name__}). It is damaged, not a PyTorch "
         f"file, or holds pickled code (vitlab loads tensors and plain values only, so it cannot run code "
@@ -81,12 +115,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
-    """Rebuild the model a vitlab run trained, in eval mode, from its `best.pt` / `checkpoint.pt`.
+    """Rebuild the model a vitlab run trained, in eval mode, from a .pt file or a run folder (its best.pt).
 
     Returns:
         (model, checkpoint): the checkpoint dict holds "config", "classes", "epoch" and more.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, purpose="study")
     try:
         model = build_model(
             checkpoint["config"]["arch"], num_classes=len(checkpoint["classes"]), pretrained=False,

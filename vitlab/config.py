@@ -1,17 +1,25 @@
 """The fine-tuning job's settings: one dataclass, its presets, and the command line that fills it.
 
 Precedence, lowest first: the dataclass defaults (the notebook's setting), then `--preset`, then the flags a user
-typed. When resuming, the saved run's settings take the place of the defaults and preset.
+typed. When resuming, the saved run's settings take the place of the defaults and preset. The config is complete
+when `make_config` returns: the settings whose default depends on others (`pretrained`, `trainable_blocks`) are
+resolved there, so config.json and the checkpoints hold the values the run used, and nothing changes them later.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
+from typing import Any
 
+from vitlab.checkpoint import load_checkpoint
 from vitlab.data import DATASETS
-from vitlab.model import ARCHS
+from vitlab.errors import CheckpointError
+from vitlab.model import ARCHS, num_blocks
 from vitlab.train import RECIPES
+
+# Settings a checkpoint's weights depend on: resuming with a different value would load mismatched weights.
+FIXED_ON_RESUME = ("arch", "trainable_blocks", "dataset")
 
 
 @dataclass
@@ -19,11 +27,13 @@ class FinetuneConfig:
     arch: str = "vit_b_16"  # the notebook's model; "vit_tiny" is the 32x32 laptop model
     dataset: str = "cifar100"  # cifar100, cifar10, shapes (synthetic, offline) or folder (your ImageFolder)
     data_dir: str = "./data"  # where datasets are read from (and downloaded to)
-    pretrained: str | None = None  # "imagenet", "none" or a state-dict path; None: imagenet for vit_b_16, else none
+    pretrained: str | None = None  # "imagenet", "none" or a state-dict path; make_config turns None into imagenet
+    # for vit_b_16 (the notebook's start) and none for vit_tiny (it has no published weights)
     epochs: int = 5  # the notebook trained 5 epochs
     batch_size: int = 64  # global batch: with torchrun, each of N processes takes batch_size / N
     lr: float | None = None  # head learning rate; None takes the recipe's (1e-3 for both recipes)
-    trainable_blocks: int | None = 3  # last encoder blocks that train; None trains every block and the embeddings
+    trainable_blocks: int | None = 3  # last encoder blocks that train; None ("all", resolved by make_config to the
+    # arch's block count) trains every block and the embeddings, as training from scratch needs
     recipe: str = "default"  # "default" (AdamW, warmup+cosine, smoothing, clipping, bf16 on CUDA) or "seed"
     seed: int = 42  # seeds the init, the validation split, the shuffling and the augmentation
     device: str = "auto"  # auto picks CUDA, then Apple's MPS, then the CPU
@@ -84,11 +94,12 @@ METAVARS = {"data_dir": "DIR", "out": "DIR", "resume": "DIR", "pretrained": "WEI
 
 
 def _blocks(value: str) -> int | None:
-    return None if value == "all" else int(value)
+    return None if value == "all" else int(value)  # None: make_config resolves it to the arch's block count
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        argument_default=argparse.SUPPRESS,  # an untyped flag stays out of the namespace: "all" (None) is kept
         prog="python -m vitlab.finetune",
         description="Fine-tune a Vision Transformer (by default the notebook's job: ImageNet ViT-B/16 on CIFAR-100, "
         "last 3 blocks and a new head) and write a run folder with curves, predictions and checkpoints.",
@@ -100,26 +111,62 @@ def build_parser() -> argparse.ArgumentParser:
     for field in fields(FinetuneConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
-            parser.add_argument(flag, action="store_true", default=None, help=HELP[field.name])
+            parser.add_argument(flag, action="store_true", help=HELP[field.name])
         else:
             parser.add_argument(flag, type=types.get(field.name, str), choices=choices.get(field.name),
-                                default=None, help=HELP[field.name], metavar=METAVARS.get(field.name))
+                                help=HELP[field.name], metavar=METAVARS.get(field.name))
     return parser
 
 
-def explicit_flags(argv: list[str] | None) -> dict:
-    """The settings the user actually typed (argparse defaults are None, so untyped ones drop out)."""
-    args = build_parser().parse_args(argv)
-    return {name: value for name, value in vars(args).items() if value is not None}
+def explicit_flags(argv: list[str] | None) -> dict[str, Any]:
+    """The settings the user actually typed, by field name (untyped flags are absent, not None)."""
+    return vars(build_parser().parse_args(argv))
 
 
-def make_config(flags: dict, base: FinetuneConfig | None = None) -> FinetuneConfig:
-    """Defaults (or `base`), then the preset, then the typed flags."""
-    values = vars(base).copy() if base is not None else vars(FinetuneConfig()).copy()
+def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> FinetuneConfig:
+    """Defaults (or `base`), then the preset, then the typed flags; returns the complete config.
+
+    Complete: `pretrained` None becomes "imagenet" for vit_b_16 and "none" otherwise, `trainable_blocks` None
+    ("all") becomes the arch's block count, and `--cache-trunk` without `--max-rotation` sets it to 0.
+    """
+    values = vars(base if base is not None else FinetuneConfig()).copy()
     preset = flags.get("preset")
     if preset is not None:
         values.update(PRESETS[preset])
     values.update(flags)
     if values["cache_trunk"] and "max_rotation" not in flags:
         values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.trunk_cache)
+    if values["pretrained"] is None:
+        values["pretrained"] = "imagenet" if values["arch"] == "vit_b_16" else "none"
+    if values["trainable_blocks"] is None:
+        values["trainable_blocks"] = num_blocks(values["arch"])
     return FinetuneConfig(**values)
+
+
+def resolve_config(argv: list[str] | None) -> tuple[FinetuneConfig, dict | None]:
+    """The run's settings from the command line, and with `--resume` also the checkpoint to continue from."""
+    flags = explicit_flags(argv)
+    if "resume" in flags:
+        return resume_config(flags)
+    return make_config(flags), None
+
+
+def resume_config(flags: dict[str, Any]) -> tuple[FinetuneConfig, dict]:
+    """The settings of the run in `flags["resume"]` with the typed `flags` on top, and its checkpoint.pt.
+
+    The saved settings go through make_config too: a run saved before the config was resolved there may hold
+    `pretrained` or `trainable_blocks` None. `--preset` is ignored (the saved run replaces it), and a flag that would
+    change what the saved weights fit (FIXED_ON_RESUME) is a CheckpointError.
+    """
+    checkpoint = load_checkpoint(flags["resume"], purpose="resume")
+    saved = make_config({}, base=FinetuneConfig(**checkpoint["config"]))
+    flags = {name: value for name, value in flags.items() if name != "preset"}
+    config = make_config({**flags, "out": flags["resume"]}, base=saved)
+    for name in FIXED_ON_RESUME:
+        if name in flags and getattr(config, name) != getattr(saved, name):
+            raise CheckpointError(
+                f"Cannot resume {flags['resume']} with --{name.replace('_', '-')} {getattr(config, name)}: that run "
+                f"was made with {name}={getattr(saved, name)!r}, and its weights only fit that setting. Drop the "
+                f"flag, or start a new run with --out."
+            )
+    return config, checkpoint

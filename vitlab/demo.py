@@ -11,6 +11,9 @@ from pathlib import Path
 
 from torchvision.models import VisionTransformer
 
+from vitlab import finetune
+from vitlab.checkpoint import LAST, load_trained_model
+from vitlab.config import make_config, resume_config
 from vitlab.data import DataSplits, load_dataset
 
 
@@ -25,20 +28,24 @@ def load_demo_model(
     """The trained demo model (eval mode) and the shapes splits it was trained on; trains it on first use.
 
     The run lives in `<cache_dir>/demo` (default `~/.cache/vitlab/demo`, or `$VITLAB_CACHE/demo`); delete that
-    folder to retrain.
-    """
-    from vitlab.checkpoint import load_trained_model
-    from vitlab.finetune import main
+    folder to retrain. A run that was interrupted is continued from its last completed epoch.
 
+    Raises:
+        VitlabError: training the demo failed (the message says why).
+    """
     run_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "demo"
-    best = run_dir / "best.pt"
     if not (run_dir / "summary.json").is_file():
-        argv = ["--preset", "demo", "--out", str(run_dir)] + (["--quiet"] if quiet else [])
-        if (run_dir / "checkpoint.pt").is_file():
-            argv = ["--resume", str(run_dir)] + (["--quiet"] if quiet else [])  # finish an interrupted run
-        if main(argv) != 0:
-            raise RuntimeError(f"Training the demo model into {run_dir} failed; see the message above.")
-    model, checkpoint = load_trained_model(best)
+        train_demo(run_dir, quiet)
+    model, checkpoint = load_trained_model(run_dir)  # a run folder: its best.pt
     config = checkpoint["config"]
     splits = load_dataset("shapes", seed=config["seed"], subset=config["subset"])
     return model, splits
+
+
+def train_demo(run_dir: Path, quiet: bool = True) -> dict:
+    """Train `--preset demo` into `run_dir`, or finish the run there if one was interrupted; returns its summary."""
+    if (run_dir / LAST).is_file():
+        config, checkpoint = resume_config({"resume": str(run_dir), "quiet": quiet})
+    else:
+        config, checkpoint = make_config({"preset": "demo", "out": str(run_dir), "quiet": quiet}), None
+    return finetune.run(config, checkpoint)

@@ -25,6 +25,14 @@ from vitlab.errors import VitlabError, WeightsUnavailableError
 VIT_TINY_CONFIG = dict(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128)
 
 ARCHS = ("vit_b_16", "vit_tiny")
+_NUM_BLOCKS = {"vit_b_16": 12, "vit_tiny": VIT_TINY_CONFIG["num_layers"]}  # torchvision's ViT-B/16 has 12 blocks
+
+
+def num_blocks(arch: str) -> int:
+    """How many encoder blocks `arch` has, known without building it (12 for vit_b_16, 4 for vit_tiny)."""
+    if arch not in ARCHS:
+        raise VitlabError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
+    return _NUM_BLOCKS[arch]
 
 
 def weights_cache_file() -> Path:

@@ -25,7 +25,7 @@ depend on the values. Targets are reported, never asserted: a slow machine is in
     python -m vitlab.bench --device cuda --epoch        # on a GPU: also the full-epoch row
 """
 
-from vitlab.bench.cli import BENCHES, build_parser, main, pick_device
+from vitlab.bench.cli import BENCHES, build_parser, main
 from vitlab.bench.epoch import bench_epoch
 from vitlab.bench.machine import cpu_model, describe_device, device_name
 from vitlab.bench.measure import (
@@ -54,6 +54,5 @@ __all__ = [
     "bench_data_pipeline", "bench_demo", "bench_epoch", "bench_eval_throughput", "bench_peak_memory",
     "bench_train_step", "build_parser", "capture_samples", "check", "cifar_like", "count_host_syncs", "cpu_model",
     "describe_device", "device_name", "format_table", "input_size", "interleaved", "main", "memory_child",
-    "not_measured", "notebook_trainer", "pick_device", "report", "row_result", "sync", "timed", "vitlab_model",
-    "write_json",
+    "not_measured", "notebook_trainer", "report", "row_result", "sync", "timed", "vitlab_model", "write_json",
 ]

@@ -22,6 +22,11 @@ from vitlab.bench.rows import (
     bench_eval_throughput,
     bench_train_step,
 )
+from vitlab.device import pick_device
+from vitlab.errors import VitlabError
+
+# The device types the rows know how to time, synchronise and measure memory on, in the order 'auto' prefers them.
+BENCH_DEVICES = ("cuda", "cpu")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
@@ -69,19 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("vitlab.bench: --device cuda, but PyTorch sees no CUDA GPU here. Use --device cpu.")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"vitlab.bench: --device {name} is not supported; use auto, cpu or cuda.")
-    return device
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run the chosen rows, print the table, write the JSON. Returns 0, or 1 when a row failed to run."""
+    """Run the chosen rows, print the table, write the JSON. Returns 0, 1 when a row failed to run, 2 bad input."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     rows = ROWS if args.rows is None else tuple(r.strip() for r in args.rows.split(",") if r.strip())
@@ -89,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitlab.bench: unknown row(s) {', '.join(unknown)}. Choose from: {', '.join(ROWS + OPTIONAL_ROWS)}.",
               file=sys.stderr)
         return 2
-    settings = Settings(device=pick_device(args.device), quick=args.quick, repeats=args.repeats,
+    try:
+        device = pick_device(args.device, kinds=BENCH_DEVICES)
+    except VitlabError as error:
+        print(f"vitlab.bench: {error}", file=sys.stderr)
+        return 2
+    settings = Settings(device=device, quick=args.quick, repeats=args.repeats,
                         batch_size=args.batch_size, arch=args.arch,
                         run_epoch=args.epoch or (args.rows is not None and "epoch" in rows),
                         force_epoch=args.force_epoch, epoch_images=args.epoch_images, compile=args.compile)

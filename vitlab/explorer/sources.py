@@ -19,7 +19,7 @@ from typing import Any
 
 from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
-from vitlab.checkpoint import load_trained_model
+from vitlab.checkpoint import checkpoint_file, load_trained_model
 from vitlab.data import ImageDataset, load_dataset
 from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
@@ -65,21 +65,7 @@ def list_runs(root: str | Path = "runs") -> list[Path]:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder means its best.pt (else checkpoint.pt); a file is itself. Raises CheckpointError if missing."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in ("best.pt", "checkpoint.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(
-            f"{path} is a folder without best.pt or checkpoint.pt. Give a run folder written by "
-            f"python -m vitlab.finetune, or the path of its .pt file."
-        )
-    if not path.is_file():
-        raise CheckpointError(
-            f"No checkpoint at {path}. Give a run folder (it holds best.pt) or a .pt file written by "
-            f"python -m vitlab.finetune (offline: python -m vitlab.finetune --preset demo --out runs/demo)."
-        )
-    return path
+    return checkpoint_file(path, "study")
 
 
 def source_stamp(source: str, checkpoint: Path | None = None) -> str:

@@ -1,0 +1,118 @@
+"""One training run while it goes (`Run`) and what it writes to its run folder after every epoch.
+
+`vitlab.finetune` builds a `Run` in `setup`, advances it in `fit` and closes it in `finish`; this module holds the
+object and the bookkeeping around the loop: the run folder is never overwritten (`prepare_out`), a checkpoint's
+training state is put back on resume (`restore`), and each epoch becomes one history record, a checkpoint.pt (every
+epoch) and a best.pt (when validation accuracy improved) (`record_epoch`). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import VisionTransformer
+
+from vitlab import distributed
+from vitlab.checkpoint import BEST, LAST, save_checkpoint, save_json
+from vitlab.config import FinetuneConfig
+from vitlab.data import BatchTransform, DataSplits
+from vitlab.errors import VitlabError
+from vitlab.train import Recipe
+from vitlab.trunk_cache import CachedTrunk
+
+
+@dataclass
+class Run:
+    """Everything one training run holds while it goes. The code calls it `job`, as `run` is the function."""
+
+    config: FinetuneConfig  # complete (see vitlab.config.make_config), never changed during the run
+    out: Path  # the run folder
+    process: distributed.Process
+    device: torch.device
+    splits: DataSplits  # uint8 images, already on `device`
+    model: VisionTransformer  # checkpoints save it; validation without a cache and the test pass call it
+    recipe: Recipe
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: Callable[[Tensor, Tensor], Tensor]
+    train_transform: BatchTransform  # uint8 (B, 3, H, W) -> augmented, normalised float at the model's size
+    eval_transform: BatchTransform  # the same without augmentation
+    local_batch: int  # this process's share of the global batch
+    trainer: nn.Module | None = None  # what training steps call: the model, or DDP, the cached top, torch.compile
+    cached: CachedTrunk | None = None  # --cache-trunk: the frozen trunk's output for train and val
+    trunk_cache_seconds: float | None = None  # time spent building that cache
+    history: list[dict] = field(default_factory=list)  # one record per completed epoch
+    best_val_acc: float = -1.0
+    start_epoch: int = 0  # epochs already done (resuming)
+    started: float = field(default_factory=time.perf_counter)  # for the summary's wall_seconds
+
+    @property
+    def show(self) -> bool:
+        """Whether this process draws progress bars and prints: rank 0, unless --quiet."""
+        return self.process.is_main and not self.config.quiet
+
+    def say(self, message: str) -> None:
+        if self.show:
+            print(message, flush=True)
+
+
+def prepare_out(config: FinetuneConfig, resuming: bool) -> Path:
+    """The run folder: `config.out`, or runs/<timestamp>. A new run refuses a folder that already holds one."""
+    out = Path(config.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    if not resuming and (out / LAST).exists():
+        raise VitlabError(
+            f"{out} already holds a run ({LAST}). Continue it with --resume {out}, or choose another --out; "
+            f"vitlab never overwrites a run."
+        )
+    return out
+
+
+def restore(job: Run, checkpoint: dict) -> None:
+    """Put a checkpoint.pt's training state back: optimizer, schedule, RNG, history and the epoch to start from.
+
+    The model's weights are loaded when it is built (vitlab.finetune), before anything wraps or caches it.
+    """
+    job.optimizer.load_state_dict(checkpoint["optimizer"])
+    job.scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    job.history = checkpoint["history"]
+    job.best_val_acc = checkpoint["best_val_acc"]
+    job.start_epoch = checkpoint["epoch"]
+
+
+def record_epoch(job: Run, epoch: int, train: dict, val: dict) -> None:
+    """Append epoch `epoch` (1-based) to the history, save checkpoint.pt (and best.pt if better), print its line.
+
+    `train` and `val` are the dicts of vitlab.train.train_one_epoch and vitlab.train.evaluate.
+    """
+    record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+              "val_loss": val["loss"], "val_acc": val["acc"],
+              "seconds": train["seconds"] + val["seconds"], "images_per_second": train["images_per_second"]}
+    job.history.append(record)
+    improved = val["acc"] > job.best_val_acc
+    job.best_val_acc = max(job.best_val_acc, val["acc"])
+    if job.process.is_main:
+        _save_epoch(job, epoch, improved)
+    job.say(f"epoch {epoch}/{job.config.epochs}: train loss {train['loss']:.3f} acc {train['acc']:.2%} | "
+            f"val loss {val['loss']:.3f} acc {val['acc']:.2%} | {record['seconds']:.1f}s, "
+            f"{train['images_per_second']:.0f} img/s" + (" | best so far" if improved else ""))
+
+
+def _save_epoch(job: Run, epoch: int, improved: bool) -> None:
+    """checkpoint.pt every epoch (everything needed to resume), best.pt when validation accuracy improved."""
+    config = job.config
+    common = {"model": job.model.state_dict(), "config": asdict(config), "classes": job.splits.classes,
+              "epoch": epoch, "arch": config.arch, "num_classes": job.splits.num_classes,
+              "trainable_blocks": config.trainable_blocks, "image_size": job.model.image_size}
+    if improved:
+        save_checkpoint(job.out / BEST, {**common, "val_acc": job.history[-1]["val_acc"]})
+    save_checkpoint(job.out / LAST, {
+        **common, "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state()}, "history": job.history, "best_val_acc": job.best_val_acc,
+    })
+    save_json(job.out / "history.json", job.history)
