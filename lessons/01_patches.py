@@ -25,11 +25,7 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import numpy as np
 import torch
@@ -38,8 +34,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from _common import explain, load_subject, parse_args, print_questions, run_lesson, save
 from vitlab.capture import geometry
+from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import draw_overlay, to_display
 
 FIGURES = ("patch_grid.png", "patches_to_tokens.png")
@@ -120,8 +116,7 @@ def figure_patches_to_tokens(image: Tensor, pixel_rows: Tensor, tokens: Tensor, 
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv)
-    subject = load_subject(args)
+    args, subject = start(__file__, __doc__, argv)
     model, geo = subject.model, geometry(subject.model)
     shown = subject.pick(8 if subject.small else 4)
     images = subject.inputs(shown.images)  # (B, 3, S, S) normalised, at the model's input size

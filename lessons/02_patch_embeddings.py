@@ -32,19 +32,15 @@ Questions:
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from _common import Subject, explain, load_subject, parse_args, print_questions, run_lesson, save
 from vitlab.attention import patch_filter_components
+from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
 from vitlab.model import build_model
 from vitlab.plotting import plot_filter_components
 
@@ -89,8 +85,7 @@ def figure_explained_variance(curves: dict[str, Tensor], title: str) -> Figure:
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv)
-    subject = load_subject(args)
+    args, subject = start(__file__, __doc__, argv)
     model = subject.model
     trained = model.conv_proj.weight.detach()  # (hidden, 3, p, p)
     dims = trained[0].numel()

@@ -4,8 +4,8 @@ Attention treats its input as a set: shuffle the patches and every token would g
 So before the first block the ViT adds a learned vector to each token that says where it is, the position
 embedding. Nobody tells the model that the patches form a grid; it learns that from data. The ViT paper's
 Figure 7 (centre) shows it: the cosine similarity of each position's embedding with all others, one small map per
-position, and nearby positions are similar. The lesson draws that grid of grids and measures similarity against
-distance.
+position, and nearby positions are similar. The lesson computes it in five lines (`position_similarity_by_hand`,
+asserted equal to vitlab's), draws that grid of grids and measures similarity against distance.
 
 The class token is one more learned vector, put in front of the patches. It enters the encoder identical for
 every image, gathers information from the patches through attention, and its output alone feeds the classifier.
@@ -31,23 +31,33 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from matplotlib.figure import Figure
 from torch import Tensor
+from torchvision.models import VisionTransformer
 
-from _common import explain, load_subject, parse_args, print_questions, run_lesson, save
 from vitlab.attention import patch_distances, position_embedding_similarity
 from vitlab.capture import capture_forward, geometry
+from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import plot_position_similarity
 
 FIGURES = ("position_similarity.png", "similarity_vs_distance.png")
+
+
+def position_similarity_by_hand(model: VisionTransformer) -> Tensor:
+    """Fig. 7 centre, written out: the cosine similarity of every patch position's embedding with every other.
+
+    Returns (grid, grid, grid, grid): entry [r, c] is position (r, c)'s similarity map with all positions.
+    """
+    embeddings = model.encoder.pos_embedding[0, 1:].detach()  # (1, T, hidden) -> (patches, hidden), no class token
+    unit = embeddings / embeddings.norm(dim=-1, keepdim=True)  # length 1: a dot product is now a cosine
+    similarity = unit @ unit.T  # (patches, patches)
+    grid = geometry(model).grid_size
+    return rearrange(similarity, "(r c) (gr gc) -> r c gr gc", r=grid, gr=grid)
 
 
 def similarity_by_distance(similarity: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
@@ -109,11 +119,13 @@ def figure_distance_and_class_token(by_distance: dict[str, tuple[Tensor, Tensor]
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv)
-    subject = load_subject(args)
+    args, subject = start(__file__, __doc__, argv)
     model, geo = subject.model, geometry(subject.model)
 
-    similarity = position_embedding_similarity(model)  # (grid, grid, grid, grid)
+    similarity = position_similarity_by_hand(model)  # (grid, grid, grid, grid)
+    torch.testing.assert_close(
+        position_embedding_similarity(model), similarity,
+        msg=lambda why: f"vitlab.attention.position_embedding_similarity differs from the lesson's: {why}")
     by_distance = similarity_by_distance(similarity)
     aligned_distance, aligned_mean = by_distance["same row or column"]
     _, other_mean = by_distance["other pairs"]
@@ -132,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Position embeddings, mean cosine similarity: neighbours (distance 1) {aligned_mean[0]:.2f}; other
         positions in the same row or column {aligned_mean[1:].mean():.2f}; positions sharing neither
         {other_mean.mean():.2f}. Random vectors would give about 0 everywhere. Whatever structure you see, the
-        model learned from data: nothing told it the patches form a grid.
+        model learned from data: nothing told it the patches form a grid. Asserted: the lesson's
+        position_similarity_by_hand equals vitlab.attention.position_embedding_similarity.
 
         The class token (model.class_token, shape {tuple(model.class_token.shape)}) is the same learned vector
         for every image: across {shown.images.shape[0]} images its cosine similarity at the encoder input is

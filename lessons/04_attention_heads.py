@@ -25,29 +25,17 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from _common import (
-    explain,
-    load_subject,
-    object_patches,
-    parse_args,
-    prediction_names,
-    print_questions,
-    run_lesson,
-    save,
-)
 from vitlab.attention import attention_mass_ratio, cls_attention
 from vitlab.capture import capture_forward, geometry
 from vitlab.errors import VitlabError
+from vitlab.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.localization import object_patches
 from vitlab.plotting import draw_overlay
 
 FIGURES = ("cls_attention_heads.png", "heads_all_blocks.png")
@@ -75,9 +63,8 @@ def figure_heads(images: Tensor, maps: Tensor, row_titles: list[str], title: str
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+    args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
         "--block", type=int, default=None, metavar="N", help="which encoder block, 1 = first (default: the last)"))
-    subject = load_subject(args)
     model, geo = subject.model, geometry(subject.model)
     num_blocks = len(model.encoder.layers)
     block = num_blocks if args.block is None else args.block
@@ -112,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = subject.inputs(shown.images)  # (4, 3, S, S)
     with torch.no_grad():
         shown_logits, shown_captured = capture_forward(model, inputs)
-    predicted = prediction_names(subject, shown_logits)
+    predicted = subject.predicted_names(shown_logits)
     titles = [f"pred: {p}" + (f"\ntrue: {subject.label_name(int(t))}" if subject.labels_match else "")
               for p, t in zip(predicted, shown.labels, strict=True)]
     maps_shown = cls_attention(shown_captured.attentions[block - 1], geo)  # (4, heads, g, g)

@@ -25,21 +25,18 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from _common import explain, load_subject, masks_at, object_patches, parse_args, print_questions, run_lesson, save
 from vitlab.attention import fuse_heads, patch_distances, query_attention
 from vitlab.capture import Geometry, capture_forward, geometry
 from vitlab.errors import VitlabError
+from vitlab.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.localization import masks_at, object_patches
 from vitlab.plotting import draw_overlay
 
 FIGURES = ("query_patch_by_block.png", "query_distance_by_block.png")
@@ -140,10 +137,9 @@ def figure_measures(distances: dict[str, Tensor], uniform: dict[str, float], on_
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+    args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
         "--patch", type=int, nargs=2, metavar=("ROW", "COL"), default=None,
         help="query patch for the first row of the figure (default: the patch at the object's centre)"))
-    subject = load_subject(args)
     model, geo = subject.model, geometry(subject.model)
 
     measured = subject.examples.take(64 if subject.small else 8)

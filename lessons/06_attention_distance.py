@@ -8,6 +8,8 @@ distance, like a convolution) while others already look across the image, and la
 This lesson measures it on your model and compares it with two references: uniform attention (every patch
 equally) and the same architecture at its random initialisation.
 
+The lesson writes the measure out in a dozen lines (`mean_distance`) and asserts that vitlab's equals it.
+
 Builds on: vitlab/attention.py (`mean_attention_distance`, `patch_distances`), vitlab/capture.py
 (`capture_forward`), vitlab/plotting.py (`plot_mean_distance`).
 
@@ -27,34 +29,53 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from _common import explain, load_subject, parse_args, print_questions, run_lesson, save
 from vitlab.attention import mean_attention_distance, patch_distances
 from vitlab.capture import capture_forward, geometry
+from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import plot_mean_distance
 
 FIGURES = ("attention_distance.png", "attention_distance_range.png")
 LOCAL_SHARE = 0.5  # a head is "local" when it looks less than half as far as uniform attention would
 
 
+def mean_distance(attentions: list[Tensor], patch_size: int) -> Tensor:
+    """The paper's mean attention distance, written out: one (B, heads, T, T) per block -> (blocks, heads) pixels.
+
+    For each query patch: the pixel distance to every key patch, weighted by how much the query attends to it.
+    """
+    patches = attentions[0].shape[-1] - 1  # the class token (token 0) is neither query nor key here
+    grid = round(patches**0.5)
+    rows, cols = torch.arange(patches) // grid, torch.arange(patches) % grid  # each patch's place, row-major
+    centres = torch.stack([rows, cols], dim=-1).float() * patch_size  # (patches, 2), in pixels
+    distance = (centres[:, None] - centres[None, :]).norm(dim=-1)  # (patches, patches) between patch centres
+    per_block = []
+    for attention in attentions:
+        weights = attention[:, :, 1:, 1:]  # (B, heads, patches, patches): patch queries over patch keys
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # each query's weights sum to 1 again
+        per_query = (weights * distance).sum(dim=-1)  # (B, heads, patches): how far each query looks
+        per_block.append(per_query.mean(dim=(0, 2)))  # averaged over images and queries: (heads,)
+    return torch.stack(per_block)  # (blocks, heads)
+
+
 def distances_of(model: VisionTransformer, inputs: Tensor, batch_size: int) -> Tensor:
-    """Mean attention distance (blocks, heads), averaged over `inputs` in batches."""
+    """Mean attention distance (blocks, heads), averaged over `inputs` in batches; vitlab's checked on each."""
     total, count = None, 0
-    for start in range(0, len(inputs), batch_size):
-        batch = inputs[start : start + batch_size]
+    for first in range(0, len(inputs), batch_size):
+        batch = inputs[first : first + batch_size]
         with torch.no_grad():
             _, captured = capture_forward(model, batch)
-        distance = mean_attention_distance(captured.attentions, model.patch_size) * len(batch)
+        by_hand = mean_distance(captured.attentions, model.patch_size)  # (blocks, heads)
+        torch.testing.assert_close(
+            mean_attention_distance(captured.attentions, model.patch_size), by_hand,
+            msg=lambda why: f"vitlab.attention.mean_attention_distance differs from the lesson's mean_distance: {why}")
+        distance = by_hand * len(batch)
         total = distance if total is None else total + distance
         count += len(batch)
     return total / count
@@ -88,8 +109,7 @@ def figure_range(trained: Tensor, random: Tensor, uniform: float, title: str) ->
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv)
-    subject = load_subject(args)
+    args, subject = start(__file__, __doc__, argv)
     model, geo = subject.model, geometry(subject.model)
     measured = subject.examples.take(256 if subject.small else 8)
     inputs = subject.inputs(measured.images)
@@ -102,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain(f"""
         Model: {subject.name}, {geo.grid_size}x{geo.grid_size} patches of {geo.patch_size} px, averaged over
         {len(inputs)} test images. Uniform attention would give {uniform:.1f} px; a head counts as local here
-        when its distance is under {LOCAL_SHARE:.0%} of that ({LOCAL_SHARE * uniform:.1f} px).
+        when its distance is under {LOCAL_SHARE:.0%} of that ({LOCAL_SHARE * uniform:.1f} px). Asserted: the
+        lesson's mean_distance (a dozen lines) equals vitlab.attention.mean_attention_distance.
     """)
     print("\n".join(
         f"  block {b + 1:2d}: most local head {trained[b].min():6.1f} px, mean {trained[b].mean():6.1f} px, "

@@ -4,8 +4,9 @@ The class token's attention in the last block says which tokens it reads. But af
 longer patch i: every block mixed some of every token into every other, and the residual connection kept some of
 each token's own past. Attention rollout (Abnar & Zuidema, 2020) follows the mixing back to the input: for each
 block take the attention with the heads fused (mean, max or min), add the identity for the residual, renormalise
-the rows, and multiply the blocks together. Optionally discard each row's weakest weights first (`discard_ratio`)
-to keep only the strong paths.
+the rows, and multiply the blocks together. The lesson writes that out in ten lines (`rollout_by_hand`) and
+asserts that vitlab's `rollout` equals it. Optionally discard each row's weakest weights first (`discard_ratio`,
+vitlab's only) to keep only the strong paths.
 
 The lesson draws the last block's map next to rollout with each fusion, and scores every map on the shapes,
 whose object masks say where the object really is: the pointing game (is the map's maximum on the object?) and
@@ -30,18 +31,13 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from einops import rearrange
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from _common import explain, load_subject, object_patches, parse_args, print_questions, run_lesson, save
 from vitlab.attention import (
     attention_mass_ratio,
     cls_attention,
@@ -49,16 +45,39 @@ from vitlab.attention import (
     rollout,
 )
 from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.localization import object_patches, random_maps
 from vitlab.plotting import draw_overlay
 
 FIGURES = ("rollout_maps.png", "rollout_scores.png")
 
 
+FUSIONS = {"mean": lambda a: a.mean(dim=1), "max": lambda a: a.amax(dim=1), "min": lambda a: a.amin(dim=1)}
+
+
+def rollout_by_hand(attentions: list[Tensor], fusion: str = "mean") -> Tensor:
+    """Attention rollout, written out: one (B, heads, T, T) per block, first block first -> (B, patches)."""
+    identity = torch.eye(attentions[0].shape[-1])  # (T, T): the residual connection passes each token on
+    joint = identity  # before the first block, every token is only itself
+    for attention in attentions:
+        flow = (FUSIONS[fusion](attention) + identity) / 2  # (B, T, T): half attention, half residual
+        flow = flow / flow.sum(dim=-1, keepdim=True)  # every row is a mix again: it sums to 1
+        joint = flow @ joint  # follow the mixing one block further back towards the input
+    return joint[:, 0, 1:]  # the class token's row, over the patch tokens
+
+
 def all_maps(attentions: list[Tensor], geo: Geometry, discard: float) -> dict[str, Tensor]:
-    """Every map the lesson compares, each (B, patches): single blocks' class-token rows and rollouts."""
+    """Every map the lesson compares, each (B, patches): single blocks' class-token rows and rollouts.
+
+    Asserts that vitlab's `rollout` equals `rollout_by_hand` for every fusion.
+    """
     maps = {f"block {b + 1} only": cls_attention(a, geo).mean(dim=1).flatten(1) for b, a in enumerate(attentions)}
-    for fusion in ("mean", "max", "min"):
-        maps[f"rollout {fusion}"] = rollout(attentions, head_fusion=fusion)
+    for fusion in FUSIONS:
+        maps[f"rollout {fusion}"] = rollout_by_hand(attentions, fusion)
+        torch.testing.assert_close(
+            rollout(attentions, head_fusion=fusion), maps[f"rollout {fusion}"],
+            msg=lambda why, fusion=fusion: f"vitlab.attention.rollout ({fusion} fusion) differs from the lesson's "
+                                           f"rollout_by_hand: {why}")
     maps[f"rollout max, discard {discard:.0%}"] = rollout(attentions, head_fusion="max", discard_ratio=discard)
     return maps
 
@@ -98,10 +117,9 @@ def figure_scores(scores: dict[str, tuple[float, float]], random: tuple[float, f
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+    args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
         "--discard", type=float, default=0.9, metavar="RATIO",
         help="share of each row's weakest attention weights to drop, for the last rollout (default: 0.9)"))
-    subject = load_subject(args)
     model, geo = subject.model, geometry(subject.model)
 
     shown = subject.pick(4)
@@ -111,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     maps_figure = figure_maps(inputs, all_maps(captured.attentions, geo, args.discard), geo,
                               f"{subject.name}: one block's class-token attention vs rollout (heads averaged in "
                               f"single blocks; each map scaled to its own maximum)")
+    explain("Asserted: the lesson's rollout_by_hand (ten lines) equals vitlab.attention.rollout for mean, max and "
+            "min fusion.")
 
     measured = subject.examples.take(500 if subject.small else 16)
     if measured.masks is None:
@@ -122,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _, captured = capture_forward(model, subject.inputs(measured.images))
     maps = all_maps(captured.attentions, geo, args.discard)
     objects = object_patches(measured.masks, geo)  # (B, patches)
-    random_maps = torch.rand(objects.shape, generator=torch.Generator().manual_seed(0))
-    random = (pointing_game(random_maps, objects), attention_mass_ratio(random_maps, objects))
+    baseline = random_maps(objects.shape)  # (B, patches), seeded: the same on every run
+    random = (pointing_game(baseline, objects), attention_mass_ratio(baseline, objects))
     scores = {name: (pointing_game(m, objects), attention_mass_ratio(m, objects)) for name, m in maps.items()}
 
     explain(f"""

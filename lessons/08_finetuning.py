@@ -32,22 +32,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import nn
 
-from _common import dataset_on_disk, explain, parse_args, print_questions, run_lesson, save, use_threads
 from vitlab import finetune
 from vitlab.checkpoint import load_checkpoint
-from vitlab.demo import default_cache_dir, load_demo_model
-from vitlab.errors import VitlabError
+from vitlab.data import load_dataset
+from vitlab.errors import DataUnavailableError, VitlabError
+from vitlab.lesson import demo_run, explain, parse_args, print_questions, run_lesson, save, use_threads
 from vitlab.model import build_model, count_parameters
 from vitlab.plotting import plot_curves
 
@@ -104,6 +101,15 @@ def with_fresh_head(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
+def dataset_on_disk(name: str, data_dir: str) -> bool:
+    """Whether `load_dataset(name, data_dir)` works without downloading anything."""
+    try:
+        load_dataset(name, data_dir, download=False, progress=False)
+    except DataUnavailableError:
+        return False
+    return True
+
+
 def refuse_vit_b_16_on_shapes(arch: str, dataset: str) -> None:
     """vitlab.finetune ends every shapes run by scoring attention against the object masks, and it compares the
     stored 32x32 masks with the model's patches: for ViT-B/16 (224x224 input) that fails after training."""
@@ -116,7 +122,7 @@ def refuse_vit_b_16_on_shapes(arch: str, dataset: str) -> None:
 def finetune_plan(args, run_dir: Path) -> tuple[list[str], str]:
     """The vitlab.finetune command line for this mode, and a description of it."""
     if args.checkpoint is not None:
-        checkpoint = load_checkpoint(args.checkpoint)
+        checkpoint = load_checkpoint(args.checkpoint, purpose="study")
         config = checkpoint["config"]
         data_dir = args.data_dir or config["data_dir"]
         if config["dataset"] != "shapes" and not dataset_on_disk(config["dataset"], data_dir):
@@ -133,8 +139,8 @@ def finetune_plan(args, run_dir: Path) -> tuple[list[str], str]:
         refuse_vit_b_16_on_shapes("vit_b_16", "cifar100" if dataset_on_disk("cifar100", data_dir) else "shapes")
         argv = ["--arch", "vit_b_16", "--dataset", "cifar100", "--data-dir", data_dir, *LARGE_RUN]
         return argv, "ImageNet ViT-B/16 with a fresh head, on 64 CIFAR-100 images"
-    load_demo_model()  # trains the shared demo model on first use
-    demo_weights = load_checkpoint(default_cache_dir() / "demo" / "best.pt")["model"]
+    _, _, demo_best = demo_run()  # trains the shared demo model on first use
+    demo_weights = load_checkpoint(demo_best)["model"]
     start = with_fresh_head(demo_weights, run_dir.parent / "start_weights.pt")
     argv = ["--arch", "vit_tiny", "--dataset", "shapes", "--pretrained", str(start), *SMALL_RUN]
     return argv, "the demo vit_tiny's trained body with a fresh head, on 256 shapes images"

@@ -32,21 +32,17 @@ Questions:
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
-from _common import Subject, explain, load_subject, parse_args, print_questions, run_lesson, save
 from vitlab.attention import cls_attention
 from vitlab.capture import capture_forward, geometry
 from vitlab.errors import VitlabError
+from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
 from vitlab.model import count_parameters, freeze_all_but_last
 from vitlab.plotting import draw_overlay
 from vitlab.train import RECIPES, make_criterion, make_optimizer, train_step
@@ -77,8 +73,8 @@ def fine_tune(subject: Subject, trainable_blocks: int, images: Tensor, batch_siz
     order = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         shuffled = torch.randperm(len(images), generator=order)
-        for start in range(0, len(images), batch_size):
-            index = shuffled[start : start + batch_size]
+        for first in range(0, len(images), batch_size):
+            index = shuffled[first : first + batch_size]
             train_step(model, images[index], labels[index], transform, optimizer, criterion)
     return model.eval()
 
@@ -133,9 +129,8 @@ def figure_before_after(images: Tensor, before: Tensor, after: Tensor, titles: l
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+    args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
         "--trainable-blocks", type=int, default=2, metavar="N", help="how many last blocks train (default: 2)"))
-    subject = load_subject(args)
     geo = geometry(subject.model)
     num_blocks = len(subject.model.encoder.layers)
     if not 1 <= args.trainable_blocks < num_blocks:

@@ -3,7 +3,8 @@
 Two different questions. First: does the attention map land on the object? The shapes come with exact object
 masks, so we can score attention rollout: the pointing game (is the map's maximum on an object patch?) and the
 attention mass ratio (the map's share on the object divided by the object's share of the image; 1.0 = chance),
-each against a random map.
+each against a random map. Both are three lines each (`pointing_by_hand`, `mass_ratio_by_hand`), asserted equal
+to vitlab's.
 
 Second: does the model use those patches? Landing on the object is not the same as needing it. A perturbation
 test asks the model: remove patches (paint them with the image's mean colour), most-attended first, and watch the
@@ -29,11 +30,7 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 from einops import repeat
@@ -41,9 +38,10 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from _common import Subject, explain, load_subject, object_patches, parse_args, print_questions, run_lesson, save
 from vitlab.attention import attention_mass_ratio, pointing_game, rollout
 from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
+from vitlab.localization import object_patches, random_maps
 from vitlab.plotting import draw_overlay
 
 FIGURES = ("localization_scores.png", "perturbation_curve.png", "perturbed_examples.png")
@@ -137,36 +135,57 @@ def figure_examples(model: VisionTransformer, subject: Subject, image: Tensor, o
     return fig
 
 
-@run_lesson
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv)
-    subject = load_subject(args)
-    model, geo = subject.model, geometry(subject.model)
+def pointing_by_hand(maps: Tensor, objects: Tensor) -> float:
+    """The pointing game, written out: the share of maps (B, patches) whose hottest patch is an object patch."""
+    hottest = maps.argmax(dim=1)  # (B,): the patch each map points at
+    return objects[torch.arange(len(maps)), hottest].float().mean().item()
 
-    # 1. Does the map land on the object? (shapes only: they have masks)
+
+def mass_ratio_by_hand(maps: Tensor, objects: Tensor) -> Tensor:
+    """Attention mass ratio per image, written out: (B, patches) maps and bool objects -> (B,); 1.0 = chance."""
+    on_object = (maps * objects).sum(dim=1) / maps.sum(dim=1)  # (B,): share of the map's mass on the object
+    return on_object / objects.float().mean(dim=1)  # divided by the object's share of the patches
+
+
+def score_localization(subject: Subject, geo: Geometry, out: str) -> None:
+    """Part 1: does rollout land on the object? Pointing game and mass ratio against a random map (shapes only).
+
+    Asserts that vitlab's `pointing_game` and `attention_mass_ratio` equal the lesson's versions.
+    """
     scored = subject.examples.take(500 if subject.small else 16)
     if scored.masks is None:
         print("  (no localization_scores.png: these images have no object masks; the shapes do)\n")
-    else:
-        with torch.no_grad():
-            _, captured = capture_forward(model, subject.inputs(scored.images))
-        maps = rollout(captured.attentions)  # (B, patches)
-        objects = object_patches(scored.masks, geo)  # (B, patches)
-        random_maps = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
-        candidates = {"rollout": maps, "random map": random_maps}
-        pointing = {name: pointing_game(m, objects) for name, m in candidates.items()}
-        mass = {name: attention_mass_ratio(m, objects) for name, m in candidates.items()}
-        per_image = {name: torch.tensor([attention_mass_ratio(m[i : i + 1], objects[i : i + 1])
-                                         for i in range(len(m))])
-                     for name, m in candidates.items()}
-        explain(f"""
-            Model: {subject.name}, {len(scored)} test images; objects cover on average
-            {100 * objects.float().mean():.0f}% of the patches. Attention rollout: pointing game
-            {100 * pointing['rollout']:.0f}% (random map {100 * pointing['random map']:.0f}%), attention mass
-            ratio {mass['rollout']:.2f} (random map {mass['random map']:.2f}; 1.0 = chance).
-        """)
-        save(figure_localization(per_image, pointing, f"{subject.name}: does attention rollout land on the object? "
-                                 f"({len(scored)} test images)"), args.out, FIGURES[0])
+        return
+    with torch.no_grad():
+        _, captured = capture_forward(subject.model, subject.inputs(scored.images))
+    objects = object_patches(scored.masks, geo)  # (B, patches)
+    candidates = {"rollout": rollout(captured.attentions), "random map": random_maps(objects.shape)}
+    pointing = {name: pointing_by_hand(m, objects) for name, m in candidates.items()}
+    per_image = {name: mass_ratio_by_hand(m, objects) for name, m in candidates.items()}  # each (B,)
+    mass = {name: ratios.mean().item() for name, ratios in per_image.items()}
+    for name, m in candidates.items():
+        torch.testing.assert_close(pointing_game(m, objects), pointing[name],
+                                   msg=lambda why: f"vitlab.attention.pointing_game differs from the lesson's: {why}")
+        torch.testing.assert_close(attention_mass_ratio(m, objects), mass[name], msg=lambda why: (
+            f"vitlab.attention.attention_mass_ratio differs from the lesson's: {why}"))
+    explain(f"""
+        Model: {subject.name}, {len(scored)} test images; objects cover on average
+        {100 * objects.float().mean():.0f}% of the patches. Attention rollout: pointing game
+        {100 * pointing['rollout']:.0f}% (random map {100 * pointing['random map']:.0f}%), attention mass
+        ratio {mass['rollout']:.2f} (random map {mass['random map']:.2f}; 1.0 = chance). Asserted: the lesson's
+        pointing_by_hand and mass_ratio_by_hand equal vitlab's pointing_game and attention_mass_ratio.
+    """)
+    save(figure_localization(per_image, pointing, f"{subject.name}: does attention rollout land on the object? "
+                             f"({len(scored)} test images)"), out, FIGURES[0])
+
+
+@run_lesson
+def main(argv: Sequence[str] | None = None) -> int:
+    args, subject = start(__file__, __doc__, argv)
+    model, geo = subject.model, geometry(subject.model)
+
+    # 1. Does the map land on the object? (shapes only: they have masks)
+    score_localization(subject, geo, args.out)
 
     # 2. Does the model need the attended patches? Remove them and watch the predictions.
     tested = subject.examples.take(200 if subject.small else 8)

@@ -4,7 +4,8 @@ Rollout (lesson 7) answers one question per image, whatever class you care about
 weights. Gradient-weighted attention (Chefer, Gur & Wolf, 2021) asks a class: it weights each block's attention
 by the gradient of that class's logit with respect to it, keeps the positive part (attention that raised the
 score), averages the heads and accumulates through the blocks like rollout. Asking for the predicted class shows
-the evidence for it; asking for another class shows what, if anything, spoke for that one.
+the evidence for it; asking for another class shows what, if anything, spoke for that one. The lesson writes it
+out in a dozen lines (`relevance_by_hand`) and asserts that vitlab's `gradient_weighted_attention` equals it.
 
 The lesson draws both next to rollout, and measures how class-specific the maps are (the cosine similarity of
 the two classes' maps; rollout's would be exactly 1) and, on the shapes, how much of each lands on the object.
@@ -30,27 +31,25 @@ Questions:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # find lessons/_common.py, however we were started
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from matplotlib.figure import Figure
 from torch import Tensor
+from torchvision.models import VisionTransformer
 
-from _common import Subject, explain, load_subject, object_patches, parse_args, print_questions, run_lesson, save
 from vitlab.attention import (
     attention_mass_ratio,
     gradient_weighted_attention,
     pointing_game,
     rollout,
 )
-from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.capture import Geometry, capture, capture_forward, geometry
 from vitlab.errors import VitlabError
+from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
+from vitlab.localization import object_patches, random_maps
 from vitlab.plotting import draw_overlay
 
 FIGURES = ("class_specific_maps.png", "class_specific_scores.png")
@@ -63,16 +62,38 @@ def other_classes(logits: Tensor, other: int | None) -> Tensor:
     return logits.topk(2, dim=-1).indices[:, 1]
 
 
+def relevance_by_hand(model: VisionTransformer, inputs: Tensor, target: Tensor) -> Tensor:
+    """Gradient-weighted attention (Chefer et al. 2021), written out: inputs (B, 3, S, S), target (B,) -> (B, patches).
+
+    R = I; for each block, R = R + mean over heads of clamp(dA * A, min=0) @ R, with dA = d logit[target] / d A.
+    """
+    with torch.enable_grad(), capture(model) as captured:
+        logits = model(inputs)  # (B, classes)
+    score = logits.gather(1, target[:, None]).sum()  # each image's logit for its target class, summed
+    gradients = torch.autograd.grad(score, captured.attentions)  # d score / d A: one (B, heads, T, T) per block
+    relevance = torch.eye(captured.geometry.num_tokens)  # (T, T): before the first block, each token is itself
+    for attention, gradient in zip(captured.attentions, gradients, strict=True):
+        raised = (gradient * attention.detach()).clamp(min=0)  # (B, heads, T, T): attention that raised the logit
+        relevance = relevance + raised.mean(dim=1) @ relevance  # (B, T, T): accumulate, like rollout
+    return relevance[:, 0, 1:]  # the class token's row, over the patch tokens
+
+
 def explain_maps(subject: Subject, inputs: Tensor, other: int | None) -> dict[str, tuple[Tensor, Tensor]]:
-    """{"rollout" / "predicted class" / "other class": (maps (B, patches), class per image (B,))}."""
+    """{"rollout" / "predicted class" / "other class": (maps (B, patches), class per image (B,))}.
+
+    Asserts that vitlab's `gradient_weighted_attention` equals `relevance_by_hand` for both classes.
+    """
     model = subject.model
     with torch.no_grad():
         logits, captured = capture_forward(model, inputs)
     predicted = logits.argmax(dim=-1)
-    contrast = other_classes(logits, other)
-    return {"rollout": (rollout(captured.attentions), predicted),
-            "predicted class": gradient_weighted_attention(model, inputs, predicted),
-            "other class": gradient_weighted_attention(model, inputs, contrast)}
+    maps = {"rollout": (rollout(captured.attentions), predicted)}
+    for name, target in (("predicted class", predicted), ("other class", other_classes(logits, other))):
+        maps[name] = (relevance_by_hand(model, inputs, target), target)
+        torch.testing.assert_close(
+            gradient_weighted_attention(model, inputs, target)[0], maps[name][0],
+            msg=lambda why: f"vitlab.attention.gradient_weighted_attention differs from relevance_by_hand: {why}")
+    return maps
 
 
 def figure_maps(images: Tensor, maps: dict[str, tuple[Tensor, Tensor]], subject: Subject, geo: Geometry,
@@ -118,10 +139,9 @@ def figure_scores(similarity: Tensor, totals: dict[str, float], ratios: dict[str
 
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(__file__, __doc__, argv, lambda p: p.add_argument(
+    args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
         "--other", metavar="CLASS", default=None,
         help="the class to contrast with the prediction (default: each image's runner-up)"))
-    subject = load_subject(args)
     geo = geometry(subject.model)
     other = None
     if args.other is not None:
@@ -147,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {similarity.mean():.2f}, lowest {similarity.min():.2f} (rollout gives one map for every class:
         similarity 1). Mean total relevance: predicted class {totals['predicted class']:.2f}, other class
         {totals['other class']:.2f}: the maps say where each class's logit was pushed up, not which class won.
+        Asserted: the lesson's relevance_by_hand equals vitlab.attention.gradient_weighted_attention.
     """)
     if not relevance.any():
         explain("""
@@ -156,9 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratios = None
     if measured.masks is not None:
         objects = object_patches(measured.masks, geo)  # (B, patches)
-        random_maps = torch.rand(objects.shape, generator=torch.Generator().manual_seed(0))
         ratios = {name: attention_mass_ratio(flat, objects) for name, (flat, _) in maps.items()}
-        ratios["random map"] = attention_mass_ratio(random_maps, objects)
+        ratios["random map"] = attention_mass_ratio(random_maps(objects.shape), objects)
         pointing = {name: pointing_game(flat, objects) for name, (flat, _) in maps.items()}
         print("\n".join(f"  {name:<16} mass ratio {ratios[name]:5.2f}" +
                         (f"   pointing game {pointing[name]:4.2f}" if name in pointing else "")

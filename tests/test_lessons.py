@@ -59,10 +59,12 @@ def test_the_course_has_its_eleven_lessons_in_order():
 def test_importing_a_lesson_runs_nothing(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)  # a lesson that ran on import would write lesson_outputs/ here
     threads = torch.get_num_threads()
+    search_path = list(sys.path)
     lesson = load_lesson(path)
 
     assert list(tmp_path.iterdir()) == []
     assert torch.get_num_threads() == threads
+    assert sys.path == search_path  # lessons import vitlab.lesson like any module: no sys.path insert
     assert callable(lesson.main)
     assert lesson.FIGURES and all(name.endswith(".png") for name in lesson.FIGURES)
     doc = lesson.__doc__
@@ -132,6 +134,33 @@ def test_lesson_1_fails_loudly_when_the_patches_are_flattened_in_the_wrong_order
     monkeypatch.setattr(lesson, "patchify", channels_last)
 
     with pytest.raises(AssertionError, match="does NOT equal torchvision's conv_proj"):
+        lesson.main(["--out", str(tmp_path)])
+
+
+def _forgets_the_last_block(real):
+    return lambda attentions, head_fusion="mean", **options: real(attentions[:-1], head_fusion, **options)
+
+
+# A lesson that writes its algorithm out asserts that vitlab's function equals it: break vitlab's, and it says so.
+BROKEN_VITLAB = {
+    "03": ("position_embedding_similarity", lambda real: lambda model: 0.5 * real(model)),
+    "06": ("mean_attention_distance", lambda real: lambda attentions, patch_size: real(attentions, patch_size) + 1),
+    "07": ("rollout", _forgets_the_last_block),
+    "10": ("pointing_game", lambda real: lambda maps, objects: real(-maps, objects)),  # points at the coldest patch
+    "11": ("gradient_weighted_attention",  # explains the wrong class
+           lambda real: lambda model, images, target: real(model, images, (target + 1) % 4)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", sorted(BROKEN_VITLAB))
+def test_a_lesson_fails_loudly_when_vitlab_differs_from_its_algorithm(prefix: str, demo_cache: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    lesson = load_lesson(lesson_file(prefix))
+    name, breaks = BROKEN_VITLAB[prefix]
+    monkeypatch.setattr(lesson, name, breaks(getattr(lesson, name)))
+
+    with pytest.raises(AssertionError, match=f"vitlab.attention.{name} .*differs from"):
         lesson.main(["--out", str(tmp_path)])
 
 
