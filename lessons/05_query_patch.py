@@ -37,7 +37,7 @@ from vitlab.capture import Geometry, capture_forward, geometry
 from vitlab.errors import VitlabError
 from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.localization import masks_at, object_patches
-from vitlab.plotting import draw_overlay
+from vitlab.plotting import draw_overlay, style_depth_axes
 
 FIGURES = ("query_patch_by_block.png", "query_distance_by_block.png")
 
@@ -128,10 +128,7 @@ def figure_measures(distances: dict[str, Tensor], uniform: dict[str, float], on_
             reference = uniform[name] if scale == 1.0 else 100 * object_share
             ax.axhline(reference, color=line.get_color(), linestyle="--", linewidth=1,
                        label=f"{name}: uniform attention")
-        ax.set(xlabel="encoder block (depth)", ylabel=ylabel)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        style_depth_axes(ax, ylabel)
     return fig
 
 

@@ -39,7 +39,7 @@ from torchvision.models import VisionTransformer
 from vitlab.attention import mean_attention_distance, patch_distances
 from vitlab.capture import capture_forward, geometry
 from vitlab.lesson import explain, print_questions, run_lesson, save, start
-from vitlab.plotting import plot_mean_distance
+from vitlab.plotting import plot_mean_distance, style_depth_axes
 
 FIGURES = ("attention_distance.png", "attention_distance_range.png")
 LOCAL_SHARE = 0.5  # a head is "local" when it looks less than half as far as uniform attention would
@@ -99,11 +99,8 @@ def figure_range(trained: Tensor, random: Tensor, uniform: float, title: str) ->
         ax.fill_between(blocks, values.amin(dim=1).numpy(), values.amax(dim=1).numpy(), color=line.get_color(),
                         alpha=0.2, label=f"{label}: most local to most global head")
     ax.axhline(uniform, color="grey", linestyle="--", label="uniform attention")
-    ax.set(xlabel="encoder block (depth)", ylabel="mean attention distance (pixels)", title=title,
-           ylim=(0, 1.15 * max(uniform, trained.max().item(), random.max().item())))
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    style_depth_axes(ax, "mean attention distance (pixels)", title=title,
+                     ylim=(0, 1.15 * max(uniform, trained.max().item(), random.max().item())))
     return fig
 
 

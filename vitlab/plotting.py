@@ -176,6 +176,17 @@ def plot_filter_components(components: Tensor, explained: Tensor) -> Figure:
     return fig
 
 
+def style_depth_axes(ax: Axes, ylabel: str, **settings) -> None:
+    """A by-depth line plot's axes: encoder blocks on x (whole numbers), `ylabel` on y, a light grid, a legend.
+
+    `settings` go to `ax.set` (title, ylim, ...).
+    """
+    ax.set(xlabel="encoder block (depth)", ylabel=ylabel, **settings)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a figure as PNG, creating the folder, and return the path."""
     path = Path(path)
