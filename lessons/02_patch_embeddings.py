@@ -5,10 +5,11 @@ Lesson 1 showed that the patch embedding is one matrix: each of its rows (one pe
 model uses to describe a patch, as in the ViT paper's Figure 7 (left), where ViT-B/16's components look like
 smooth colour blobs and low-frequency stripes.
 
-A model trained briefly from scratch, like the demo vit_tiny, still carries most of its random initialisation in
-these filters, and random filters have no preferred directions. So for a vitlab run the lesson also rebuilds the
-exact starting point (vitlab.finetune seeds torch with the run's seed right before building the model) and
-analyses what training added: the change W_trained - W_init. That change is where the structure is.
+A small model trained briefly still carries much of its random initialisation in these filters, and random
+filters have no preferred directions. So the lesson also rebuilds the exact starting point (vitlab.finetune and
+vitlab.pretrain seed torch right before building the model) and analyses what training added: the change
+W_trained - W_init. For the demo model, whose filters are the shipped base's (frozen while fine-tuning), that is
+what five minutes of masked-patch pretraining on generated fractals put there.
 
 Builds on: vitlab/attention.py (`patch_filter_components`), vitlab/model.py (`build_model`),
 vitlab/plotting.py (`plot_filter_components`).
@@ -25,8 +26,8 @@ Questions:
    separates a bright shape from a dark, noisy background?
 3. The demo model's patches are 4x4 pixels, 48 numbers. How many principal components can its 64 filters have?
    And ViT-B/16's 768 filters of 16x16x3?
-4. The demo filters moved only about a tenth of their size away from their initialisation (the lesson prints the
-   number), yet the model is over 99% accurate. How can so small a change matter so much?
+4. The demo's filters were learned on fractals and never saw a shape, yet the model is about 99% accurate on the
+   shapes. What must a patch filter measure to be useful for both?
 """
 
 from __future__ import annotations
@@ -43,22 +44,28 @@ from vitlab.attention import patch_filter_components
 from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
 from vitlab.model import build_model
 from vitlab.plotting import plot_filter_components
+from vitlab.shipped import shipped_card
 
 FIGURES = ("filter_components.png", "training_change_components.png", "explained_variance.png")
 
 
-def initial_filters(subject: Subject) -> Tensor | None:
-    """conv_proj's weights before training, rebuilt from the run's seed; None for the ImageNet model.
+def initial_filters(subject: Subject) -> tuple[Tensor, str] | None:
+    """conv_proj's weights before any training, and where they came from; None when that is not known here.
 
-    vitlab.finetune calls torch.manual_seed(seed) and then build_model(...): doing the same gives the same
-    random initialisation (for a model trained from scratch).
+    vitlab.finetune and vitlab.pretrain both call torch.manual_seed(seed) and then build_model(...): doing the same
+    gives the same random initialisation. For a run on the shipped base, the base's own pretraining (its card's
+    seed) is where the filters started: fine-tuning froze them.
     """
     config = subject.run_config
-    if config is None or config.get("pretrained") not in (None, "none") or config["arch"] != "vit_tiny":
+    if config is None or config["arch"] != "vit_tiny" or config.get("pretrained") not in (None, "none", "fractal"):
         return None
-    torch.manual_seed(config["seed"])
+    seed, where = config["seed"], f"the run started from seed {config['seed']}"
+    if config.get("pretrained") == "fractal":
+        seed = shipped_card()["config"]["seed"]
+        where = f"the shipped base's fractal pretraining (vitlab.pretrain) started from seed {seed}"
+    torch.manual_seed(seed)
     model = build_model(config["arch"], num_classes=len(subject.classes), pretrained=False)
-    return model.conv_proj.weight.detach()
+    return model.conv_proj.weight.detach(), where
 
 
 def components_of(model: VisionTransformer, filters: Tensor, count: int) -> tuple[Tensor, Tensor]:
@@ -102,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """)
     save(plot_filter_components(components, explained), args.out, FIGURES[0])
 
-    initial = initial_filters(subject)
+    start_point = initial_filters(subject)
+    initial, where = start_point if start_point is not None else (None, "")
     if initial is not None and (trained - initial).norm() > initial.norm():
         initial = None  # moved more than its own size: this is not the run's starting point after all
     if initial is None:
@@ -115,8 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         curves["initial (random) filters"] = initial_all
         curves["what training changed"] = change_all
         explain(f"""
-            The run started from seed {subject.run_config['seed']}; rebuilding that initialisation shows training
-            moved the filters by {100 * change.norm() / initial.norm():.0f}% of their size. First {top}
+            Where the filters started: {where}. Rebuilding that initialisation shows training moved the
+            filters by {100 * change.norm() / initial.norm():.0f}% of their size. First {top}
             components: initial random filters {100 * initial_all[:top].sum():.0f}%, trained filters
             {100 * trained_all[:top].sum():.0f}%, the change W_trained - W_init {100 * change_all[:top].sum():.0f}%.
             Where the change is concentrated, training moved all filters along a few shared directions: those are

@@ -20,8 +20,8 @@ Figures: attention_distance.png (one dot per head and block, as in the paper), a
 Questions:
 1. Uniform attention over ViT-B/16's 14x14 grid gives about 116 px, over the demo's 8x8 grid about 16.5 px. Why
    is the maximum possible value not the image's diagonal?
-2. Do your model's early blocks have local heads? If the demo model has fewer than ViT-B/16, which differences
-   between the two (data, image size, training time, number of heads) could explain it?
+2. The demo's base learned its local heads from fractals, by filling in hidden patches. Why would that task need
+   heads that look nearby, and why would classifying an image not (vitlab tried both: BENCHMARKS.md)?
 3. A randomly initialised model's heads sit near the uniform value. Why does random attention look "global"?
 4. The paper reports that ViT models pre-trained on more data have more local heads in early blocks. Why might a
    model learn to imitate a convolution when nobody built one in?
@@ -40,6 +40,7 @@ from vitlab.attention import mean_attention_distance, patch_distances
 from vitlab.capture import capture_forward, geometry
 from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import plot_mean_distance, style_depth_axes
+from vitlab.shipped import shipped_card
 
 FIGURES = ("attention_distance.png", "attention_distance_range.png")
 LOCAL_SHARE = 0.5  # a head is "local" when it looks less than half as far as uniform attention would
@@ -104,6 +105,21 @@ def figure_range(trained: Tensor, random: Tensor, uniform: float, title: str) ->
     return fig
 
 
+def explain_demo_base(trained: Tensor, uniform: float) -> None:
+    """Where the demo's local heads come from: the shipped base's pretraining, with the numbers on its card."""
+    card = shipped_card()["metrics"]
+    explain(f"""
+        Where they come from: the demo model's first 2 blocks are vitlab's shipped base, frozen, pretrained for
+        five minutes on generated fractals by predicting hidden patches from their neighbours (vitlab.pretrain).
+        Its card, measured on these shapes after pretraining: the most local head of block 1 at
+        {card['first_block_min_distance_ratio']:.2f}x uniform, the last block's heads at
+        {card['last_block_mean_distance_ratio']:.2f}x on average. Here, after fine-tuning the last 2 blocks on
+        the shapes: block 1's most local head at {trained[0].min() / uniform:.2f}x, the last block at
+        {trained[-1].mean() / uniform:.2f}x. Compare the random initialisation beside them: local heads are
+        learned, not built in.
+    """)
+
+
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
     args, subject = start(__file__, __doc__, argv)
@@ -131,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             {int(local.sum())} of {local.numel()} heads are local, {int(local[: len(local) // 2].sum())} of them in
             the first half of the blocks: early blocks mix local and global heads, like the paper's Figure 7.
         """)
+        if subject.source == "demo":
+            explain_demo_base(trained, uniform)
     else:
         explain(f"""
             No head of this model is local: every head, in every block, averages within

@@ -4,7 +4,9 @@ Lesson 8 froze all but the last blocks and trained. What does that do to attenti
 demo model itself, in seconds, on a new task: "is the image warm or cool?", that is, is its mean red above its
 mean blue. The old task needed the shape, the new one needs colour. A fresh 2-class head and the last 2 blocks
 train; everything else is frozen.
-Then it runs the model before and after on the same images and compares every block's attention.
+Then it runs the model before and after on the same images and compares every block's attention. For the demo
+model it then makes the same comparison for the fine-tune that made it: the shipped fractal-pretrained base
+against the demo model, whose last 2 blocks were fine-tuned on the shapes.
 
 What must happen: a frozen block computes with the same weights on the same input, so its attention is
 bit-for-bit identical, and the lesson asserts that with `torch.equal` (it fails loudly if not). The first
@@ -16,7 +18,8 @@ Builds on: vitlab/model.py (`freeze_all_but_last`, `count_parameters`), vitlab/t
 
 Run: python lessons/09_what_finetuning_changed.py [--trainable-blocks N] [--arch vit_b_16 | --checkpoint PATH]
 Figures: attention_change_per_block.png (mean absolute change of the attention probabilities, per block),
-before_after.png (the last block's class-token attention before and after, on the same images).
+before_after.png (the last block's class-token attention before and after, on the same images), and for the demo
+model base_vs_demo.png: the same change between vitlab's shipped pretrained base and the demo fine-tuned from it.
 
 Questions:
 1. Why is "identical" the right expectation for frozen blocks, and not merely "very close"? What could make it
@@ -43,11 +46,12 @@ from vitlab.attention import cls_attention
 from vitlab.capture import capture_forward, geometry
 from vitlab.errors import VitlabError
 from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
-from vitlab.model import count_parameters, freeze_all_but_last
+from vitlab.model import build_model, count_parameters, freeze_all_but_last
 from vitlab.plotting import draw_overlay
+from vitlab.structure import distance_ratios
 from vitlab.train import RECIPES, make_criterion, make_optimizer, train_step
 
-FIGURES = ("attention_change_per_block.png", "before_after.png")
+FIGURES = ("attention_change_per_block.png", "before_after.png", "base_vs_demo.png")
 TASK = ("cool", "warm")  # the new task's classes
 
 
@@ -127,6 +131,30 @@ def figure_before_after(images: Tensor, before: Tensor, after: Tensor, titles: l
     return fig
 
 
+def compare_with_base(subject: Subject, inputs: Tensor, out: str) -> None:
+    """The demo model against the shipped base it was fine-tuned from: the same check, for the real fine-tune."""
+    config = subject.run_config or {}
+    if subject.source != "demo" or config.get("pretrained") != "fractal":
+        return
+    base = build_model("vit_tiny", num_classes=len(subject.classes), pretrained=True, trainable_blocks=0).eval()
+    frozen = len(base.encoder.layers) - config["trainable_blocks"]
+    with torch.no_grad():
+        _, before = capture_forward(base, inputs)
+        _, after = capture_forward(subject.model, inputs)
+    check_frozen_blocks_identical(before.attentions, after.attentions, frozen)
+    change = torch.stack([(a - b).abs().mean() for a, b in zip(after.attentions, before.attentions, strict=True)])
+    ratios = [distance_ratios(model, inputs).mean(dim=1) for model in (base, subject.model)]  # (blocks,) each
+    explain(f"""
+        The demo model itself is a fine-tune: vitlab's shipped base (pretrained on generated fractals), with its
+        last {config['trainable_blocks']} blocks and a new head trained on the shapes. The same comparison, base
+        against demo, on the same {len(inputs)} images. Asserted: blocks 1 to {frozen} are identical.
+    """)
+    print("\n".join(f"  block {b + 1}: change {change[b]:.2e}, mean attention distance {ratios[0][b]:.2f}x "
+                    f"uniform in the base, {ratios[1][b]:.2f}x after fine-tuning" for b in range(len(change))))
+    print()
+    save(figure_change(change, frozen, f"{subject.name}: attention change from the shipped base"), out, FIGURES[2])
+
+
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
     args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
@@ -184,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save(figure_before_after(shown_inputs, maps_before, maps_after, titles,
                              f"{subject.name}: class-token attention in block {num_blocks} (heads averaged),\n"
                              f"before and after fine-tuning for 'warm or cool?'"), args.out, FIGURES[1])
+    compare_with_base(subject, inputs, args.out)
     print_questions(__doc__)
     return 0
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from vitlab import bench
+from vitlab.bench import transfer
 from vitlab.bench.baseline import (
     NotebookDataset,
     notebook_eval_steps,
@@ -267,3 +268,23 @@ def test_main_runs_selected_rows_and_writes_json(tmp_path, capsys) -> None:
 def test_main_refuses_unknown_rows(capsys) -> None:
     assert bench.main(["--rows", "nonsense"]) == 2
     assert "Choose from" in capsys.readouterr().err
+
+
+def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def fake_run(config):  # record what each side asked for; the pretrained side scores higher on seed 1 only
+        seen.append(config)
+        better = config.pretrained == "fractal" and config.seed == 1
+        return {"test_acc": 0.9 if better else 0.5}
+
+    monkeypatch.setattr(transfer.finetune, "run", fake_run)
+    row = transfer.bench_transfer(tiny(), seeds=(1, 2), variants={"few": {"subset": 64}})
+    pretrained = [c for c in seen if c.pretrained == "fractal"]
+    scratch = [c for c in seen if c.pretrained == "none"]
+    assert len(pretrained) == len(scratch) == 2
+    assert all(c.trainable_blocks == 2 and c.cache_trunk and c.subset == 64 for c in pretrained)
+    assert all(c.trainable_blocks == 4 and not c.cache_trunk and c.lr == 1e-3 for c in scratch)
+    assert all(a.epochs == b.epochs for a, b in zip(pretrained, scratch, strict=True))  # same epochs on both sides
+    assert row["wins"] == {"few": 1} and row["met"] is False  # seed 2 is a tie, not a win
+    assert row["table"]["few"]["1"]["pretrained"]["test_acc"] == 0.9

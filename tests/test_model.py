@@ -23,6 +23,7 @@ from vitlab.model import (
     load_state_dict_file,
     weights_cache_file,
 )
+from vitlab.shipped import shipped_base_file
 
 VIT_B_16_FILE = "vit_b_16-c867db91.pth"
 
@@ -152,9 +153,11 @@ def test_unknown_arch_lists_the_choices():
     assert set(ARCHS) == {"vit_b_16", "vit_tiny"}
 
 
-def test_vit_tiny_has_no_pretrained_weights(no_network: list[str]):
-    with pytest.raises(VitlabError, match="pretrained=PATH"):
-        build_model("vit_tiny", num_classes=4, pretrained=True)
+def test_vit_tiny_pretrained_is_the_shipped_base_never_the_network(no_network: list[str]):
+    model = build_model("vit_tiny", num_classes=4, pretrained=True)
+    shipped = torch.load(shipped_base_file(), weights_only=True)["model"]
+    assert torch.equal(model.encoder.pos_embedding, shipped["encoder.pos_embedding"])
+    assert model.heads.head.out_features == 4  # the base has no head: a fresh one for the task
     assert no_network == []
 
 

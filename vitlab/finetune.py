@@ -109,7 +109,7 @@ def _refuse_early(config: FinetuneConfig, process: distributed.Process) -> None:
 def _build_model(config: FinetuneConfig, splits: DataSplits, checkpoint: dict | None,
                  progress: bool) -> VisionTransformer:
     """The model with its start weights (the checkpoint's when resuming) and all but the last blocks frozen."""
-    weights = {"imagenet": True, "none": False}.get(config.pretrained, config.pretrained)
+    weights = {"imagenet": True, "fractal": True, "none": False}.get(config.pretrained, config.pretrained)
     model = build_model(config.arch, splits.num_classes, pretrained=weights,
                         trainable_blocks=config.trainable_blocks, progress=progress)
     if checkpoint is not None:

@@ -11,9 +11,10 @@ A lesson's `main` uses four names from here, inside a fifth that wraps it:
         return 0
 
 Which model `start` loads:
-- default: vitlab's demo model, a vit_tiny trained on the synthetic `shapes` (4 classes, 32x32 images, 4x4 patches,
-  an 8x8 grid). It is trained once (about a minute) and cached by `vitlab.demo.load_demo_model`, so no lesson
-  retrains what another already trained. Its examples are shapes test images, which come with object masks.
+- default: vitlab's demo model, the shipped fractal-pretrained vit_tiny with its last 2 blocks and a new head
+  fine-tuned on the synthetic `shapes` (4 classes, 32x32 images, 4x4 patches, an 8x8 grid). It is fine-tuned once
+  (under 30 s) and cached by `vitlab.demo.load_demo_model`, so no lesson retrains what another already trained.
+  Its examples are shapes test images, which come with object masks.
 - `--checkpoint PATH`: the model a vitlab run saved (`best.pt`), on its own dataset's test images.
 - `--arch vit_b_16`: torchvision's ViT-B/16 with its ImageNet weights and ImageNet head (so its predictions are
   ImageNet classes), on CIFAR-100 test images when they are under `--data-dir`, else on shapes images resized to
@@ -202,7 +203,7 @@ def demo_run() -> tuple[VisionTransformer, DataSplits, Path]:
     """The shared demo model (eval mode; trained on first use), the shapes splits it learned, and its best.pt."""
     run_dir = default_cache_dir() / "demo"
     if not (run_dir / "summary.json").is_file():
-        print(f"Training the shared demo model once (about a minute on a laptop CPU); it is cached in {run_dir}.")
+        print(f"Training the shared demo model once (under 30 s on a laptop CPU); it is cached in {run_dir}.")
     model, splits = load_demo_model()
     return model.eval(), splits, run_dir / "best.pt"
 

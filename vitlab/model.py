@@ -1,7 +1,8 @@
 """Building the Vision Transformers vitlab studies: torchvision's ViT-B/16 and a tiny sibling of the same class.
 
 Every model vitlab builds is a `torchvision.models.VisionTransformer`, so one capture code path
-(`vitlab.capture`) serves them all. The recipe is the notebook's: load ImageNet weights, swap the 1000-class head
+(`vitlab.capture`) serves them all. The recipe is the notebook's: load pretrained weights (ImageNet's for ViT-B/16;
+for vit_tiny the base vitlab ships, pretrained offline on generated fractals by `vitlab.pretrain`), swap the head
 for a fresh `Linear(hidden, num_classes)`, freeze everything except the last `trainable_blocks` encoder blocks and
 that head.
 """
@@ -19,12 +20,15 @@ from torch import nn
 from torchvision.models import VisionTransformer, ViT_B_16_Weights, vit_b_16
 
 from vitlab.errors import VitlabError, WeightsUnavailableError
+from vitlab.shipped import shipped_base_file
 
-# The small model for laptops and CI: 32x32 inputs cut into 4x4 patches (an 8x8 grid), a few narrow blocks.
-# An even head count keeps PyTorch's fused inference kernel in play (see vitlab.capture).
+# The small model for laptops and CI: 32x32 inputs cut into 4x4 patches (an 8x8 grid), 4 narrow blocks of 4 heads.
+# An even head count keeps PyTorch's fused inference kernel in play (see vitlab.capture). Small on purpose: its
+# pretraining must fit 30 minutes of a 2-core CPU, and every step it saves is a step more of learning there.
 VIT_TINY_CONFIG = dict(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128)
 
 ARCHS = ("vit_b_16", "vit_tiny")
+PRETRAINED = {"vit_b_16": "imagenet", "vit_tiny": "fractal"}  # the weights `pretrained=True` loads for each arch
 _NUM_BLOCKS = {"vit_b_16": 12, "vit_tiny": VIT_TINY_CONFIG["num_layers"]}  # torchvision's ViT-B/16 has 12 blocks
 
 
@@ -53,8 +57,10 @@ def build_model(
     Args:
         arch: "vit_b_16" (224x224 inputs, 14x14 grid of 16-px patches) or "vit_tiny" (32x32 inputs, 8x8 grid).
         num_classes: size of the new classification head.
-        pretrained: True loads torchvision's ImageNet weights (from its cache under `TORCH_HOME`, else downloads);
-            a path loads that state-dict file (`weights_only=True`); False keeps the random initialisation.
+        pretrained: True loads the arch's pretrained weights: for vit_b_16 torchvision's ImageNet weights (from its
+            cache under `TORCH_HOME`, else downloads), for vit_tiny the fractal-pretrained base shipped in the
+            package (its SHA-256 checked, see `vitlab.shipped`). A path loads that state-dict file
+            (`weights_only=True`); False keeps the random initialisation.
         trainable_blocks: how many of the last encoder blocks train. 0 trains only the head; the full block count
             trains everything (patch and position embeddings and the final norm too), as training from scratch.
         progress: show torchvision's download bar.
@@ -65,11 +71,7 @@ def build_model(
     if arch not in ARCHS:
         raise VitlabError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
     if arch == "vit_tiny" and pretrained is True:
-        raise VitlabError(
-            "vit_tiny has no published pretrained weights. Use pretrained=False (random init) or pretrained=PATH "
-            "to a state-dict file saved from a vit_tiny model."
-        )
-
+        pretrained = shipped_base_file()  # raises WeightsUnavailableError, with the rebuild command, if damaged
     if arch == "vit_b_16":
         model = vit_b_16(weights=_imagenet_weights(progress) if pretrained is True else None)
     else:

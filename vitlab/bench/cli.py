@@ -22,6 +22,7 @@ from vitlab.bench.rows import (
     bench_eval_throughput,
     bench_train_step,
 )
+from vitlab.bench.transfer import bench_transfer
 from vitlab.device import pick_device
 from vitlab.errors import VitlabError
 
@@ -46,6 +47,7 @@ BENCHES: dict[str, Callable[[Settings], dict]] = {
     "cached_trunk_step": bench_cached_trunk_step,
     "cached_trunk_shapes": bench_cached_trunk_shapes,
     "epoch_cached": bench_epoch_cached,
+    "transfer": bench_transfer,
 }
 
 

@@ -145,8 +145,8 @@ def bench_demo(settings: Settings) -> dict:
     accuracy = summary["test_acc"]
     shrunk = f"; shrunk with {' '.join(settings.demo_args)}" if settings.demo_args else ""
     return row_result(
-        "demo", settings, None, wall, "s", ratio=None, ratio_meaning="", target=">= 95% test acc, <= 60 s",
-        met=bool(accuracy >= 0.95 and wall <= 60.0), test_acc=accuracy,
+        "demo", settings, None, wall, "s", ratio=None, ratio_meaning="", target=">= 97% test acc, <= 30 s",
+        met=bool(accuracy >= 0.97 and wall <= 30.0), test_acc=accuracy,
         pointing_game=summary.get("pointing_game"), attention_mass_ratio=summary.get("attention_mass_ratio"),
         wall_seconds_in_process=summary.get("wall_seconds"),
         notes=f"python -m vitlab.finetune --preset demo{shrunk}: test acc {accuracy:.1%}, pointing game "

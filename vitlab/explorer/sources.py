@@ -123,8 +123,8 @@ def _load_demo_source() -> LoadedModel:
     blocks, heads = len(model.encoder.layers), model.encoder.layers[0].self_attention.num_heads
     return LoadedModel(
         model=model.eval(), classes=list(splits.classes), key=source_stamp("demo"),
-        description=f"Demo: a tiny ViT ({blocks} blocks, {heads} heads, {model.patch_size}-px patches) trained "
-        f"on synthetic shapes, offline.",
+        description=f"Demo: a tiny ViT ({blocks} blocks, {heads} heads, {model.patch_size}-px patches), vitlab's "
+        f"fractal-pretrained base with its last blocks fine-tuned on synthetic shapes, offline.",
         images=splits.test, images_note=f"shapes test set, {len(splits.test)} images",
     )
 
