@@ -125,3 +125,23 @@ def test_with_few_labels_the_shipped_base_beats_training_from_scratch(tmp_path: 
     """Transfer pays: the bench's 500-image comparison, one seed (76% against 64% when measured)."""
     runs = transfer_runs(42, "cpu", {"subset": 500, "epochs": 10}, tmp_path)
     assert runs["pretrained"]["test_acc"] > runs["scratch"]["test_acc"] + 0.05
+
+
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-5"), ("--lr", "nan"),
+                                         ("--mask-ratio", "1.5"), ("--mask-block", "3")])
+def test_bad_settings_exit_2_before_any_work(flag: str, value: str, tmp_path: Path, capsys) -> None:
+    assert pretrain.main([flag, value, "--out", str(tmp_path / "run")]) == 2
+    message = capsys.readouterr().err
+    assert f"{flag} {value}" in message and "e.g." in message and len(message.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # no run folder for a run that did not happen
+
+
+def test_ship_writes_a_base_and_card_that_pass_the_hash_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "weights"
+    target.mkdir()
+    (target / "vit_tiny_fractal-00000000.pt").write_bytes(b"stale")  # an older shipped file is replaced
+    monkeypatch.setattr(pretrain, "shipped_weights_dir", lambda: target)
+    assert pretrain.main([*TINY, "--out", str(tmp_path / "run"), "--ship"]) == 0
+    shipped = shipped_base_file(target)
+    assert shipped.read_bytes() == (tmp_path / "run" / "base.pt").read_bytes()
+    assert [p.name for p in target.glob("*.pt")] == [shipped.name]

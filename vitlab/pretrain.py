@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import math
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vitlab.checkpoint import load_checkpoint, save_checkpoint, save_json
+from vitlab.checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.data.fractals import make_systems, render
 from vitlab.errors import VitlabError
@@ -78,12 +77,33 @@ def make_config(argv: list[str] | None) -> tuple[PretrainConfig, dict | None]:
     """The settings from the command line, or the stopped run's own when resuming (plus --ship/--quiet)."""
     flags = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     if "resume" not in flags:
-        return PretrainConfig(**flags), None
+        return check_config(PretrainConfig(**flags)), None
     checkpoint = load_checkpoint(Path(flags["resume"]) / "checkpoint.pt")
     saved = PretrainConfig(**checkpoint["config"])
     saved.out, saved.resume = flags["resume"], flags["resume"]
     saved.ship, saved.quiet = flags.get("ship", saved.ship), flags.get("quiet", saved.quiet)
     return saved, checkpoint
+
+
+def check_config(config: PretrainConfig) -> PretrainConfig:
+    """Refuse settings that cannot make a run, before any work starts (a VitlabError: exit 2, no run folder)."""
+    grid = VIT_TINY_CONFIG["image_size"] // VIT_TINY_CONFIG["patch_size"]
+    rules = {
+        "epochs": (config.epochs >= 1, "a whole number >= 1, e.g. 30"),
+        "steps_per_epoch": (config.steps_per_epoch >= 1, "a whole number >= 1, e.g. 100"),
+        "batch_size": (config.batch_size >= 1, "a whole number >= 1, e.g. 64"),
+        "num_classes": (config.num_classes >= 1, "a whole number >= 1, e.g. 100"),
+        "lr": (0 < config.lr < 1, "a number in (0, 1), e.g. 1e-3"),
+        "position_lr_scale": (0 < config.position_lr_scale < 1e3, "a number in (0, 1000), e.g. 10"),
+        "weight_decay": (0 <= config.weight_decay < 1, "a number in [0, 1), e.g. 0.05"),
+        "mask_ratio": (0 < config.mask_ratio < 1, "a share in (0, 1), e.g. 0.5"),
+        "mask_block": (config.mask_block >= 1 and grid % config.mask_block == 0, f"a divisor of {grid}, e.g. 1"),
+        "class_weight": (0 <= config.class_weight < 1e3, "a number >= 0, e.g. 0"),
+    }
+    for name, (ok, allowed) in rules.items():
+        if not ok:  # NaN fails every comparison, so it is refused too
+            raise VitlabError(f"--{name.replace('_', '-')} {getattr(config, name)} is not allowed: use {allowed}.")
+    return config
 
 
 @dataclass
@@ -215,7 +235,8 @@ def finish(run: Pretraining, argv: list[str] | None) -> Path:
         target = shipped_weights_dir()
         for stale in target.glob("vit_tiny_fractal-*.pt"):
             stale.unlink()
-        shutil.copyfile(base, target / f"vit_tiny_fractal-{digest[:8]}.pt")
+        weights = base.read_bytes()
+        atomic_write(target / f"vit_tiny_fractal-{digest[:8]}.pt", lambda file: file.write(weights))
         save_json(target / "vit_tiny_fractal.json", card)
         run.say(f"shipped as {target / f'vit_tiny_fractal-{digest[:8]}.pt'}")
     return base
