@@ -128,7 +128,8 @@ def test_with_few_labels_the_shipped_base_beats_training_from_scratch(tmp_path: 
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--batch-size", "-5"), ("--lr", "nan"),
-                                         ("--mask-ratio", "1.5"), ("--mask-block", "3")])
+                                         ("--mask-ratio", "1.5"), ("--mask-block", "3"), ("--threads", "0"),
+                                         ("--seed", "-1"), ("--system-seed", "18446744073709551616")])
 def test_bad_settings_exit_2_before_any_work(flag: str, value: str, tmp_path: Path, capsys) -> None:
     assert pretrain.main([flag, value, "--out", str(tmp_path / "run")]) == 2
     message = capsys.readouterr().err

@@ -99,6 +99,9 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
         "mask_ratio": (0 < config.mask_ratio < 1, "a share in (0, 1), e.g. 0.5"),
         "mask_block": (config.mask_block >= 1 and grid % config.mask_block == 0, f"a divisor of {grid}, e.g. 1"),
         "class_weight": (0 <= config.class_weight < 1e3, "a number >= 0, e.g. 0"),
+        "threads": (config.threads is None or config.threads >= 1, "a whole number >= 1, e.g. 2"),
+        "seed": (0 <= config.seed < 2**63, "a whole number in [0, 2^63), e.g. 0"),
+        "system_seed": (0 <= config.system_seed < 2**63, "a whole number in [0, 2^63), e.g. 0"),
     }
     for name, (ok, allowed) in rules.items():
         if not ok:  # NaN fails every comparison, so it is refused too
