@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vitlab.checkpoint import load_checkpoint
+from vitlab.config_rules import check_config
 from vitlab.data import DATASETS
 from vitlab.errors import CheckpointError, VitlabError
 from vitlab.model import ARCHS, PRETRAINED, num_blocks
@@ -135,7 +136,7 @@ def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> Fi
 
     Complete: `pretrained` None becomes the arch's own base ("imagenet" for vit_b_16, "fractal" for vit_tiny),
     `trainable_blocks` None ("all") becomes the arch's block count, and `--cache-trunk` without `--max-rotation`
-    sets it to 0.
+    sets it to 0. Every setting is then checked (`vitlab.config_rules`): a bad one is a VitlabError (exit 2).
     """
     values = vars(base if base is not None else FinetuneConfig()).copy()
     preset = flags.get("preset")
@@ -156,7 +157,7 @@ def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> Fi
         values["trainable_blocks"] = num_blocks(values["arch"])
     if values["trainable_blocks"] == num_blocks(values["arch"]) and "cache_trunk" not in flags:
         values["cache_trunk"] = False  # nothing is frozen, so there is no trunk to cache: a preset's cache yields
-    return FinetuneConfig(**values)
+    return check_config(FinetuneConfig(**values))
 
 
 def resolve_config(argv: list[str] | None) -> tuple[FinetuneConfig, dict | None]:

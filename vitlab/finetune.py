@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.models import VisionTransformer
 
 from vitlab import distributed, trunk_cache
-from vitlab.checkpoint import BEST, load_checkpoint, save_json
+from vitlab.checkpoint import BEST, LAST, load_checkpoint, save_json
 from vitlab.config import FinetuneConfig, resolve_config
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, batches, load_dataset
 from vitlab.device import pick_device
@@ -54,7 +54,12 @@ def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
     """
     try:
         job = setup(config, checkpoint)
-        fit(job)
+        try:
+            fit(job)
+        except NonFiniteLossError as error:  # say where the last good epoch is, or that there is none
+            kept = (f"The last good checkpoint (last completed epoch) is kept in {job.out / LAST}."
+                    if (job.out / LAST).exists() else "No epoch completed, so no checkpoint was written.")
+            raise NonFiniteLossError(f"{error} {kept}") from None
         return finish(job)
     finally:
         distributed.stop()
@@ -240,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitlab: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
-        print(f"vitlab: {error}\nThe last good checkpoint (last completed epoch) is kept in {config.out}.",
-              file=sys.stderr)
+        print(f"vitlab: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         where = f" Resume with: python -m vitlab.finetune --resume {config.out}" if config and config.out else ""
