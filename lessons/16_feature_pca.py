@@ -34,6 +34,7 @@ Questions:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
@@ -85,11 +86,14 @@ def model_before(subject: Subject) -> tuple[VisionTransformer | None, str, int]:
     if pretrained == "imagenet" and weights_cache_file().is_file():
         base = build_model("vit_b_16", num_classes=classes, pretrained=weights_cache_file(), trainable_blocks=0)
         return base.eval(), "torchvision's ImageNet ViT-B/16", frozen
+    if pretrained not in ("imagenet", "none", None) and Path(pretrained).is_file():  # a state-dict file
+        base = build_model(config["arch"], num_classes=classes, pretrained=pretrained, trainable_blocks=0)
+        return base.eval(), f"the weights in {pretrained}", frozen
     if pretrained == "none":
         torch.manual_seed(int(config.get("seed", 0)))
         random = build_model(config["arch"], num_classes=classes, pretrained=False, trainable_blocks=0)
         return random.eval(), "a random initialisation (not necessarily the run's own)", 0
-    return None, f"not available offline (pretrained={pretrained!r})", 0
+    return None, f"not shown (pretrained={pretrained!r}: its weights are not on this machine)", 0
 
 
 def scatter_rows(features: list[Tensor], labels: Tensor) -> tuple[list[list[Tensor]], list[list[float]]]:

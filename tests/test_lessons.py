@@ -254,3 +254,21 @@ def test_lessons_15_16_run_on_vit_b_16_with_planted_weights(prefix: str, demo_ca
     assert lesson.main(["--arch", "vit_b_16", "--data-dir", str(tmp_path / "no_data"), "--out", str(tmp_path)]) == 0
 
     assert all((tmp_path / name).read_bytes().startswith(PNG_SIGNATURE) for name in lesson.FIGURES)
+
+
+@pytest.mark.slow
+def test_lesson_16_fails_loudly_when_a_frozen_block_differs_from_the_base(demo_cache: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    lesson = load_lesson(lesson_file("16"))
+    real = lesson.model_before
+
+    def base_with_a_changed_first_block(subject):  # a bug: the "before" model is not the base the demo froze
+        model, name, frozen = real(subject)
+        with torch.no_grad():
+            model.encoder.layers[0].mlp[0].bias.add_(0.01)
+        return model, name, frozen
+
+    monkeypatch.setattr(lesson, "model_before", base_with_a_changed_first_block)
+
+    with pytest.raises(AssertionError, match="Block 1 was frozen, yet its class tokens differ"):
+        lesson.main(["--out", str(tmp_path)])
