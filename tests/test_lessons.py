@@ -190,3 +190,85 @@ def test_run_all_runs_lessons_as_scripts_and_prints_a_table(demo_cache: Path, tm
     assert re.search(r"01_patches\s+\d+\.\d\s+ok", completed.stdout)
     assert "1 of 1 lessons succeeded" in completed.stdout
     assert (tmp_path / "01_patches" / "patch_grid.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lessons 13, 15 and 16: probes, token norms and PCA (vitlab.probes, vitlab.norms, vitlab.projections)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fits_another_objective(real):  # a probe fitted with 1000x the weight decay is not the lesson's minimum
+    from vitlab.probes import ProbeConfig
+
+    return lambda features, labels, num_classes, config=None: real(features, labels, num_classes,
+                                                                   ProbeConfig(weight_decay=1.0))
+
+
+BROKEN_VITLAB_ANALYSES = {
+    "13": ("fit_probe", "vitlab.probes.fit_probe", _fits_another_objective),
+    "15": ("token_norms", "vitlab.norms.token_norms", lambda real: lambda states: 1.01 * real(states)),
+    "16": ("pca", "vitlab.projections.pca", lambda real: lambda x, k: real(2 * x, k)),  # 4x the variances
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", sorted(BROKEN_VITLAB_ANALYSES))
+def test_lessons_13_15_16_fail_loudly_when_vitlab_differs_from_their_algorithm(
+    prefix: str, demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    lesson = load_lesson(lesson_file(prefix))
+    name, qualified, breaks = BROKEN_VITLAB_ANALYSES[prefix]
+    monkeypatch.setattr(lesson, name, breaks(getattr(lesson, name)))
+
+    with pytest.raises(AssertionError, match=f"{qualified} .*differs from"):
+        lesson.main(["--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", ["13", "15", "16"])
+def test_lessons_13_15_16_study_a_checkpoint(prefix: str, demo_cache: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]):
+    lesson = load_lesson(lesson_file(prefix))
+    checkpoint = demo_cache / "demo" / "best.pt"
+
+    assert lesson.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 0
+
+    assert f"vit_tiny from {checkpoint}" in capsys.readouterr().out
+    assert all((tmp_path / name).read_bytes().startswith(PNG_SIGNATURE) for name in lesson.FIGURES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", ["15", "16"])  # lesson 13 fits 24 probes on ViT-B/16 features: ~40 s, run by hand
+def test_lessons_15_16_run_on_vit_b_16_with_planted_weights(prefix: str, demo_cache: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    from torchvision.models import vit_b_16
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # set_dir() would override TORCH_HOME
+    cache_file = tmp_path / "torch_home" / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"
+    cache_file.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(vit_b_16().state_dict(), cache_file)  # random weights where torchvision looks: nothing downloaded
+    lesson = load_lesson(lesson_file(prefix))
+
+    assert lesson.main(["--arch", "vit_b_16", "--data-dir", str(tmp_path / "no_data"), "--out", str(tmp_path)]) == 0
+
+    assert all((tmp_path / name).read_bytes().startswith(PNG_SIGNATURE) for name in lesson.FIGURES)
+
+
+@pytest.mark.slow
+def test_lesson_16_fails_loudly_when_a_frozen_block_differs_from_the_base(demo_cache: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    lesson = load_lesson(lesson_file("16"))
+    real = lesson.model_before
+
+    def base_with_a_changed_first_block(subject):  # a bug: the "before" model is not the base the demo froze
+        model, name, frozen = real(subject)
+        with torch.no_grad():
+            model.encoder.layers[0].mlp[0].bias.add_(0.01)
+        return model, name, frozen
+
+    monkeypatch.setattr(lesson, "model_before", base_with_a_changed_first_block)
+
+    with pytest.raises(AssertionError, match="Block 1 was frozen, yet its class tokens differ"):
+        lesson.main(["--out", str(tmp_path)])
