@@ -1,4 +1,4 @@
-"""Lesson 15: token norms, and the high-norm outliers of Darcet et al. 2023.
+"""Lesson 14: token norms, and the high-norm outliers of Darcet et al. 2023.
 
 Every token leaves every block as a vector; its length (L2 norm) says how loud it is in the residual stream. In
 "Vision Transformers Need Registers" (Darcet et al. 2023) large, long-trained ViTs (DINOv2, OpenCLIP, DeiT-III)
@@ -17,7 +17,7 @@ loudest patches it did find.
 Builds on: vitlab/norms.py (`token_norms`, `high_norm_tokens`, `outlier_positions`, `outlier_attention`),
 vitlab/capture.py (`capture_forward`), vitlab/localization.py (`object_patches`).
 
-Run: python lessons/15_token_norms.py [--factor X] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Run: python lessons/14_token_norms.py [--factor X] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
 Figures: token_norms_by_block.png (per block: median, 99th percentile and largest patch norm, the class token's
 norm and the outlier threshold), high_norm_tokens.png (a few images' norm maps in the block with the loudest patch,
 outliers or the loudest candidates marked, and how often each grid position is flagged).

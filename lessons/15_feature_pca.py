@@ -1,4 +1,4 @@
-"""Lesson 16: the model's features in two and three dimensions, with PCA.
+"""Lesson 15: the model's features in two and three dimensions, with PCA.
 
 A block's class token is a vector of 64 numbers in the demo model (768 in ViT-B/16): too many to look at. Principal
 component analysis finds the directions along which the states of many images vary most; projecting on the first
@@ -17,7 +17,7 @@ SVD-based `pca` equals it, up to each component's sign (v and -v explain the sam
 Builds on: vitlab/projections.py (`pca`, `class_separation`, `patch_pca_rgb`), vitlab/probes.py
 (`features_by_depth`), vitlab/model.py (`build_model`: the base before fine-tuning), vitlab/capture.py.
 
-Run: python lessons/16_feature_pca.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
+Run: python lessons/15_feature_pca.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
 Figures: cls_pca_by_block.png (class tokens of test images on their first two principal components, per block,
 coloured by class; before fine-tuning on top, after below), patch_pca_rgb.png (images, their patch features'
 first three components as RGB after fine-tuning, and before).
