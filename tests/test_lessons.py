@@ -52,7 +52,7 @@ def questions_of(doc: str) -> list[str]:
 def test_the_course_has_its_lessons_in_order():
     numbers = [int(path.stem[:2]) for path in LESSON_FILES]
     assert numbers == list(range(1, len(numbers) + 1))
-    assert len(numbers) >= 15
+    assert len(numbers) >= 16
 
 
 @pytest.mark.parametrize("path", LESSON_FILES, ids=lambda path: path.stem)
@@ -209,12 +209,13 @@ BROKEN_VITLAB_ANALYSES = {
     "13": ("fit_probe", "vitlab.probes.fit_probe", _fits_another_objective),
     "14": ("token_norms", "vitlab.norms.token_norms", lambda real: lambda states: 1.01 * real(states)),
     "15": ("pca", "vitlab.projections.pca", lambda real: lambda x, k: real(2 * x, k)),  # 4x the variances
+    "16": ("ablate_heads", "vitlab.ablation.ablate_heads", lambda real: lambda model, heads: real(model, {0: [0]})),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("prefix", sorted(BROKEN_VITLAB_ANALYSES))
-def test_lessons_12_to_15_fail_loudly_when_vitlab_differs_from_their_algorithm(
+def test_lessons_12_to_16_fail_loudly_when_vitlab_differs_from_their_algorithm(
     prefix: str, demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     lesson = load_lesson(lesson_file(prefix))
@@ -226,8 +227,8 @@ def test_lessons_12_to_15_fail_loudly_when_vitlab_differs_from_their_algorithm(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prefix", ["12", "13", "14", "15"])
-def test_lessons_12_to_15_study_a_checkpoint(prefix: str, demo_cache: Path, tmp_path: Path,
+@pytest.mark.parametrize("prefix", ["12", "13", "14", "15", "16"])
+def test_lessons_12_to_16_study_a_checkpoint(prefix: str, demo_cache: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]):
     lesson = load_lesson(lesson_file(prefix))
     checkpoint = demo_cache / "demo" / "best.pt"
