@@ -240,8 +240,8 @@ def test_lessons_12_to_16_study_a_checkpoint(prefix: str, demo_cache: Path, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prefix", ["14", "15"])  # lesson 13 fits 24 probes on ViT-B/16 features: ~40 s, run by hand
-def test_lessons_14_15_run_on_vit_b_16_with_planted_weights(prefix: str, demo_cache: Path, tmp_path: Path,
+@pytest.mark.parametrize("prefix", ["12", "14", "15"])  # 13 (24 probes) and 16 (144 ablations): minutes, run by hand
+def test_lessons_12_14_15_run_on_vit_b_16_with_planted_weights(prefix: str, demo_cache: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch):
     from torchvision.models import vit_b_16
 
