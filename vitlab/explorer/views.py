@@ -122,3 +122,9 @@ def mean_distances(model: VisionTransformer, images: Tensor, batch_size: int = 4
         distances = mean_attention_distance(captured.attentions, model.patch_size) * len(batch)  # (layers, heads)
         total, count = (distances if total is None else total + distances), count + len(batch)
     return total / count
+
+
+def model_lock() -> threading.Lock:
+    """The lock every captured or hooked pass of the explorer holds (see _MODEL_LOCK), shared with its other
+    modules' batched passes (gallery, live): `with model_lock(): ...`."""
+    return _MODEL_LOCK
