@@ -8,13 +8,21 @@
     relevance, target = class_map(loaded.model, image)    # forward + backward: why the predicted class
     picture = render_overlay(image, relevance, size=448)  # drawing: uint8 (448, 448, 3), ready for st.image
     prepared = preprocess_upload(data, image_size=32)     # uploads: any PNG/JPEG bytes -> uint8 (3, 32, 32)
+    gallery = build_gallery(loaded.model, loaded.images, "misclassified", "rollout")  # 16 images, maps (16, g, g)
+    compare_maps(views, analyse_image(base.model, image), "cls").difference           # (grid, grid)
+    png_bytes(picture), maps_npz(views, rollout, relevance)  # export: what the download buttons hand out
+    before, after = top_k_ablated(loaded.model, image, {3: [0]}); lens_top(loaded.model, image)  # live
 
 One concept per module:
 
     views.py    one image, one forward pass: ImageViews and the maps read from it, class_map, mean_distances
     drawing.py  render_overlay (numpy, cheap enough for every slider move), the mean-distance figure
-    sources.py  where the model comes from: the demo model, a vitlab checkpoint, ImageNet ViT-B/16
+    sources.py  where the model comes from: the demo model, a vitlab checkpoint, ImageNet ViT-B/16, the base
     uploads.py  uploaded files made safe: any PNG or JPEG in, a model input or an UploadError out
+    gallery.py  a grid of test images (a class, the misclassified, the least confident), one batched map each
+    compare.py  one view of two models on the same image, on a common grid, and their difference
+    export.py   downloads: a view as PNG, the raw maps as .npz, a safe file name
+    live.py     head ablation and the logit lens, live on one image
 
 The analyses themselves are vitlab.attention's. Every failure is a VitlabError whose message says what to do next.
 Timings: `python -m vitlab.explorer --bench [--arch vit_tiny] [--repeats 5]` (the benchmark is
@@ -22,7 +30,11 @@ vitlab.bench.explorer; this package does not import it).
 """
 
 from vitlab.errors import VitlabError
+from vitlab.explorer.compare import COMPARE_VIEWS, Comparison, compare_maps
 from vitlab.explorer.drawing import HEAD_VIEW_PX, MAIN_VIEW_PX, VIEW_FORMAT, distance_figure_png, render_overlay
+from vitlab.explorer.export import export_name, maps_npz, png_bytes
+from vitlab.explorer.gallery import GALLERY_KINDS, GALLERY_VIEWS, Gallery, build_gallery, predict, select_images
+from vitlab.explorer.live import lens_top, top_k_ablated
 from vitlab.explorer.sources import (
     SOURCES,
     LoadedModel,
@@ -34,14 +46,24 @@ from vitlab.explorer.sources import (
     source_stamp,
 )
 from vitlab.explorer.uploads import PreparedImage, UploadError, image_key, preprocess_upload
-from vitlab.explorer.views import DISTANCE_IMAGES, ImageViews, analyse_image, class_map, mean_distances, model_inputs
+from vitlab.explorer.views import (
+    DISTANCE_IMAGES,
+    ImageViews,
+    analyse_image,
+    class_map,
+    mean_distances,
+    model_inputs,
+    model_lock,
+)
 
 # Where the ImageNet source looks for its weights (torchvision's cache): the page names the file when it is missing.
 from vitlab.model import weights_cache_file
 
 __all__ = [
-    "DISTANCE_IMAGES", "HEAD_VIEW_PX", "MAIN_VIEW_PX", "SOURCES", "VIEW_FORMAT", "ImageViews", "LoadedModel",
-    "PreparedImage", "UploadError", "VitlabError", "analyse_image", "class_map", "distance_figure_png", "image_key",
-    "imagenet_available", "imagenet_hint", "list_runs", "load_model_source", "mean_distances", "model_inputs",
-    "preprocess_upload", "render_overlay", "resolve_checkpoint", "source_stamp", "weights_cache_file",
+    "COMPARE_VIEWS", "DISTANCE_IMAGES", "GALLERY_KINDS", "GALLERY_VIEWS", "HEAD_VIEW_PX", "MAIN_VIEW_PX", "SOURCES",
+    "VIEW_FORMAT", "Comparison", "Gallery", "ImageViews", "LoadedModel", "PreparedImage", "UploadError",
+    "VitlabError", "analyse_image", "build_gallery", "class_map", "compare_maps", "distance_figure_png",
+    "export_name", "image_key", "imagenet_available", "imagenet_hint", "lens_top", "list_runs", "load_model_source",
+    "maps_npz", "mean_distances", "model_inputs", "model_lock", "png_bytes", "predict", "preprocess_upload",
+    "render_overlay", "resolve_checkpoint", "select_images", "source_stamp", "top_k_ablated", "weights_cache_file",
 ]

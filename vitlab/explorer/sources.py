@@ -4,6 +4,7 @@
     loaded.images.images[0]                        # uint8 (3, 32, 32), from the shapes test split
     load_model_source("checkpoint", "runs/demo")   # a run folder (its best.pt) or a .pt file
     load_model_source("imagenet")                  # only from torchvision's local cache: nothing is downloaded
+    load_model_source("base")                      # the pretrained vit_tiny base the demo was fine-tuned from
 
 Each source comes with a key for caches (`source_stamp`: it names the files behind the model, so a changed file
 makes a new key), one line describing it, and the test split of its dataset to browse
@@ -17,15 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
 from vitlab.checkpoint import checkpoint_file, load_trained_model
+from vitlab.config import make_config
 from vitlab.data import ImageDataset, load_dataset
 from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
 from vitlab.model import build_model, weights_cache_file
+from vitlab.shipped import shipped_base_file
 
-SOURCES = ("demo", "checkpoint", "imagenet")  # where the explorer's model comes from
+SOURCES = ("demo", "checkpoint", "imagenet", "base")  # where the explorer's model comes from
+BASE_HEAD_SEED = 0  # the base's head is random (it never saw the shapes): seeded, so every load gives the same one
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class LoadedModel:
     description: str  # one line for the page: what the model is and what it was trained on
     images: ImageDataset | None  # images to browse (a test split), or None: uploads only
     images_note: str  # one line: which images these are, or why there are none
+    head_trained: bool = True  # False: the head is random, so its class names and probabilities mean nothing
 
 
 def imagenet_available() -> bool:
@@ -75,7 +81,8 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
         source: one of SOURCES.
         checkpoint: for source="checkpoint", the file resolve_checkpoint found.
     Returns:
-        "demo:<cache folder>", "checkpoint:<file>:<modification time in ns>" or "imagenet:<weights file>".
+        "demo:<cache folder>", "checkpoint:<file>:<modification time in ns>", "imagenet:<weights file>" or
+        "base:<shipped weights file>" (its name holds its SHA-256's first digits).
     """
     if source == "demo":
         return f"demo:{default_cache_dir()}"
@@ -85,6 +92,8 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
         return f"checkpoint:{checkpoint.resolve()}:{checkpoint.stat().st_mtime_ns}"
     if source == "imagenet":
         return f"imagenet:{weights_cache_file()}"
+    if source == "base":
+        return f"base:{shipped_base_file()}"
     raise _unknown_source(source)
 
 
@@ -93,12 +102,15 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
 
     Args:
         source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.demo), "checkpoint" (a
-            vitlab run, `checkpoint_path`), or "imagenet" (torchvision's ViT-B/16, only from its local cache).
+            vitlab run, `checkpoint_path`), "imagenet" (torchvision's ViT-B/16, only from its local cache), or
+            "base" (the fractal-pretrained vit_tiny vitlab ships, the demo's starting point, with a random head:
+            `head_trained` is False).
         checkpoint_path: a run folder or .pt file, for source="checkpoint".
 
     Raises:
         CheckpointError: the checkpoint is missing, not a vitlab checkpoint, holds pickled code, or does not fit.
-        WeightsUnavailableError: source="imagenet" and the weights are not in torchvision's cache.
+        WeightsUnavailableError: source="imagenet" and the weights are not in torchvision's cache, or
+            source="base" and the shipped base is missing or damaged.
     """
     if source == "demo":
         return _load_demo_source()
@@ -108,6 +120,8 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
         return _load_checkpoint_source(resolve_checkpoint(str(checkpoint_path).strip()))
     if source == "imagenet":
         return _load_imagenet_source()
+    if source == "base":
+        return _load_base_source()
     raise _unknown_source(source)
 
 
@@ -143,6 +157,24 @@ def _load_imagenet_source() -> LoadedModel:
         key=source_stamp("imagenet"),
         description="torchvision's ViT-B/16 trained on ImageNet (1000 classes), from the local weights cache.",
         images=images, images_note=note,
+    )
+
+
+def _load_base_source() -> LoadedModel:
+    # The demo's own settings pick the same shapes test split the demo model is browsed on.
+    demo = make_config({"preset": "demo"})
+    splits = load_dataset("shapes", seed=demo.seed, subset=demo.subset, progress=False)
+    with torch.random.fork_rng(devices=[]):  # a seeded head without touching anyone's random state
+        torch.manual_seed(BASE_HEAD_SEED)
+        model = build_model("vit_tiny", num_classes=len(splits.classes), pretrained=True, progress=False)
+    blocks, heads = len(model.encoder.layers), model.encoder.layers[0].self_attention.num_heads
+    return LoadedModel(
+        model=model.eval(), classes=list(splits.classes), key=source_stamp("base"),
+        description=f"Base: vitlab's tiny ViT ({blocks} blocks, {heads} heads) pretrained on generated fractals, "
+        f"before the demo fine-tuned it. It never saw the shapes: its head is random, so the class names and "
+        f"probabilities mean nothing; its attention shows what pretraining alone learned.",
+        images=splits.test, images_note=f"shapes test set (the demo's), {len(splits.test)} images",
+        head_trained=False,
     )
 
 
