@@ -12,6 +12,9 @@ from vitlab.explorer.sources import BASE_HEAD_SEED
 from vitlab.model import build_model, load_state_dict_file
 from vitlab.shipped import shipped_base_file
 
+# Small tensors on a shared 2-core machine: one thread is faster (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def base():

@@ -13,6 +13,9 @@ from PIL import Image
 from vitlab.errors import VitlabError
 from vitlab.explorer import analyse_image, class_map, export_name, maps_npz, png_bytes, render_overlay
 
+# Small tensors on a shared 2-core machine: one thread is faster (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def test_png_bytes_decode_to_the_same_pixels(demo_model):
     model, splits = demo_model

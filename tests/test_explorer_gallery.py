@@ -11,6 +11,9 @@ from vitlab.explorer import GALLERY_VIEWS, analyse_image, build_gallery, class_m
 from vitlab.explorer.gallery import scale_each
 from vitlab.model import build_model
 
+# Small tensors on a shared 2-core machine: one thread is faster (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def random_tiny():
@@ -36,7 +39,7 @@ def single_image_map(model, image, view):
 
 
 @pytest.mark.parametrize("view", GALLERY_VIEWS)
-def test_the_gallerys_maps_are_the_single_image_views(demo_model, view, single_thread):
+def test_the_gallerys_maps_are_the_single_image_views(demo_model, view):
     model, splits = demo_model
     gallery = build_gallery(model, splits.test, "class", view, count=4, class_index=2)
     assert gallery.indices == (splits.test.labels == 2).nonzero()[:4, 0].tolist()
@@ -51,7 +54,7 @@ def test_the_gallerys_maps_are_the_single_image_views(demo_model, view, single_t
     assert gallery.maps.amin(dim=(1, 2)).eq(0).all() and gallery.maps.amax(dim=(1, 2)).eq(1).all()
 
 
-def test_misclassified_images_are_the_first_ones_the_model_gets_wrong(demo_model, random_tiny, single_thread):
+def test_misclassified_images_are_the_first_ones_the_model_gets_wrong(demo_model, random_tiny):
     dataset = demo_model[1].test.take(64)
     wrong = (plain_probs(random_tiny, dataset.images).argmax(dim=-1) != dataset.labels).nonzero()[:, 0]
     assert len(wrong) > 10  # a random head gets most shapes wrong: the gallery has something to pick from
@@ -62,7 +65,7 @@ def test_misclassified_images_are_the_first_ones_the_model_gets_wrong(demo_model
     assert of_class == [i for i in wrong.tolist() if dataset.labels[i] == 1]
 
 
-def test_least_confident_are_the_true_minimum_in_ascending_order(demo_model, random_tiny, single_thread):
+def test_least_confident_are_the_true_minimum_in_ascending_order(demo_model, random_tiny):
     dataset = demo_model[1].test.take(64)
     confidence = plain_probs(random_tiny, dataset.images).max(dim=-1).values  # (64,)
     gallery = build_gallery(random_tiny, dataset, "least_confident", "cls", count=8)
@@ -96,3 +99,15 @@ def test_bad_choices_and_empty_galleries_are_explained(demo_model, random_tiny):
     empty = dataset.subset(torch.tensor([i for i in range(32) if dataset.labels[i] != 3]))
     with pytest.raises(VitlabError, match="No test image of class 'cross'"):
         select_images(random_tiny, empty, "class", class_index=3)
+
+
+def test_the_bench_reports_every_row_with_its_target(demo_model, capsys):
+    from vitlab.bench.explorer import main
+
+    assert main(["--bench", "--arch", "vit_tiny", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("  ")[1].strip(): line for line in lines[1:]}
+    assert list(rows) == ["new image, all views", "slider move", "16-image gallery", "16-image gallery, cached scan"]
+    assert "<= 1 s" in rows["new image, all views"] and "report" in rows["slider move"]
+    assert all("<= 3 s" in rows[name] and " demo " in rows[name] for name in list(rows)[2:])
+    assert main(["--bench", "--repeats", "0"]) == 2

@@ -8,6 +8,9 @@ import torch
 from vitlab.errors import VitlabError
 from vitlab.explorer import analyse_image, lens_top, top_k_ablated
 
+# Small tensors on a shared 2-core machine: one thread is faster (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def test_ablating_nothing_changes_nothing_and_matches_the_page(demo_model):
     model, splits = demo_model
