@@ -29,7 +29,10 @@ from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, We
 from vitlab.model import build_model, weights_cache_file
 from vitlab.shipped import shipped_base_file
 
-SOURCES = ("demo", "checkpoint", "imagenet", "base")  # where the explorer's model comes from
+SOURCES = ("demo", "checkpoint", "imagenet")  # where the explorer's model comes from: the sidebar's choices
+# The pretrained base the demo was fine-tuned from, for comparing with it: loadable like the others, listed apart
+# so a page that offers SOURCES offers it only when it labels it (its head is untrained, see _load_base_source).
+ALL_SOURCES = (*SOURCES, "base")
 BASE_HEAD_SEED = 0  # the base's head is random (it never saw the shapes): seeded, so every load gives the same one
 
 
@@ -78,7 +81,7 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
     """A key naming the files behind a source's model: a cache keyed by it reloads when they change.
 
     Args:
-        source: one of SOURCES.
+        source: one of ALL_SOURCES.
         checkpoint: for source="checkpoint", the file resolve_checkpoint found.
     Returns:
         "demo:<cache folder>", "checkpoint:<file>:<modification time in ns>", "imagenet:<weights file>" or
@@ -98,7 +101,7 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
 
 
 def load_model_source(source: str, checkpoint_path: str | Path | None = None) -> LoadedModel:
-    """Load the model for one of SOURCES.
+    """Load the model for one of ALL_SOURCES.
 
     Args:
         source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.demo), "checkpoint" (a
@@ -129,7 +132,7 @@ _CHOOSE_A_CHECKPOINT = "Choose a run under runs/ or type the path of a checkpoin
 
 
 def _unknown_source(source: str) -> VitlabError:
-    return VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(SOURCES)}.")
+    return VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(ALL_SOURCES)}.")
 
 
 def _load_demo_source() -> LoadedModel:
