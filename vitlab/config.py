@@ -89,7 +89,8 @@ PRESETS: dict[str, dict] = {
 }
 
 HELP = {
-    "arch": f"model architecture: {', '.join(ARCHS)} (default: vit_b_16)",
+    "arch": f"model architecture: {', '.join(ARCHS)} (default: vit_b_16; vit_l_* and vit_h_14 are 300M and 630M "
+    "parameters)",
     "weights": "torchvision's weights for --arch, by name: IMAGENET1K_V1 (default), IMAGENET1K_SWAG_E2E_V1 or "
     "IMAGENET1K_SWAG_LINEAR_V1 where torchvision has them (ViT-H/14: SWAG only, default IMAGENET1K_SWAG_E2E_V1)",
     "image_size": "input side in pixels, a multiple of the patch size (e.g. 112 for vit_b_16: 7x7 patches, 4x fewer "
@@ -97,8 +98,9 @@ HELP = {
     "224, 384 for SWAG_E2E on vit_b_16, 32 for vit_tiny)",
     "dataset": f"dataset: {', '.join(DATASETS)} (default: cifar100)",
     "data_dir": "folder holding (or receiving) the dataset (default: ./data)",
-    "pretrained": "'imagenet' (vit_b_16), 'fractal' (vit_tiny: the base vitlab ships, pretrained on generated "
-    "fractals), 'none' (random init) or PATH to a state-dict file (default: the arch's own base)",
+    "pretrained": "'imagenet' (torchvision's archs: the --weights file), 'fractal' (vit_tiny: the base vitlab "
+    "ships, pretrained on generated fractals), 'none' (random init) or PATH to a state-dict file (default: the "
+    "arch's own base)",
     "epochs": "epochs to train (default: 5)",
     "batch_size": "global batch size; with torchrun it is split across processes (default: 64)",
     "lr": "learning rate of the new head; pretrained blocks use a tenth in the default recipe (default: 1e-3)",
