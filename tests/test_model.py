@@ -145,12 +145,12 @@ def test_trainable_blocks_out_of_range(trainable_blocks: int):
 
 def test_unknown_arch_lists_the_choices():
     with pytest.raises(VitlabError) as excinfo:
-        build_model("vit_l_32", pretrained=False)
+        build_model("resnet50", pretrained=False)
     message = str(excinfo.value)
-    assert "vit_l_32" in message
-    for arch in ("vit_b_16", "vit_tiny"):
+    assert "resnet50" in message
+    for arch in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny"):
         assert arch in message
-    assert set(ARCHS) == {"vit_b_16", "vit_tiny"}
+    assert set(ARCHS) == {"vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit_tiny"}
 
 
 def test_vit_tiny_pretrained_is_the_shipped_base_never_the_network(no_network: list[str]):

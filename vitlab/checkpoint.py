@@ -124,7 +124,7 @@ def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict
     try:
         model = build_model(
             checkpoint["config"]["arch"], num_classes=len(checkpoint["classes"]), pretrained=False,
-            trainable_blocks=checkpoint["trainable_blocks"],
+            trainable_blocks=checkpoint["trainable_blocks"], image_size=_trained_image_size(checkpoint),
         )
         model.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, RuntimeError) as error:
@@ -133,3 +133,8 @@ def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict
             f"Use a best.pt or checkpoint.pt written by python -m vitlab.finetune."
         ) from None
     return model.eval(), checkpoint
+
+
+def _trained_image_size(checkpoint: dict[str, Any]) -> int | None:
+    """The input size the run trained at: its config's, else the checkpoint's own record; None (native) if neither."""
+    return checkpoint["config"].get("image_size") or checkpoint.get("image_size")

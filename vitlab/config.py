@@ -12,20 +12,23 @@ import argparse
 from dataclasses import dataclass, fields
 from typing import Any
 
+from vitlab.archs import ARCHS, PRETRAINED, default_weights, native_image_size, num_blocks
 from vitlab.checkpoint import load_checkpoint
-from vitlab.config_rules import check_config
+from vitlab.config_rules import check_config, check_weights
 from vitlab.data import DATASETS
 from vitlab.errors import CheckpointError, VitlabError
-from vitlab.model import ARCHS, PRETRAINED, num_blocks
 from vitlab.train import RECIPES
 
 # Settings a checkpoint's weights depend on: resuming with a different value would load mismatched weights.
-FIXED_ON_RESUME = ("arch", "trainable_blocks", "dataset")
+FIXED_ON_RESUME = ("arch", "trainable_blocks", "dataset", "image_size")
 
 
 @dataclass
 class FinetuneConfig:
-    arch: str = "vit_b_16"  # the notebook's model; "vit_tiny" is the 32x32 laptop model
+    arch: str = "vit_b_16"  # the notebook's model; "vit_tiny" is the 32x32 laptop model; vit_b_32 ... vit_h_14
+    weights: str | None = None  # torchvision's weights member, e.g. IMAGENET1K_SWAG_E2E_V1; make_config turns None
+    # into the arch's default (IMAGENET1K_V1; ViT-H/14: IMAGENET1K_SWAG_E2E_V1); vit_tiny keeps None
+    image_size: int | None = None  # input side in pixels; make_config turns None into the weights' native size
     dataset: str = "cifar100"  # cifar100, cifar10, shapes (synthetic, offline) or folder (your ImageFolder)
     data_dir: str = "./data"  # where datasets are read from (and downloaded to)
     pretrained: str | None = None  # "imagenet", "fractal", "none" or a state-dict path; make_config turns None into
@@ -66,14 +69,38 @@ PRESETS: dict[str, dict] = {
         "cache_trunk": True,
         "max_rotation": 0.0,
     },
+    # The notebook's job cut to fit a laptop CPU: ImageNet ViT-B/16 at 112 px (a 7x7 grid, 50 tokens instead of
+    # 197), its frozen trunk cached once (flip-only augmentation), the last 3 blocks and a new head trained on a
+    # CIFAR-100 subset. Sized from `python -m vitlab.bench --rows laptop_estimate` (README, "A laptop run").
+    "laptop": {
+        "arch": "vit_b_16",
+        "dataset": "cifar100",
+        "pretrained": "imagenet",
+        "weights": "IMAGENET1K_V1",
+        "image_size": 112,
+        "trainable_blocks": 3,
+        "cache_trunk": True,
+        "max_rotation": 0.0,
+        "subset": 10_000,  # the first 10,000 of train and of test
+        "val_size": 2_000,
+        "epochs": 3,
+        "batch_size": 64,
+    },
 }
 
 HELP = {
-    "arch": f"model architecture: {', '.join(ARCHS)} (default: vit_b_16)",
+    "arch": f"model architecture: {', '.join(ARCHS)} (default: vit_b_16; vit_l_* and vit_h_14 are 300M and 630M "
+    "parameters)",
+    "weights": "torchvision's weights for --arch, by name: IMAGENET1K_V1 (default), IMAGENET1K_SWAG_E2E_V1 or "
+    "IMAGENET1K_SWAG_LINEAR_V1 where torchvision has them (ViT-H/14: SWAG only, default IMAGENET1K_SWAG_E2E_V1)",
+    "image_size": "input side in pixels, a multiple of the patch size (e.g. 112 for vit_b_16: 7x7 patches, 4x fewer "
+    "tokens than 224); the position embeddings are interpolated to the new grid (default: the weights' own size, "
+    "224, 384 for SWAG_E2E on vit_b_16, 32 for vit_tiny)",
     "dataset": f"dataset: {', '.join(DATASETS)} (default: cifar100)",
     "data_dir": "folder holding (or receiving) the dataset (default: ./data)",
-    "pretrained": "'imagenet' (vit_b_16), 'fractal' (vit_tiny: the base vitlab ships, pretrained on generated "
-    "fractals), 'none' (random init) or PATH to a state-dict file (default: the arch's own base)",
+    "pretrained": "'imagenet' (torchvision's archs: the --weights file), 'fractal' (vit_tiny: the base vitlab "
+    "ships, pretrained on generated fractals), 'none' (random init) or PATH to a state-dict file (default: the "
+    "arch's own base)",
     "epochs": "epochs to train (default: 5)",
     "batch_size": "global batch size; with torchrun it is split across processes (default: 64)",
     "lr": "learning rate of the new head; pretrained blocks use a tenth in the default recipe (default: 1e-3)",
@@ -91,14 +118,16 @@ HELP = {
     "cache_trunk": "compute the frozen blocks' output once (each image as is and mirrored) and train the last "
     "blocks on that cache: faster epochs, more memory, flip as the only augmentation (sets --max-rotation 0)",
     "preset": "named settings: 'demo' fine-tunes vit_tiny's shipped pretrained base on synthetic shapes, offline, "
-    "in under 30 s",
+    "in under 30 s; 'laptop' fine-tunes ImageNet ViT-B/16 at 112 px on a CIFAR-100 subset with the trunk cached, "
+    "sized for 30 minutes of a laptop CPU",
     "quiet": "no progress bars or per-epoch lines",
 }
 
 
 METAVARS = {"data_dir": "DIR", "out": "DIR", "resume": "DIR", "pretrained": "WEIGHTS", "epochs": "N",
             "batch_size": "N", "subset": "N", "val_size": "N", "seed": "N", "lr": "LR", "device": "DEVICE",
-            "trainable_blocks": "N|all", "max_rotation": "DEGREES"}
+            "trainable_blocks": "N|all", "max_rotation": "DEGREES", "weights": "NAME",
+            "image_size": "PIXELS"}
 
 
 def _blocks(value: str) -> int | None:
@@ -114,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Offline first run: python -m vitlab.finetune --preset demo",
     )
     types = {"epochs": int, "batch_size": int, "lr": float, "seed": int, "subset": int, "val_size": int,
-             "max_rotation": float, "trainable_blocks": _blocks}
+             "max_rotation": float, "trainable_blocks": _blocks, "image_size": int}
     choices = {"arch": ARCHS, "dataset": DATASETS, "recipe": tuple(RECIPES), "preset": tuple(PRESETS)}
     for field in fields(FinetuneConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -135,8 +164,10 @@ def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> Fi
     """Defaults (or `base`), then the preset, then the typed flags; returns the complete config.
 
     Complete: `pretrained` None becomes the arch's own base ("imagenet" for vit_b_16, "fractal" for vit_tiny),
-    `trainable_blocks` None ("all") becomes the arch's block count, and `--cache-trunk` without `--max-rotation`
-    sets it to 0. Every setting is then checked (`vitlab.config_rules`): a bad one is a VitlabError (exit 2).
+    `weights` None the arch's default torchvision weights, `image_size` None those weights' native size (224 for
+    IMAGENET1K_V1), `trainable_blocks` None ("all") the arch's block count, and `--cache-trunk` without
+    `--max-rotation` sets it to 0. Every setting is then checked (`vitlab.config_rules`): a bad one is a VitlabError
+    (exit 2).
     """
     values = vars(base if base is not None else FinetuneConfig()).copy()
     preset = flags.get("preset")
@@ -153,6 +184,11 @@ def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> Fi
             f"--pretrained {values['pretrained']} is not a base for --arch {values['arch']}: its own is "
             f"'{PRETRAINED[values['arch']]}'. Use --pretrained {PRETRAINED[values['arch']]}, none, or PATH."
         )
+    if values["weights"] is None:
+        values["weights"] = default_weights(values["arch"])
+    check_weights(values["arch"], values["weights"])  # the native size below needs weights that exist
+    if values["image_size"] is None:
+        values["image_size"] = native_image_size(values["arch"], values["weights"])
     if values["trainable_blocks"] is None:
         values["trainable_blocks"] = num_blocks(values["arch"])
     if values["trainable_blocks"] == num_blocks(values["arch"]) and "cache_trunk" not in flags:

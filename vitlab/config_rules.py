@@ -77,10 +77,12 @@ def check_config(config: Any) -> Any:
     Args:
         config: a `vitlab.config.FinetuneConfig` whose `pretrained` and `trainable_blocks` are resolved.
     """
-    from vitlab.model import num_blocks  # the rules know numbers; the model module knows the architectures
+    from vitlab.archs import num_blocks  # the rules know numbers; vitlab.archs knows the architectures
 
     for name, rule in RULES.items():
         check_value(name, getattr(config, name), rule)
+    check_weights(config.arch, config.weights)
+    check_image_size(config.arch, config.image_size)
     blocks = num_blocks(config.arch)
     if config.trainable_blocks > blocks:
         raise _refuse("trainable_blocks", config.trainable_blocks, f"from 0 to {blocks} ({config.arch} has {blocks}"
@@ -88,6 +90,30 @@ def check_config(config: Any) -> Any:
     _check_sizes(config)
     _check_paths(config)
     return config
+
+
+def check_weights(arch: str, weights: str | None) -> None:
+    """`--weights` names one of `arch`'s torchvision weights (vit_tiny has none: its base ships with vitlab)."""
+    from vitlab.archs import weights_enum
+
+    if weights is None and arch == "vit_tiny":
+        return
+    weights_enum(arch, weights)  # the VitlabError lists the arch's weights and gives an example
+
+
+def check_image_size(arch: str, image_size: Any) -> None:
+    """`--image-size` is a multiple of the arch's patch size, from a 2x2 grid of patches to 1024 px (None: native)."""
+    from vitlab.archs import image_size_range, spec
+
+    if image_size is None:
+        return
+    patch = spec(arch).patch_size
+    low, high = image_size_range(arch)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size % patch \
+            or not low <= image_size <= high:
+        example = patch * max(2, 112 // patch)  # 112 px for 16-px patches: a 7x7 grid, 4x fewer tokens than 224
+        raise _refuse("image_size", image_size, f"a multiple of {patch} ({arch}'s patch size) from {low} to {high}",
+                      f"--image-size {example}")
 
 
 def _check_sizes(config: Any) -> None:

@@ -91,8 +91,9 @@ def setup(config: FinetuneConfig, checkpoint: dict | None = None) -> Run:
         local_batch=local_batch,
     )
     trainable, total = count_parameters(model)
-    job.say(f"vitlab: {config.arch} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
-            f"{len(splits.test)} test) on {device}; training {trainable:,} of {total:,} parameters; run folder {out}")
+    job.say(f"vitlab: {config.arch} at {model.image_size} px on {config.dataset} ({len(splits.train)} train / "
+            f"{len(splits.val)} val / {len(splits.test)} test) on {device}; training {trainable:,} of {total:,} "
+            f"parameters; run folder {out}")
     if process.is_main:
         save_json(out / "config.json", asdict(config))
     job.trainer = _trainer(job)
@@ -116,7 +117,8 @@ def _build_model(config: FinetuneConfig, splits: DataSplits, checkpoint: dict | 
     """The model with its start weights (the checkpoint's when resuming) and all but the last blocks frozen."""
     weights = {"imagenet": True, "fractal": True, "none": False}.get(config.pretrained, config.pretrained)
     model = build_model(config.arch, splits.num_classes, pretrained=weights,
-                        trainable_blocks=config.trainable_blocks, progress=progress)
+                        trainable_blocks=config.trainable_blocks, progress=progress, image_size=config.image_size,
+                        weights=config.weights)
     if checkpoint is not None:
         if len(checkpoint["classes"]) != splits.num_classes:
             raise CheckpointError(

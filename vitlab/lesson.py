@@ -16,9 +16,10 @@ Which model `start` loads:
   (under 30 s) and cached by `vitlab.demo.load_demo_model`, so no lesson retrains what another already trained.
   Its examples are shapes test images, which come with object masks.
 - `--checkpoint PATH`: the model a vitlab run saved (`best.pt`), on its own dataset's test images.
-- `--arch vit_b_16`: torchvision's ViT-B/16 with its ImageNet weights and ImageNet head (so its predictions are
-  ImageNet classes), on CIFAR-100 test images when they are under `--data-dir`, else on shapes images resized to
-  224x224. Nothing is downloaded without a network; a missing file gives vitlab's message and exit code 2.
+- `--arch vit_b_16` (or vit_b_32, vit_l_16, vit_l_32, vit_h_14): torchvision's ViT with its default ImageNet
+  weights and ImageNet head (so its predictions are ImageNet classes), on CIFAR-100 test images when they are under
+  `--data-dir`, else on shapes images resized to the model's input size (224x224; ViT-H/14's SWAG weights: 518).
+  Nothing is downloaded without a network; a missing file gives vitlab's message and exit code 2.
 
 Importing a lesson runs nothing: no model is loaded, nothing is computed or written until `main()` runs.
 """
@@ -36,8 +37,9 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
-from torchvision.models import VisionTransformer, ViT_B_16_Weights
+from torchvision.models import VisionTransformer
 
+from vitlab.archs import ARCHS, weights_enum
 from vitlab.checkpoint import load_checkpoint, load_trained_model
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, load_dataset
 from vitlab.demo import default_cache_dir, load_demo_model
@@ -109,8 +111,9 @@ def start(
         subject = _from_checkpoint(Path(args.checkpoint), args)
         use_threads(args, subject.small)
         return args, subject
-    use_threads(args, small=args.arch != "vit_b_16")  # before loading: the first load trains the demo model
-    return args, (_imagenet_vit_b_16(args) if args.arch == "vit_b_16" else _demo())
+    small = args.arch in (None, "vit_tiny")
+    use_threads(args, small=small)  # before loading: the first load trains the demo model
+    return args, (_demo() if small else _imagenet_model(args.arch, args))
 
 
 def explain(text: str) -> None:
@@ -172,9 +175,9 @@ def parse_args(
     name = Path(lesson_file).stem  # 'lessons/04_attention_heads.py' -> '04_attention_heads'
     first_line = (doc or name).strip().splitlines()[0]
     parser = argparse.ArgumentParser(prog=f"python lessons/{name}.py", description=first_line)
-    parser.add_argument("--arch", choices=("vit_tiny", "vit_b_16"), default=None,
-                        help="vit_tiny (default): the small demo model trained on shapes; vit_b_16: torchvision's "
-                        "ImageNet ViT-B/16 (needs its cached weights file)")
+    parser.add_argument("--arch", choices=ARCHS, default=None,
+                        help="vit_tiny (default): the small demo model trained on shapes; vit_b_16 (or vit_b_32, "
+                        "vit_l_16, vit_l_32, vit_h_14): torchvision's ImageNet ViT (needs its cached weights file)")
     parser.add_argument("--checkpoint", metavar="PATH", default=None,
                         help="study the model of a vitlab run instead (its best.pt)")
     parser.add_argument("--data-dir", metavar="DIR", default=None,
@@ -234,18 +237,20 @@ def _from_checkpoint(path: Path, args: argparse.Namespace) -> Subject:
                    small=config["arch"] == "vit_tiny", source="checkpoint", weights_path=path, run_config=config)
 
 
-def _imagenet_vit_b_16(args: argparse.Namespace) -> Subject:
-    """torchvision's ImageNet ViT-B/16 with its 1000-class head, loaded through vitlab (clear errors, no pickles)."""
-    cache_file = weights_cache_file()
+def _imagenet_model(arch: str, args: argparse.Namespace) -> Subject:
+    """torchvision's ImageNet `arch` (default weights) with its 1000-class head, loaded through vitlab (clear errors,
+    no pickles), at its weights' native input size."""
+    cache_file = weights_cache_file(arch)
     if not cache_file.is_file():
         # Downloads when there is a network; offline it raises WeightsUnavailableError saying where the file goes.
-        build_model("vit_b_16", num_classes=1000, pretrained=True, trainable_blocks=0)
+        build_model(arch, num_classes=1000, pretrained=True, trainable_blocks=0)
     # The file's head has 1000 rows = num_classes, so build_model keeps it: predictions are ImageNet classes.
-    model = build_model("vit_b_16", num_classes=1000, pretrained=cache_file, trainable_blocks=0)
+    model = build_model(arch, num_classes=1000, pretrained=cache_file, trainable_blocks=0)
     splits, _ = _cifar_or_shapes(args.data_dir or "./data", "cifar100")
-    classes = list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"])
-    return Subject(model.eval(), "ViT-B/16 (ImageNet)", classes, splits, labels_match=False, small=False,
-                   source="imagenet", weights_path=cache_file)
+    classes = list(weights_enum(arch).meta["categories"])
+    _, letter, patch = arch.split("_")  # "vit_b_16" -> "ViT-B/16"
+    return Subject(model.eval(), f"ViT-{letter.upper()}/{patch} (ImageNet)", classes, splits, labels_match=False,
+                   small=False, source="imagenet", weights_path=cache_file)
 
 
 def _cifar_or_shapes(data_dir: str, name: str) -> tuple[DataSplits, bool]:

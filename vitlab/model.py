@@ -1,8 +1,10 @@
-"""Building the Vision Transformers vitlab studies: torchvision's ViT-B/16 and a tiny sibling of the same class.
+"""Building the Vision Transformers vitlab studies: torchvision's ViTs (B/16, B/32, L/16, L/32, H/14) and a tiny
+sibling of the same class (their shapes and weights: `vitlab.archs`).
 
 Every model vitlab builds is a `torchvision.models.VisionTransformer`, so one capture code path
-(`vitlab.capture`) serves them all. The recipe is the notebook's: load pretrained weights (ImageNet's for ViT-B/16;
-for vit_tiny the base vitlab ships, pretrained offline on generated fractals by `vitlab.pretrain`), swap the head
+(`vitlab.capture`) serves them all. The recipe is the notebook's: load pretrained weights (torchvision's ImageNet
+ones; for vit_tiny the base vitlab ships, pretrained offline on generated fractals by `vitlab.pretrain`), at another
+input size with their position embeddings interpolated to the new grid, swap the head
 for a fresh `Linear(hidden, num_classes)`, freeze everything except the last `trainable_blocks` encoder blocks and
 that head.
 """
@@ -12,37 +14,38 @@ from __future__ import annotations
 import os
 import urllib.error
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import VisionTransformer, ViT_B_16_Weights, vit_b_16
+from torchvision.models import VisionTransformer
+from torchvision.models.vision_transformer import interpolate_embeddings
 
+from vitlab.archs import (
+    ARCHS,
+    PRETRAINED,
+    SPECS,
+    image_size_range,
+    native_image_size,
+    num_blocks,
+    spec,
+    weights_cache_file,
+    weights_enum,
+)
 from vitlab.errors import VitlabError, WeightsUnavailableError
 from vitlab.shipped import shipped_base_file
 
-# The small model for laptops and CI: 32x32 inputs cut into 4x4 patches (an 8x8 grid), 4 narrow blocks of 4 heads.
-# An even head count keeps PyTorch's fused inference kernel in play (see vitlab.capture). Small on purpose: its
-# pretraining must fit 30 minutes of a 2-core CPU, and every step it saves is a step more of learning there.
-VIT_TINY_CONFIG = dict(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128)
+# The small model for laptops and CI (see vitlab.archs). An even head count keeps PyTorch's fused inference kernel in
+# play (see vitlab.capture). Small on purpose: its pretraining must fit 30 minutes of a 2-core CPU, and every step it
+# saves is a step more of learning there.
+VIT_TINY_CONFIG = asdict(SPECS["vit_tiny"])
 
-ARCHS = ("vit_b_16", "vit_tiny")
-PRETRAINED = {"vit_b_16": "imagenet", "vit_tiny": "fractal"}  # the weights `pretrained=True` loads for each arch
-_NUM_BLOCKS = {"vit_b_16": 12, "vit_tiny": VIT_TINY_CONFIG["num_layers"]}  # torchvision's ViT-B/16 has 12 blocks
-
-
-def num_blocks(arch: str) -> int:
-    """How many encoder blocks `arch` has, known without building it (12 for vit_b_16, 4 for vit_tiny)."""
-    if arch not in ARCHS:
-        raise VitlabError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
-    return _NUM_BLOCKS[arch]
-
-
-def weights_cache_file() -> Path:
-    """Where torchvision looks for the ImageNet ViT-B/16 weights before downloading (honours `TORCH_HOME`)."""
-    file_name = os.path.basename(ViT_B_16_Weights.IMAGENET1K_V1.url)  # vit_b_16-c867db91.pth
-    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+# Names of vitlab.archs that callers import from here, as before it existed.
+__all__ = ["ARCHS", "PRETRAINED", "VIT_TINY_CONFIG", "build_model", "count_parameters", "freeze_all_but_last",
+           "load_state_dict_file", "num_blocks", "safe_torch_load", "stem_parameters", "train_mode",
+           "weights_cache_file"]
 
 
 def build_model(
@@ -51,31 +54,41 @@ def build_model(
     pretrained: bool | str | os.PathLike = True,
     trainable_blocks: int = 3,
     progress: bool = True,
+    image_size: int | None = None,
+    weights: str | None = None,
 ) -> VisionTransformer:
     """Build a ViT with a fresh `num_classes` head and all but the last `trainable_blocks` blocks frozen.
 
     Args:
-        arch: "vit_b_16" (224x224 inputs, 14x14 grid of 16-px patches) or "vit_tiny" (32x32 inputs, 8x8 grid).
+        arch: one of ARCHS: torchvision's "vit_b_16" (224x224 inputs, 14x14 grid of 16-px patches), "vit_b_32",
+            "vit_l_16", "vit_l_32", "vit_h_14", or vitlab's "vit_tiny" (32x32 inputs, 8x8 grid).
         num_classes: size of the new classification head.
-        pretrained: True loads the arch's pretrained weights: for vit_b_16 torchvision's ImageNet weights (from its
+        pretrained: True loads the arch's pretrained weights: for torchvision's archs the `weights` file (from its
             cache under `TORCH_HOME`, else downloads), for vit_tiny the fractal-pretrained base shipped in the
             package (its SHA-256 checked, see `vitlab.shipped`). A path loads that state-dict file
             (`weights_only=True`); False keeps the random initialisation.
         trainable_blocks: how many of the last encoder blocks train. 0 trains only the head; the full block count
             trains everything (patch and position embeddings and the final norm too), as training from scratch.
         progress: show torchvision's download bar.
+        image_size: input side in pixels, a multiple of the patch size. None: the weights' native size
+            (`vitlab.archs.native_image_size`), where the model is exactly torchvision's. At another size the
+            loaded position embeddings (1, 1 + g*g, D) are resized to the new grid (1, 1 + G*G, D) by torchvision's
+            `interpolate_embeddings` (bicubic; the class token's row is kept as is).
+        weights: torchvision's weights member name for `arch` (e.g. "IMAGENET1K_SWAG_E2E_V1"); None: the default.
 
     Returns:
-        A `VisionTransformer` whose `heads.head` is `Linear(hidden_dim, num_classes)`.
+        A `VisionTransformer` whose `heads.head` is `Linear(hidden_dim, num_classes)`; its `image_size`,
+        `seq_length` and `encoder.pos_embedding` follow `image_size`.
     """
-    if arch not in ARCHS:
-        raise VitlabError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")
+    shape = spec(arch)
+    native = native_image_size(arch, weights)  # also refuses a weights name the arch does not have
+    size = native if image_size is None else _checked_size(arch, image_size)
     if arch == "vit_tiny" and pretrained is True:
         pretrained = shipped_base_file()  # raises WeightsUnavailableError, with the rebuild command, if damaged
-    if arch == "vit_b_16":
-        model = vit_b_16(weights=_imagenet_weights(progress) if pretrained is True else None)
-    else:
-        model = VisionTransformer(num_classes=1000, **VIT_TINY_CONFIG)
+    model = VisionTransformer(num_classes=1000, **{**asdict(shape), "image_size": size})
+    if pretrained is True:
+        _load_state_dict(model, _fit_grid(_torchvision_state_dict(arch, weights, progress), model),
+                         weights_cache_file(arch, weights))
 
     _replace_head(model, num_classes)
     if pretrained not in (True, False):
@@ -84,30 +97,56 @@ def build_model(
             # A head for other classes (ImageNet's 1000, say): keep the body, start a fresh head.
             state_dict = {name: value for name, value in state_dict.items() if not name.startswith("heads.")}
             state_dict.update({f"heads.{name}": value for name, value in model.heads.state_dict().items()})
-        _load_state_dict(model, state_dict, pretrained)
+        _load_state_dict(model, _fit_grid(state_dict, model), pretrained)
 
     freeze_all_but_last(model, trainable_blocks)
     return model
 
 
-def _imagenet_weights(progress: bool) -> ViT_B_16_Weights:
-    """Return the weights enum after making sure its file is cached (downloading it if needed)."""
-    weights = ViT_B_16_Weights.IMAGENET1K_V1
-    cache_file = weights_cache_file()
+def _checked_size(arch: str, image_size: int) -> int:
+    low, high = image_size_range(arch)
+    patch = spec(arch).patch_size
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size % patch or not \
+            low <= image_size <= high:
+        raise VitlabError(f"image_size={image_size!r} does not fit {arch}: it must be a multiple of its {patch}-px "
+                          f"patches from {low} to {high}.")
+    return image_size
+
+
+def _fit_grid(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """`state_dict` with its position embeddings resized to `model`'s grid when the two grids differ.
+
+    (1, 1 + g*g, D) -> (1, 1 + G*G, D) with torchvision's own `interpolate_embeddings`; an equal grid, or a state
+    dict without a square grid of position embeddings, is returned unchanged (a misfit is then reported on load).
+    """
+    loaded = state_dict.get("encoder.pos_embedding")
+    if loaded is None or loaded.ndim != 3 or loaded.shape == model.encoder.pos_embedding.shape:
+        return state_dict
+    patches = loaded.shape[1] - 1
+    if loaded.shape[0] != 1 or round(patches**0.5) ** 2 != patches or loaded.shape[2] != model.hidden_dim:
+        return state_dict
+    # interpolate_embeddings replaces the entry in the dict it is given: hand it a copy, not the caller's dict.
+    return dict(interpolate_embeddings(model.image_size, model.patch_size, dict(state_dict)))
+
+
+def _torchvision_state_dict(arch: str, weights: str | None, progress: bool) -> dict[str, torch.Tensor]:
+    """torchvision's `weights` state dict for `arch`, read from its cache (downloaded into it first if missing)."""
+    member = weights_enum(arch, weights)
+    cache_file = weights_cache_file(arch, weights)
     if cache_file.exists():
-        return weights
+        return load_state_dict_file(cache_file)  # weights_only=True, as every file vitlab reads
     try:
-        weights.get_state_dict(progress=progress, check_hash=True)  # downloads into cache_file
+        # torchvision's own download (hash checked), then loaded without pickled code.
+        return member.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
         raise WeightsUnavailableError(
-            f"Could not download the ImageNet ViT-B/16 weights ({error}).\n"
+            f"Could not download the {arch} {member.name} weights ({error}).\n"
             f"torchvision looks for the file '{cache_file.name}' in {cache_file.parent} "
             f"(set TORCH_HOME to change where).\n"
-            f"Fix: copy {cache_file.name} there from a machine with network ({weights.url}), "
+            f"Fix: copy {cache_file.name} there from a machine with network ({member.url}), "
             f"or pass pretrained=PATH (--pretrained PATH) to a state-dict file, "
             f"or run offline with the small model: python -m vitlab.finetune --preset demo"
         ) from None
-    return weights
 
 
 def safe_torch_load(path: Path, refuse: Callable[[Exception], VitlabError]) -> Any:

@@ -16,6 +16,7 @@ from vitlab.bench.measure import OPTIONAL_ROWS, ROWS, Settings
 from vitlab.bench.memory import bench_peak_memory
 from vitlab.bench.overhead import bench_capture_overhead
 from vitlab.bench.report import format_table, report, write_json
+from vitlab.bench.resolution import bench_laptop_estimate, bench_resolution_step
 from vitlab.bench.rows import (
     bench_data_pipeline,
     bench_demo,
@@ -48,6 +49,10 @@ BENCHES: dict[str, Callable[[Settings], dict]] = {
     "cached_trunk_shapes": bench_cached_trunk_shapes,
     "epoch_cached": bench_epoch_cached,
     "transfer": bench_transfer,
+    "train_step_224": lambda settings: bench_resolution_step(settings, 224),
+    "train_step_160": lambda settings: bench_resolution_step(settings, 160),
+    "train_step_112": lambda settings: bench_resolution_step(settings, 112),
+    "laptop_estimate": bench_laptop_estimate,
 }
 
 
