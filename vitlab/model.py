@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import VisionTransformer, ViT_B_16_Weights, vit_b_16
 
 from vitlab.errors import VitlabError, WeightsUnavailableError
+from vitlab.integrity import check_torch_file
 from vitlab.shipped import shipped_base_file
 
 # The small model for laptops and CI: 32x32 inputs cut into 4x4 patches (an 8x8 grid), 4 narrow blocks of 4 heads.
@@ -113,11 +114,13 @@ def _imagenet_weights(progress: bool) -> ViT_B_16_Weights:
 def safe_torch_load(path: Path, refuse: Callable[[Exception], VitlabError]) -> Any:
     """`torch.load` onto the CPU with `weights_only=True`: tensors and plain values, never pickled code.
 
-    Whatever torch raises (UnpicklingError for pickled code, RuntimeError or EOFError for a damaged or foreign
-    file) becomes `refuse(error)`, the caller's VitlabError saying what to do next, raised without torch's
-    traceback. Shared by `load_state_dict_file` and `vitlab.checkpoint.load_checkpoint`.
+    The file's CRC-32s are checked first (`vitlab.integrity`). Whatever that or torch raises (DamagedFileError,
+    UnpicklingError for pickled code, RuntimeError or EOFError for a damaged or foreign file) becomes
+    `refuse(error)`, the caller's VitlabError saying what to do next, raised without torch's traceback.
+    Shared by `load_state_dict_file` and `vitlab.checkpoint.load_checkpoint`.
     """
     try:
+        check_torch_file(path)  # torch.load does not check the CRC-32s: a flipped weight would load silently
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise refuse(error) from None
@@ -129,9 +132,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise VitlabError(f"No weights file at {path}. Check the path, or use pretrained=True / False.")
     state_dict = safe_torch_load(path, lambda error: VitlabError(
-        f"{path} is not a loadable state-dict file ({type(error).__name__}). It may be truncated, not a "
-        f"PyTorch file, or hold pickled code, which vitlab refuses to run. Re-save it with "
-        f"torch.save(model.state_dict(), path)."
+        f"{path} is not a loadable state-dict file ({type(error).__name__}: {str(error)[:160]}). It is damaged "
+        f"(truncated or changed on disk), not a PyTorch file, or holds pickled code, which vitlab refuses to run. "
+        f"Use an intact copy, or re-save it with torch.save(model.state_dict(), path)."
     ))
     if isinstance(state_dict, dict) and isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]  # a vitlab training checkpoint: take its model weights
