@@ -103,6 +103,11 @@ def saved_run(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
         if not isinstance(settings, dict):
             raise CheckpointError(f"{path / CONFIG} holds no settings. Start the run again with --out.")
         return settings, None
+    if path.is_dir() and not (path / LAST).exists():
+        raise CheckpointError(
+            f"{path} holds no run to resume: neither {LAST} nor {CONFIG} (a run stopped before it saved its "
+            f"settings leaves none). Start it with the original command and --out {path}."
+        )
     checkpoint = load_checkpoint(path, purpose="resume")
     return checkpoint["config"], checkpoint
 

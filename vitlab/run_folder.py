@@ -92,6 +92,8 @@ def restore(job: Run, checkpoint: dict) -> None:
     job.history = checkpoint["history"]
     job.best_val_acc = checkpoint["best_val_acc"]
     job.start_epoch = checkpoint["epoch"]
+    if job.process.is_main:  # a kill between checkpoint.pt and history.json leaves the history one epoch behind
+        save_json(job.out / "history.json", job.history)
 
 
 def record_epoch(job: Run, epoch: int, train: dict, val: dict) -> None:
