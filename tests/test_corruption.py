@@ -134,7 +134,7 @@ def test_a_lesson_given_a_damaged_checkpoint_exits_2(demo_files: dict, tmp_path:
     lesson = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lesson)
     data = demo_files[BEST].read_bytes()
-    start = entry_ranges(demo_files[BEST])[-1].start  # the last tensor's first byte
+    start = max(entry_ranges(demo_files[BEST]), key=len).start  # the largest tensor's first byte
     flipped = data[:start] + bytes([data[start] ^ 0x01]) + data[start + 1:]
     for damaged in (data[: len(data) // 2], flipped):
         (tmp_path / BEST).write_bytes(damaged)
@@ -198,3 +198,40 @@ def test_the_job_given_a_damaged_pretrained_file_exits_2(tmp_path: Path, capsys:
     assert finetune.main(run) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "damaged" in err and "Traceback" not in err
+
+
+def _outside_entries(path: Path) -> list[int]:
+    """Every byte position of a torch file that is zip bookkeeping: local headers, padding, the directory."""
+    payload = entry_ranges(path)
+    return [i for i in range(path.stat().st_size) if not any(i in span for span in payload)]
+
+
+def test_flips_in_the_zip_bookkeeping_are_refused_or_load_exactly(demo_files: dict, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    data = demo_files[BEST].read_bytes()
+    original = load_checkpoint(demo_files[BEST])
+    rng = random.Random(SEED + 2)
+    path, refused = tmp_path / BEST, 0
+    for position in rng.sample(_outside_entries(demo_files[BEST]), CASES):
+        damaged = bytearray(data)
+        damaged[position] ^= rng.randrange(1, 256)
+        path.write_bytes(bytes(damaged))
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as error:
+            assert_damaged_message(error, path)
+            refused += 1
+            continue
+        assert same(loaded, original), f"a flip at byte {position} loaded different content"
+    with capsys.disabled():
+        print(f"\n{BEST}: {CASES} flips in zip bookkeeping, {refused} refused, {CASES - refused} loaded identical")
+
+
+def test_torch_load_alone_takes_a_flipped_weight_vitlab_does_not(demo_files: dict, tmp_path: Path) -> None:
+    data = demo_files[BEST].read_bytes()
+    start = max(entry_ranges(demo_files[BEST]), key=len).start  # the largest tensor's first byte
+    (tmp_path / BEST).write_bytes(data[:start] + bytes([data[start] ^ 0x80]) + data[start + 1:])
+    silent = torch.load(tmp_path / BEST, weights_only=True)  # torch does not check the CRC-32: no error
+    assert not same(silent, load_checkpoint(demo_files[BEST]))  # ... and the content differs
+    with pytest.raises(CheckpointError, match="CRC-32"):
+        load_checkpoint(tmp_path / BEST)
