@@ -3,25 +3,27 @@
 The run is the demo preset in miniature (128 shapes per split, 3 epochs): the same code path as `--preset demo`
 (shipped base, cached trunk, best.pt and checkpoint.pt), a few seconds a run, most of it Python start-up. One
 uninterrupted run, traced through every write point (vitlab.faults), is the reference every kill is compared with.
-Every run here uses one intra-op thread (children by OMP_NUM_THREADS, this process by `single_thread`): the same
-arithmetic everywhere, and no two threads spinning on a busy 2-core machine.
+Each killed run is a child process forked from a fork server that imported vitlab once (Python and torch's import
+is most of a small run's time), SIGKILLed for real. Every run uses one intra-op thread (this process under
+`single_thread`): the same arithmetic everywhere, and no two threads spinning on a busy 2-core machine.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 from vitlab import atomic, finetune
 from vitlab.checkpoint import BEST, CONFIG, LAST, load_checkpoint, save_checkpoint, save_json
@@ -34,24 +36,48 @@ WRITE_KILLS, TIMED_KILLS = 12, 8  # 20 kills in all
 SEED = 14  # issue 14: every random choice below comes from this seed
 
 
-def _child(out: Path, log: Path, at: int) -> subprocess.Popen:
-    """The job as a child process that SIGKILLs itself at write point `at` (0: never), logging points to `log`."""
-    env = {**os.environ, VARIABLE: f"{at}:{log}", "OMP_NUM_THREADS": "1"}  # as in-process, under single_thread
-    return subprocess.Popen([sys.executable, "-m", "vitlab.finetune", *RUN, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _job(argv: list[str], fault_at: str) -> None:
+    """A child's whole life: one intra-op thread (as this process under `single_thread`), the fault hook, the job."""
+    os.environ[VARIABLE] = fault_at  # in the child only: it was forked from the fork server
+    torch.set_num_threads(1)
+    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which a SIGKILL would leak
+    raise SystemExit(finetune.main(argv))
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def children() -> multiprocessing.context.BaseContext:
+    """Child processes forked from a server that imported vitlab once: a kill costs the run, not torch's import."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["vitlab.finetune"])
+    return context
+
+
+def _child(children: multiprocessing.context.BaseContext, out: Path, log: Path, at: int) -> multiprocessing.Process:
+    """The job as a child process that SIGKILLs itself at write point `at` (0: never), logging points to `log`."""
+    child = children.Process(target=_job, args=([*RUN, "--out", str(out)], f"{at}:{log}"))
+    child.start()
+    return child
+
+
+def _wait(child: multiprocessing.Process) -> int:
+    child.join(timeout=300)
+    return child.exitcode
+
+
+def _wait_for_config(child: multiprocessing.Process, out: Path) -> None:
+    while not (out / CONFIG).exists() and child.is_alive():
+        time.sleep(0.002)
+
+
+@pytest.fixture(scope="module")
+def reference(children: multiprocessing.context.BaseContext, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The uninterrupted run: its folder, every write point it passed in order, and its seconds after config.json."""
     root = tmp_path_factory.mktemp("reference")
     out, log = root / "run", root / "points.log"
-    child = _child(out, log, at=0)
-    while not (out / CONFIG).exists() and child.poll() is None:
-        time.sleep(0.002)
+    child = _child(children, out, log, at=0)
+    _wait_for_config(child, out)
     settled = time.perf_counter()
-    _, err = child.communicate(timeout=300)
-    assert child.returncode == 0, err
+    assert _wait(child) == 0
     return {"out": out, "points": log.read_text().split(), "after_config": time.perf_counter() - settled}
 
 
@@ -101,15 +127,14 @@ def resume_after_kill(out: Path, capsys: pytest.CaptureFixture) -> str:
     return "restarted"
 
 
-def _kill_after(out: Path, log: Path, delay: float) -> int:
+def _kill_after(children: multiprocessing.context.BaseContext, out: Path, log: Path, delay: float) -> int:
     """Start the job, wait until its config.json exists, SIGKILL it `delay` seconds later; its exit code."""
-    child = _child(out, log, at=0)
-    while not (out / CONFIG).exists() and child.poll() is None:
-        time.sleep(0.002)
+    child = _child(children, out, log, at=0)
+    _wait_for_config(child, out)
     time.sleep(delay)
-    child.send_signal(signal.SIGKILL)  # nothing happens if it already finished
-    code = child.wait(timeout=300)
-    assert code in (-signal.SIGKILL, 0), child.stderr.read()
+    child.kill()  # SIGKILL; nothing happens if it already finished
+    code = _wait(child)
+    assert code in (-signal.SIGKILL, 0)
     return code
 
 
@@ -137,14 +162,14 @@ def test_the_reference_run_passes_every_write_point(reference: dict) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_20_seeded_moments_then_resume_is_bit_identical(
-    reference: dict, tmp_path: Path, capsys: pytest.CaptureFixture, single_thread: None
+    reference: dict, children: multiprocessing.context.BaseContext, tmp_path: Path, capsys: pytest.CaptureFixture,
+    single_thread: None,
 ) -> None:
     rng = random.Random(SEED)
     outcomes = []
     for at in _write_kill_points(reference["points"]):  # inside the writes, at a named moment
         out, log = tmp_path / f"write{at}", tmp_path / f"write{at}.log"
-        child = _child(out, log, at)
-        assert child.wait(timeout=300) == -signal.SIGKILL, child.stderr.read()
+        assert _wait(_child(children, out, log, at)) == -signal.SIGKILL
         assert log.read_text().split()[-1] == reference["points"][at - 1]  # it died exactly there
         assert_consistent(out)
         outcomes.append(resume_after_kill(out, capsys))
@@ -153,7 +178,7 @@ def test_sigkill_at_20_seeded_moments_then_resume_is_bit_identical(
         out, code, window = tmp_path / f"timed{kill}", 0, 0.9 * reference["after_config"]
         while code == 0:  # a run that finished before its kill proves nothing: again, in a shorter window
             shutil.rmtree(out, ignore_errors=True)
-            code = _kill_after(out, tmp_path / f"timed{kill}.log", rng.uniform(0.0, window))
+            code = _kill_after(children, out, tmp_path / f"timed{kill}.log", rng.uniform(0.0, window))
             window /= 2
         assert code == -signal.SIGKILL
         assert_consistent(out)
