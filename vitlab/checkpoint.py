@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torchvision.models import VisionTransformer
 
+from vitlab.atomic import atomic_write
 from vitlab.errors import CheckpointError
 from vitlab.model import build_model, safe_torch_load
 
 FORMAT = "vitlab-checkpoint-v1"
 
 # The two checkpoints of a run folder.
+CONFIG = "config.json"  # the run's settings, written before its first epoch
 LAST = "checkpoint.pt"  # the last completed epoch: weights, optimizer, scheduler, RNG and history, to resume
 BEST = "best.pt"  # the weights of the best validation epoch: what the test pass measures and what is studied
 
@@ -61,30 +62,6 @@ def checkpoint_file(path: str | os.PathLike, purpose: Purpose) -> Path:
     return path
 
 
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Call `write(file_object)` on a temporary file next to `path`, then move it into place atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
     """Atomically save a checkpoint dict (tensors and plain Python values only)."""
     return atomic_write(path, lambda file: torch.save({"format": FORMAT, **checkpoint}, file))
@@ -101,17 +78,49 @@ def load_checkpoint(path: str | os.PathLike, purpose: Purpose = "resume") -> dic
     The default reads a run folder's checkpoint.pt, the one that holds everything (see `checkpoint_file`).
     """
     path = checkpoint_file(path, purpose)
-    checkpoint = safe_torch_load(path, lambda error: CheckpointError(
-        f"Could not read {path} as a vitlab checkpoint ({type(error).__name__}). It is damaged, not a PyTorch "
-        f"file, or holds pickled code (vitlab loads tensors and plain values only, so it cannot run code "
-        f"hidden in a checkpoint)."
-    ))
+    checkpoint = safe_torch_load(path, lambda error: _unreadable(path, error))
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a PyTorch file but not a vitlab checkpoint (no '{FORMAT}' marker). For a plain "
             f"state dict, use vitlab.build_model(..., pretrained=PATH)."
         )
     return checkpoint
+
+
+def saved_run(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What `--resume folder` continues: (the saved settings, checkpoint.pt), from the last completed epoch.
+
+    A run stopped before its first epoch completed (killed, or out of disk) has a config.json but no checkpoint.pt:
+    then this returns (config.json's settings, None) and the run starts again from epoch 1 with those settings.
+    """
+    path = Path(folder).expanduser()
+    if path.is_dir() and not (path / LAST).exists() and (path / CONFIG).is_file():
+        try:
+            settings = json.loads((path / CONFIG).read_text())
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{path / CONFIG} is unreadable ({error}), and {path} holds no {LAST} yet: no "
+                                  f"epoch of that run completed. Start it again with --out.") from None
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"{path / CONFIG} holds no settings. Start the run again with --out.")
+        return settings, None
+    if path.is_dir() and not (path / LAST).exists():
+        raise CheckpointError(
+            f"{path} holds no run to resume: neither {LAST} nor {CONFIG} (a run stopped before it saved its "
+            f"settings leaves none). Start it with the original command and --out {path}."
+        )
+    checkpoint = load_checkpoint(path, purpose="resume")
+    return checkpoint["config"], checkpoint
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    """The message for a checkpoint torch cannot read: what failed, the likely causes, and what to do."""
+    detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    return CheckpointError(
+        f"Could not read {path} as a vitlab checkpoint ({type(error).__name__}{': ' + detail if detail else ''}). "
+        f"It is damaged (truncated or changed on disk), not a PyTorch file, or holds pickled code (vitlab loads "
+        f"tensors and plain values only, so it cannot run code hidden in a checkpoint). Use an intact copy; in a run "
+        f"folder the other checkpoint ({LAST} or {BEST}) may still be readable, or train the run again."
+    )
 
 
 def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:

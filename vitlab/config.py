@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from vitlab.archs import ARCHS, PRETRAINED, default_weights, native_image_size, num_blocks
-from vitlab.checkpoint import load_checkpoint
+from vitlab.checkpoint import saved_run
 from vitlab.config_rules import check_config, check_weights
 from vitlab.data import DATASETS
 from vitlab.errors import CheckpointError, VitlabError
@@ -204,15 +204,17 @@ def resolve_config(argv: list[str] | None) -> tuple[FinetuneConfig, dict | None]
     return make_config(flags), None
 
 
-def resume_config(flags: dict[str, Any]) -> tuple[FinetuneConfig, dict]:
+def resume_config(flags: dict[str, Any]) -> tuple[FinetuneConfig, dict | None]:
     """The settings of the run in `flags["resume"]` with the typed `flags` on top, and its checkpoint.pt.
+
+    A run stopped before its first checkpoint.pt gives None: it starts again from epoch 1 with its config.json.
 
     The saved settings go through make_config too: a run saved before the config was resolved there may hold
     `pretrained` or `trainable_blocks` None. `--preset` is ignored (the saved run replaces it), and a flag that would
     change what the saved weights fit (FIXED_ON_RESUME) is a CheckpointError.
     """
-    checkpoint = load_checkpoint(flags["resume"], purpose="resume")
-    stored = FinetuneConfig(**checkpoint["config"])
+    settings, checkpoint = saved_run(flags["resume"])  # checkpoint None: stopped before epoch 1 completed
+    stored = FinetuneConfig(**settings)
     if stored.pretrained is None and stored.arch == "vit_tiny":
         stored.pretrained = "none"  # saved before vit_tiny had a base: None meant a random init then
     saved = make_config({}, base=stored)

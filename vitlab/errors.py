@@ -21,3 +21,10 @@ class DataUnavailableError(VitlabError):
 
 class CheckpointError(VitlabError):
     """A checkpoint file is missing, not a vitlab checkpoint, unsafe to load, or made for another model."""
+
+
+class StorageError(VitlabError):
+    """A file could not be written: the disk is full, over quota, read-only or failing (CLI exit code 1).
+
+    Not bad input, so the training job exits 1 rather than 2. The file it was writing is left as it was before.
+    """

@@ -29,7 +29,7 @@ from vitlab.checkpoint import BEST, LAST, load_checkpoint, save_json
 from vitlab.config import FinetuneConfig, resolve_config
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, batches, load_dataset
 from vitlab.device import pick_device
-from vitlab.errors import CheckpointError, VitlabError
+from vitlab.errors import CheckpointError, StorageError, VitlabError
 from vitlab.localization import localization_scores
 from vitlab.model import build_model, count_parameters, num_blocks
 from vitlab.plotting import plot_curves, plot_predictions, save_figure
@@ -69,7 +69,7 @@ def setup(config: FinetuneConfig, checkpoint: dict | None = None) -> Run:
     """Everything the epoch loop needs, in the order that keeps a seed's numbers: data, model, optimizer, trainer."""
     process, device = distributed.start(pick_device(config.device))
     _refuse_early(config, process)
-    out = prepare_out(config, resuming=checkpoint is not None)
+    out = prepare_out(config, resuming=checkpoint is not None, clean=process.is_main)
     torch.manual_seed(config.seed)
     splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
                           subset=config.subset, progress=process.is_main and not config.quiet)
@@ -237,12 +237,16 @@ def _draw(job: Run) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point. Returns the exit code: 0 done, 1 training failed, 2 bad input, 130 interrupted."""
+    """Command-line entry point. Returns the exit code: 0 done, 1 training or writing failed, 2 bad input, 130
+    interrupted."""
     config = None
     try:
         config, checkpoint = resolve_config(argv)
         run(config, checkpoint)
         return 0
+    except StorageError as error:  # a file could not be written (full disk): not bad input, so exit 1
+        print(f"vitlab: {error}", file=sys.stderr)
+        return 1
     except VitlabError as error:
         print(f"vitlab: {error}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from vitlab.archs import (
     weights_enum,
 )
 from vitlab.errors import VitlabError, WeightsUnavailableError
+from vitlab.integrity import check_torch_file
 from vitlab.shipped import shipped_base_file
 
 # The small model for laptops and CI (see vitlab.archs). An even head count keeps PyTorch's fused inference kernel in
@@ -152,11 +153,13 @@ def _torchvision_state_dict(arch: str, weights: str | None, progress: bool) -> d
 def safe_torch_load(path: Path, refuse: Callable[[Exception], VitlabError]) -> Any:
     """`torch.load` onto the CPU with `weights_only=True`: tensors and plain values, never pickled code.
 
-    Whatever torch raises (UnpicklingError for pickled code, RuntimeError or EOFError for a damaged or foreign
-    file) becomes `refuse(error)`, the caller's VitlabError saying what to do next, raised without torch's
-    traceback. Shared by `load_state_dict_file` and `vitlab.checkpoint.load_checkpoint`.
+    The file's CRC-32s are checked first (`vitlab.integrity`). Whatever that or torch raises (DamagedFileError,
+    UnpicklingError for pickled code, RuntimeError or EOFError for a damaged or foreign file) becomes
+    `refuse(error)`, the caller's VitlabError saying what to do next, raised without torch's traceback.
+    Shared by `load_state_dict_file` and `vitlab.checkpoint.load_checkpoint`.
     """
     try:
+        check_torch_file(path)  # torch.load does not check the CRC-32s: a flipped weight would load silently
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise refuse(error) from None
@@ -168,9 +171,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise VitlabError(f"No weights file at {path}. Check the path, or use pretrained=True / False.")
     state_dict = safe_torch_load(path, lambda error: VitlabError(
-        f"{path} is not a loadable state-dict file ({type(error).__name__}). It may be truncated, not a "
-        f"PyTorch file, or hold pickled code, which vitlab refuses to run. Re-save it with "
-        f"torch.save(model.state_dict(), path)."
+        f"{path} is not a loadable state-dict file ({type(error).__name__}: {str(error)[:160]}). It is damaged "
+        f"(truncated or changed on disk), not a PyTorch file, or holds pickled code, which vitlab refuses to run. "
+        f"Use an intact copy, or re-save it with torch.save(model.state_dict(), path)."
     ))
     if isinstance(state_dict, dict) and isinstance(state_dict.get("model"), dict):
         state_dict = state_dict["model"]  # a vitlab training checkpoint: take its model weights

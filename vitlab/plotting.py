@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vitlab.atomic import atomic_write
 from vitlab.data import denormalize
 
 
@@ -188,8 +189,5 @@ def style_depth_axes(ax: Axes, ylabel: str, **settings) -> None:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save a figure as PNG, creating the folder, and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    """Save a figure as PNG, creating the folder, and return the path; written atomically (vitlab.atomic)."""
+    return atomic_write(path, lambda file: fig.savefig(file, dpi=dpi, format="png"))  # never a half-drawn PNG

@@ -18,12 +18,16 @@ from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
 from vitlab import distributed
-from vitlab.checkpoint import BEST, LAST, save_checkpoint, save_json
+from vitlab.atomic import remove_stale_temporaries
+from vitlab.checkpoint import BEST, CONFIG, LAST, save_checkpoint, save_json
 from vitlab.config import FinetuneConfig
 from vitlab.data import BatchTransform, DataSplits
 from vitlab.errors import VitlabError
 from vitlab.train import Recipe
 from vitlab.trunk_cache import CachedTrunk
+
+# Every file a run folder holds (vitlab.finetune writes them all through vitlab.atomic.atomic_write).
+RUN_FILES = (CONFIG, "history.json", "summary.json", LAST, BEST, "curves.png", "predictions.png")
 
 
 @dataclass
@@ -61,14 +65,19 @@ class Run:
             print(message, flush=True)
 
 
-def prepare_out(config: FinetuneConfig, resuming: bool) -> Path:
-    """The run folder: `config.out`, or runs/<timestamp>. A new run refuses a folder that already holds one."""
+def prepare_out(config: FinetuneConfig, resuming: bool, clean: bool = True) -> Path:
+    """The run folder: `config.out`, or runs/<timestamp>. A new run refuses a folder that already holds one.
+
+    `clean` (rank 0 only, before it writes anything): remove the temporary files a killed run left behind.
+    """
     out = Path(config.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if not resuming and (out / LAST).exists():
         raise VitlabError(
             f"{out} already holds a run ({LAST}). Continue it with --resume {out}, or choose another --out; "
             f"vitlab never overwrites a run."
         )
+    if clean and out.is_dir():
+        remove_stale_temporaries(out, RUN_FILES)
     return out
 
 
@@ -83,6 +92,8 @@ def restore(job: Run, checkpoint: dict) -> None:
     job.history = checkpoint["history"]
     job.best_val_acc = checkpoint["best_val_acc"]
     job.start_epoch = checkpoint["epoch"]
+    if job.process.is_main:  # a kill between checkpoint.pt and history.json leaves the history one epoch behind
+        save_json(job.out / "history.json", job.history)
 
 
 def record_epoch(job: Run, epoch: int, train: dict, val: dict) -> None:
