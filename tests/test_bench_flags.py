@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vitlab import bench
@@ -97,6 +97,8 @@ def test_no_traceback_in_a_real_process(tmp_path: Path) -> None:
 # the edges, huge, negative, not whole, not finite, words.
 numbers = st.one_of(st.integers(1, 4).map(str), st.integers(-10, 60_000).map(str),
                     st.sampled_from(["nan", "inf", "-inf", "1e3", "2.5", "x", ""]))
+# Each range's edges, always tried (as explicit examples): just outside, and just inside.
+EDGES = [{flag: str(n)} for flag, (low, high) in RANGES.items() for n in (low - 1, low, high, high + 1)]
 row_lists = st.lists(st.sampled_from([*CHEAP_ROWS, "train_stpe", "Demo", ""]), min_size=1, max_size=3).map(",".join)
 flag_values = st.fixed_dictionaries({}, optional={
     "--repeats": numbers, "--batch-size": numbers, "--epoch-images": numbers, "--rows": row_lists,
@@ -119,7 +121,7 @@ def bad_flags(flags: dict[str, str]) -> list[str]:
     return bad
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(flags=flag_values)
 def test_generated_command_lines_exit_2_or_run_with_finite_numbers(flags: dict[str, str]) -> None:
     # Runs stay cheap: the rows are the cheapest, so are batches and repeats when valid (others are refused).
@@ -142,3 +144,8 @@ def test_generated_command_lines_exit_2_or_run_with_finite_numbers(flags: dict[s
         numbers_in_row = [row[k] for k in ("baseline", "vitlab", "ratio") if row[k] is not None]
         assert all(math.isfinite(x) and x > 0 for x in numbers_in_row), row
         assert row.get("measured", True) is False or len(numbers_in_row) == 3, row
+
+
+for _edge in EDGES:  # the edges of every range run on top of the generated command lines
+    test_generated_command_lines_exit_2_or_run_with_finite_numbers = example(flags=_edge)(
+        test_generated_command_lines_exit_2_or_run_with_finite_numbers)
