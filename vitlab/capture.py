@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
 from vitlab.capture_grad import GradientRouting
+from vitlab.errors import VitlabError
 
 
 @contextmanager
@@ -42,7 +43,11 @@ def capture(model: VisionTransformer) -> Iterator[Captured]:
 
     The model's outputs are unchanged; all hooks are removed on exit, also when the block raises. If several
     forward passes run inside the block, `Captured` holds the last one.
+
+    Raises:
+        VitlabError: `model` is a `torch.compile` wrapper (capture needs the eager model: `model._orig_mod`).
     """
+    _refuse_compiled(model)
     captured = Captured(model)
     exact_gradients = GradientRouting(model)  # only used with autograd on
 
@@ -84,10 +89,25 @@ def capture(model: VisionTransformer) -> Iterator[Captured]:
 
 
 def capture_forward(model: VisionTransformer, images: Tensor) -> tuple[Tensor, Captured]:
-    """Run `model(images)` under `capture` and return `(logits (B, num_classes), captured)`."""
+    """Run `model(images)` under `capture` and return `(logits (B, num_classes), captured)`.
+
+    A `torch.compile`d model is run eagerly through its `_orig_mod` (the same weights): this call makes the forward
+    pass itself, so it can take the path the hooks see; a compiled graph would skip or recompile around them.
+    """
+    model = getattr(model, "_orig_mod", model)
     with capture(model) as captured:
         logits = model(images)
     return logits, captured
+
+
+def _refuse_compiled(model: nn.Module) -> None:
+    """`capture` hooks the eager modules; the forward of a torch.compile wrapper runs a graph those hooks miss."""
+    if hasattr(model, "_orig_mod"):
+        raise VitlabError(
+            "capture needs the eager model, but got a torch.compile wrapper: its forward pass runs a compiled graph, "
+            "which skips or recompiles around capture's hooks. Pass model._orig_mod (the same weights, uncompiled) "
+            "to capture and call that inside the with block, or use capture_forward(model, images), which does so."
+        )
 
 
 class Captured:

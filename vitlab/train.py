@@ -98,15 +98,21 @@ def make_criterion(recipe: Recipe) -> Callable[[Tensor, Tensor], Tensor]:
     return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
 
-def uses_bf16(device: torch.device, recipe: Recipe) -> bool:
-    """Whether `recipe` computes in bf16 on `device` (on CUDA only: CPU bf16 measured slower, see BENCHMARKS.md)."""
-    return device.type == "cuda" and recipe.bf16_on_cuda
+# The device types on which a recipe's `bf16_on_cuda` turns bf16 autocast on. CUDA only: CPU bf16 measured slower
+# (see BENCHMARKS.md). A parameter, not a constant inside the functions, so that tests run this very code path
+# on the CPU with bf16_devices=("cpu",) (tests/test_gpu_paths.py): no GPU has run it.
+BF16_DEVICES = ("cuda",)
 
 
-def autocast_for(device: torch.device, recipe: Recipe):
-    """bf16 autocast on CUDA when the recipe asks for it, else a no-op context."""
-    if uses_bf16(device, recipe):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def uses_bf16(device: torch.device, recipe: Recipe, bf16_devices: tuple[str, ...] = BF16_DEVICES) -> bool:
+    """Whether `recipe` computes in bf16 on `device` (by default on CUDA only)."""
+    return device.type in bf16_devices and recipe.bf16_on_cuda
+
+
+def autocast_for(device: torch.device, recipe: Recipe, bf16_devices: tuple[str, ...] = BF16_DEVICES):
+    """bf16 autocast on `device` when the recipe asks for it there (CUDA by default), else a no-op context."""
+    if uses_bf16(device, recipe, bf16_devices):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -180,11 +186,15 @@ def train_one_epoch(
     description: str = "train",
     show_progress: bool = True,
     refresh_every: int = 25,
+    bf16_devices: tuple[str, ...] = BF16_DEVICES,
 ) -> dict[str, float]:
-    """Train over `batches` once. Returns {"loss", "acc", "count", "seconds", "images_per_second"} (all ranks)."""
+    """Train over `batches` once. Returns {"loss", "acc", "count", "seconds", "images_per_second"} (all ranks).
+
+    `bf16_devices`: the device types where the recipe's bf16 autocast applies (`BF16_DEVICES`, CUDA, by default).
+    """
     train_mode(model)  # frozen leading blocks stay in eval mode: the same function, PyTorch's faster kernel
     metrics = RunningMetrics(device)
-    autocast = autocast_for(device, recipe)
+    autocast = autocast_for(device, recipe, bf16_devices)
     start = time.perf_counter()
     with tqdm(total=num_images, desc=description, unit="img", disable=not show_progress, leave=False) as bar:
         for step, (images, labels) in enumerate(batches):

@@ -10,7 +10,9 @@ from collections.abc import Callable
 import torch
 
 from vitlab.bench.cached import bench_cached_trunk_shapes, bench_cached_trunk_step, bench_epoch_cached
+from vitlab.bench.compiled import bench_compile
 from vitlab.bench.epoch import bench_epoch
+from vitlab.bench.flags import FlagParser, check_flags
 from vitlab.bench.machine import describe_device
 from vitlab.bench.measure import OPTIONAL_ROWS, ROWS, Settings
 from vitlab.bench.memory import bench_peak_memory
@@ -53,11 +55,12 @@ BENCHES: dict[str, Callable[[Settings], dict]] = {
     "train_step_160": lambda settings: bench_resolution_step(settings, 160),
     "train_step_112": lambda settings: bench_resolution_step(settings, 112),
     "laptop_estimate": bench_laptop_estimate,
+    "compile": bench_compile,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(  # its errors are one-line VitlabErrors: main prints them and exits 2
         prog="python -m vitlab.bench",
         description="Measure vitlab against the notebook's way (PIL per image, fp32, Adam), interleaved in one "
         "process, and print a table of medians, ratios and targets.",
@@ -84,13 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen rows, print the table, write the JSON. Returns 0, 1 when a row failed to run, 2 bad input."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    rows = ROWS if args.rows is None else tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    if unknown := [r for r in rows if r not in BENCHES]:
-        print(f"vitlab.bench: unknown row(s) {', '.join(unknown)}. Choose from: {', '.join(ROWS + OPTIONAL_ROWS)}.",
-              file=sys.stderr)
-        return 2
-    try:
+    try:  # every flag is checked here, before any row runs or any file is written
+        args = build_parser().parse_args(argv)
+        rows = check_flags(args, tuple(BENCHES), ROWS)
         device = pick_device(args.device, kinds=BENCH_DEVICES)
     except VitlabError as error:
         print(f"vitlab.bench: {error}", file=sys.stderr)

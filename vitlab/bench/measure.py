@@ -24,7 +24,8 @@ T = TypeVar("T")
 ROWS = ("data_pipeline", "capture_overhead", "train_step", "eval_throughput", "peak_memory", "demo", "epoch")
 # Run only when named in --rows:
 OPTIONAL_ROWS = ("train_step_cpu_bf16", "cached_trunk_step", "cached_trunk_shapes", "epoch_cached", "transfer",
-                 "train_step_224", "train_step_160", "train_step_112", "laptop_estimate")
+                 "train_step_224", "train_step_160", "train_step_112", "laptop_estimate",
+                 "compile")
 NUM_CLASSES = 100  # CIFAR-100's
 CIFAR_TRAIN, CIFAR_VAL, CIFAR_TEST = 45_000, 5_000, 10_000  # vitlab holds 5,000 of the 50,000 out for validation
 

@@ -70,5 +70,7 @@ def report(results: list[dict], settings: Settings, wall_seconds: float, device_
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    partial = path.with_name(path.name + ".partial")  # written whole, then renamed: never a half-written report
+    partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(partial, path)
     return path
