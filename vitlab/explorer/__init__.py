@@ -14,6 +14,7 @@ One concept per module:
     views.py    one image, one forward pass: ImageViews and the maps read from it, class_map, mean_distances
     drawing.py  render_overlay (numpy, cheap enough for every slider move), the mean-distance figure
     sources.py  where the model comes from: the demo model, a vitlab checkpoint, ImageNet ViT-B/16
+    runs_folder.py  the one folder whose checkpoints the page may read (`--runs DIR`); paths outside are refused
     uploads.py  uploaded files made safe: any PNG or JPEG in, a model input or an UploadError out
 
 The analyses themselves are vitlab.attention's. Every failure is a VitlabError whose message says what to do next.
@@ -23,6 +24,7 @@ vitlab.bench.explorer; this package does not import it).
 
 from vitlab.errors import VitlabError
 from vitlab.explorer.drawing import HEAD_VIEW_PX, MAIN_VIEW_PX, VIEW_FORMAT, distance_figure_png, render_overlay
+from vitlab.explorer.runs_folder import runs_folder
 from vitlab.explorer.sources import (
     SOURCES,
     LoadedModel,
@@ -43,5 +45,5 @@ __all__ = [
     "DISTANCE_IMAGES", "HEAD_VIEW_PX", "MAIN_VIEW_PX", "SOURCES", "VIEW_FORMAT", "ImageViews", "LoadedModel",
     "PreparedImage", "UploadError", "VitlabError", "analyse_image", "class_map", "distance_figure_png", "image_key",
     "imagenet_available", "imagenet_hint", "list_runs", "load_model_source", "mean_distances", "model_inputs",
-    "preprocess_upload", "render_overlay", "resolve_checkpoint", "source_stamp", "weights_cache_file",
+    "preprocess_upload", "render_overlay", "resolve_checkpoint", "runs_folder", "source_stamp", "weights_cache_file",
 ]
