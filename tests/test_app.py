@@ -55,7 +55,7 @@ def bomb_png(width: int = 60_000, height: int = 60_000) -> bytes:
 
 BAD_UPLOADS = {
     # name: (file name, content, a phrase the message must contain)
-    "not an image": ("notes.png", b"these are my lecture notes, not a picture\n" * 20, "not a PNG or JPEG"),
+    "not an image": ("notes.png", b"these are my lecture notes, not a picture\n" * 20, "not a PNG, JPEG"),
     "empty": ("empty.png", b"", "empty"),
     "truncated PNG": ("cut.png", encode(noise(64, 64))[:600], "truncated or damaged"),
     "truncated JPEG": ("cut.jpg", encode(noise(256, 256), "JPEG")[:3000], "truncated or damaged"),
