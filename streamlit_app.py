@@ -12,6 +12,7 @@ so moving one reruns and redraws only the views it changes.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import streamlit as st
@@ -103,20 +104,22 @@ def choose_model() -> explorer.LoadedModel:
 
 
 def choose_checkpoint() -> Path:
-    """A run under runs/ or a typed path, as the checkpoint file it means; stops the page with a message if none."""
-    runs = [str(run) for run in explorer.list_runs("runs")]
+    """A run under the runs folder or a typed path inside it, as the checkpoint file it means; stops the page with a
+    message if none, or if the path is outside the runs folder (`streamlit run streamlit_app.py -- --runs DIR`)."""
+    root = explorer.runs_folder(sys.argv[1:])
+    runs = [str(run) for run in explorer.list_runs(root)]
     keep_in("run_choice", [""] + runs, "")
     run = st.sidebar.selectbox(
-        "Run under runs/", [""] + runs, key="run_choice", format_func=lambda r: r or "(choose a run)"
+        f"Run under {root}/", [""] + runs, key="run_choice", format_func=lambda r: r or "(choose a run)"
     )
     if not runs:
-        st.sidebar.caption("No runs under runs/ yet: python -m vitlab.finetune --preset demo --out runs/demo")
-    typed = st.sidebar.text_input("...or a checkpoint file or run folder", key="checkpoint_path").strip()
+        st.sidebar.caption(f"No runs under {root}/ yet: python -m vitlab.finetune --preset demo --out {root}/demo")
+    typed = st.sidebar.text_input(f"...or a checkpoint file or run folder under {root}/", key="checkpoint_path").strip()
     if not (typed or run):
-        st.info("Choose a run under runs/ in the sidebar, or type the path of a vitlab checkpoint.")
+        st.info(f"Choose a run under {root}/ in the sidebar, or type the path of a vitlab checkpoint in it.")
         st.stop()
     try:
-        return explorer.resolve_checkpoint(typed or run)
+        return explorer.resolve_checkpoint(typed or run, root=root)
     except explorer.VitlabError as error:
         st.error(str(error))
         st.stop()

@@ -33,8 +33,10 @@ from torch import Tensor
 
 from vitlab.attention import attention_mass_ratio, cls_attention
 from vitlab.capture import capture_forward, geometry
+from vitlab.config_rules import Rule, number_flag
 from vitlab.errors import VitlabError
 from vitlab.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.lesson_flags import LARGEST_BLOCKS
 from vitlab.localization import object_patches
 from vitlab.plotting import draw_overlay
 
@@ -64,12 +66,14 @@ def figure_heads(images: Tensor, maps: Tensor, row_titles: list[str], title: str
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
     args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
-        "--block", type=int, default=None, metavar="N", help="which encoder block, 1 = first (default: the last)"))
+        "--block", type=number_flag("block", Rule(1, LARGEST_BLOCKS, "--block 4")), default=None, metavar="N",
+        help="which encoder block, 1 = first (default: the last)"))
     model, geo = subject.model, geometry(subject.model)
     num_blocks = len(model.encoder.layers)
     block = num_blocks if args.block is None else args.block
     if not 1 <= block <= num_blocks:
-        raise VitlabError(f"--block {block} is out of range: this model has blocks 1 to {num_blocks}.")
+        raise VitlabError(f"--block {block} is out of range: this model has blocks 1 to {num_blocks} (for example "
+                          f"--block {num_blocks}).")
 
     measured = subject.examples.take(64 if subject.small else 8)
     with torch.no_grad():

@@ -34,8 +34,10 @@ from torch import Tensor
 
 from vitlab.attention import fuse_heads, patch_distances, query_attention
 from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.config_rules import Rule, number_flag
 from vitlab.errors import VitlabError
 from vitlab.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.lesson_flags import LARGEST_GRID
 from vitlab.localization import masks_at, object_patches
 from vitlab.plotting import draw_overlay, style_depth_axes
 
@@ -135,7 +137,8 @@ def figure_measures(distances: dict[str, Tensor], uniform: dict[str, float], on_
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
     args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
-        "--patch", type=int, nargs=2, metavar=("ROW", "COL"), default=None,
+        "--patch", type=number_flag("patch", Rule(0, LARGEST_GRID - 1, "--patch 3 4")), nargs=2, metavar=("ROW", "COL"),
+        default=None,
         help="query patch for the first row of the figure (default: the patch at the object's centre)"))
     model, geo = subject.model, geometry(subject.model)
 

@@ -45,11 +45,13 @@ from vitlab.attention import (
     rollout,
 )
 from vitlab.capture import Geometry, capture_forward, geometry
+from vitlab.config_rules import Rule, number_flag
 from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.localization import object_patches, random_maps
 from vitlab.plotting import draw_overlay
 
 FIGURES = ("rollout_maps.png", "rollout_scores.png")
+DISCARD = Rule(0, 0.99, "--discard 0.9", whole=False)  # rollout takes [0, 1): at 1 every weight would go
 
 
 FUSIONS = {"mean": lambda a: a.mean(dim=1), "max": lambda a: a.amax(dim=1), "min": lambda a: a.amin(dim=1)}
@@ -118,7 +120,7 @@ def figure_scores(scores: dict[str, tuple[float, float]], random: tuple[float, f
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
     args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
-        "--discard", type=float, default=0.9, metavar="RATIO",
+        "--discard", type=number_flag("discard", DISCARD), default=0.9, metavar="RATIO",
         help="share of each row's weakest attention weights to drop, for the last rollout (default: 0.9)"))
     model, geo = subject.model, geometry(subject.model)
 

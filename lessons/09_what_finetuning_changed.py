@@ -44,8 +44,10 @@ from torchvision.models import VisionTransformer
 
 from vitlab.attention import cls_attention
 from vitlab.capture import capture_forward, geometry
+from vitlab.config_rules import Rule, number_flag
 from vitlab.errors import VitlabError
 from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
+from vitlab.lesson_flags import LARGEST_BLOCKS
 from vitlab.model import build_model, count_parameters, freeze_all_but_last
 from vitlab.plotting import draw_overlay
 from vitlab.structure import distance_ratios
@@ -158,7 +160,8 @@ def compare_with_base(subject: Subject, inputs: Tensor, out: str) -> None:
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
     args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
-        "--trainable-blocks", type=int, default=2, metavar="N", help="how many last blocks train (default: 2)"))
+        "--trainable-blocks", type=number_flag("trainable_blocks", Rule(1, LARGEST_BLOCKS - 1, "--trainable-blocks 2")),
+        default=2, metavar="N", help="how many last blocks train (default: 2)"))
     geo = geometry(subject.model)
     num_blocks = len(subject.model.encoder.layers)
     if not 1 <= args.trainable_blocks < num_blocks:

@@ -35,7 +35,6 @@ Questions:
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
@@ -43,6 +42,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vitlab.capture import capture_forward, geometry
+from vitlab.config_rules import Rule, number_flag
 from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
 from vitlab.localization import object_patches
 from vitlab.norms import DEFAULT_FACTOR, high_norm_tokens, outlier_attention, outlier_positions, token_norms
@@ -52,12 +52,8 @@ FIGURES = ("token_norms_by_block.png", "high_norm_tokens.png")
 SHOWN = 5  # images in the map figure
 
 
-def factor_above_one(text: str) -> float:
-    """--factor's type: checked while parsing, before any model is loaded (argparse exits with status 2)."""
-    value = float(text)
-    if not value > 1:
-        raise argparse.ArgumentTypeError(f"{text}: choose a number above 1 (a multiple of the median patch norm)")
-    return value
+# --factor, checked while parsing, before any model is loaded: a multiple of the median patch norm, above 1.
+FACTOR = Rule(1, 1000, f"--factor {DEFAULT_FACTOR:g}", whole=False, low_open=True)
 
 
 def norms_by_hand(hidden_states: list[Tensor]) -> Tensor:
@@ -156,7 +152,7 @@ def where_they_sit(subject: Subject, measured_masks: Tensor | None, flagged: Ten
 @run_lesson
 def main(argv: Sequence[str] | None = None) -> int:
     args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
-        "--factor", type=factor_above_one, default=DEFAULT_FACTOR, metavar="X",
+        "--factor", type=number_flag("factor", FACTOR), default=DEFAULT_FACTOR, metavar="X",
         help=f"a patch is an outlier above X times its image's median patch norm (default {DEFAULT_FACTOR:g})"))
     geo = geometry(subject.model)
     measured = subject.examples.take(256 if subject.small else 8)

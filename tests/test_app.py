@@ -55,7 +55,7 @@ def bomb_png(width: int = 60_000, height: int = 60_000) -> bytes:
 
 BAD_UPLOADS = {
     # name: (file name, content, a phrase the message must contain)
-    "not an image": ("notes.png", b"these are my lecture notes, not a picture\n" * 20, "not a PNG or JPEG"),
+    "not an image": ("notes.png", b"these are my lecture notes, not a picture\n" * 20, "not a PNG, JPEG"),
     "empty": ("empty.png", b"", "empty"),
     "truncated PNG": ("cut.png", encode(noise(64, 64))[:600], "truncated or damaged"),
     "truncated JPEG": ("cut.jpg", encode(noise(256, 256), "JPEG")[:3000], "truncated or damaged"),
@@ -320,11 +320,12 @@ def test_model_sources_switch_and_explain_what_is_unavailable(app, demo_cache, t
     assert not app.exception and "vit_b_16-c867db91.pth" in app.warning[0].value
     app.selectbox(key="model_source").set_value("checkpoint").run()
     assert not app.exception and app.info  # no runs yet: asks for one
-    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")
-    torch.save({"format": "vitlab-checkpoint-v1", "payload": Payload()}, tmp_path / "code.pt")
+    (tmp_path / "runs").mkdir()  # the app reads checkpoints only under its runs folder (test_explorer_exposure.py)
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "runs" / "plain.pt")
+    torch.save({"format": "vitlab-checkpoint-v1", "payload": Payload()}, tmp_path / "runs" / "code.pt")
     bad = {"missing.pt": "No checkpoint at", "plain.pt": "not a vitlab", "code.pt": "pickled code"}
     for name, phrase in bad.items():
-        app.text_input(key="checkpoint_path").set_value(str(tmp_path / name)).run()
+        app.text_input(key="checkpoint_path").set_value(str(tmp_path / "runs" / name)).run()
         assert not app.exception and phrase in app.error[0].value, (name, [e.value for e in app.error])
     shutil.copytree(demo_cache / "demo", tmp_path / "runs" / "demo")
     app.text_input(key="checkpoint_path").set_value("").run()

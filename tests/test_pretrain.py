@@ -133,7 +133,7 @@ def test_with_few_labels_the_shipped_base_beats_training_from_scratch(tmp_path: 
 def test_bad_settings_exit_2_before_any_work(flag: str, value: str, tmp_path: Path, capsys) -> None:
     assert pretrain.main([flag, value, "--out", str(tmp_path / "run")]) == 2
     message = capsys.readouterr().err
-    assert f"{flag} {value}" in message and "e.g." in message and len(message.strip().splitlines()) == 1
+    assert f"{flag} {value}" in message and "for example" in message and len(message.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # no run folder for a run that did not happen
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from vitlab.archs import ARCHS, PRETRAINED, default_weights, native_image_size, num_blocks
 from vitlab.checkpoint import saved_run
-from vitlab.config_rules import check_config, check_weights
+from vitlab.config_rules import RULES, OneLineParser, check_config, check_weights, number_flag
 from vitlab.data import DATASETS
 from vitlab.errors import CheckpointError, VitlabError
 from vitlab.train import RECIPES
@@ -131,19 +131,23 @@ METAVARS = {"data_dir": "DIR", "out": "DIR", "resume": "DIR", "pretrained": "WEI
 
 
 def _blocks(value: str) -> int | None:
-    return None if value == "all" else int(value)  # None: make_config resolves it to the arch's block count
+    # None: make_config resolves it to the arch's block count
+    return None if value == "all" else number_flag("trainable_blocks", RULES["trainable_blocks"])(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         argument_default=argparse.SUPPRESS,  # an untyped flag stays out of the namespace: "all" (None) is kept
         prog="python -m vitlab.finetune",
         description="Fine-tune a Vision Transformer (by default the notebook's job: ImageNet ViT-B/16 on CIFAR-100, "
         "last 3 blocks and a new head) and write a run folder with curves, predictions and checkpoints.",
         epilog="Offline first run: python -m vitlab.finetune --preset demo",
     )
-    types = {"epochs": int, "batch_size": int, "lr": float, "seed": int, "subset": int, "val_size": int,
-             "max_rotation": float, "trainable_blocks": _blocks, "image_size": int}
+    # Each number is checked against its rule as it is parsed (a VitlabError: one line, exit 2), and again by
+    # make_config once presets and a resumed run's settings are merged in.
+    types = {name: number_flag(name, rule) for name, rule in RULES.items() if name != "trainable_blocks"}
+    types["trainable_blocks"] = _blocks
+    types["image_size"] = int  # its rule depends on the arch: check_config checks it
     choices = {"arch": ARCHS, "dataset": DATASETS, "recipe": tuple(RECIPES), "preset": tuple(PRESETS)}
     for field in fields(FinetuneConfig):
         flag = "--" + field.name.replace("_", "-")

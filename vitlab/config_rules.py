@@ -1,6 +1,10 @@
 """Every fine-tuning setting checked in one place, before any data loads and before a run folder exists.
 
-One rule per setting (`RULES`): the allowed range and an example. `check_config` applies them to a complete
+The rule format shared by every vitlab command line (`Rule`, `check_value`, `number_flag` for argparse, `check_rules`
+for a whole settings table, `folder_to_write`, and `OneLineParser`, whose usage errors are one line and exit 2):
+`python -m vitlab.pretrain` and the lessons keep their own tables in this format.
+
+One rule per fine-tuning setting (`RULES`): the allowed range and an example. `check_config` applies them to a complete
 `FinetuneConfig` (after defaults, preset, flags and a resumed run's settings are merged), then the checks that
 involve several settings at once (a validation split as large as CIFAR's training set, more trainable blocks than
 the arch has). A bad value raises a VitlabError whose one-line message names the flag, the value, the allowed
@@ -12,10 +16,12 @@ Why: argparse checks types, not meaning. `--batch-size -5` used to train every e
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vitlab.errors import VitlabError
 
@@ -26,13 +32,14 @@ LARGEST_SEED = 2**63 - 1  # torch.Generator.manual_seed's limit
 
 @dataclass(frozen=True)
 class Rule:
-    """A number's allowed closed range [low, high]; `optional` allows None (the setting's "take the default")."""
+    """A number's allowed range [low, high] (`low_open`: (low, high]); `optional` allows None ("take the default")."""
 
     low: float
     high: float
     example: str
     optional: bool = False
     whole: bool = True  # a count or an index: 2.5 epochs is refused
+    low_open: bool = False  # low itself is refused: a learning rate or a mask share of 0 makes no run
 
 
 RULES: dict[str, Rule] = {
@@ -59,16 +66,71 @@ def check_value(name: str, value: Any, rule: Rule) -> None:
     """Raise a VitlabError unless `value` is a finite number in the rule's range (or None where optional)."""
     if value is None and rule.optional:
         return
-    if rule.whole:
-        allowed = f"a whole number from {int(rule.low):,} to {int(rule.high):,}"
-    else:
-        allowed = f"a number from {rule.low:g} to {rule.high:g}"
+    allowed = _allowed(rule)
     if rule.whole and isinstance(value, float):
         raise _refuse(name, value, allowed, rule.example)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _refuse(name, value, allowed, rule.example)
-    if not math.isfinite(value) or not rule.low <= value <= rule.high:
+    if not math.isfinite(value) or not rule.low <= value <= rule.high or (rule.low_open and value == rule.low):
         raise _refuse(name, value, allowed, rule.example)
+
+
+def _allowed(rule: Rule) -> str:
+    if rule.whole:
+        return f"a whole number from {int(rule.low):,} to {int(rule.high):,}"
+    if rule.low_open:
+        return f"a number above {rule.low:g} and at most {rule.high:g}"
+    return f"a number from {rule.low:g} to {rule.high:g}"
+
+
+def number_flag(name: str, rule: Rule) -> Callable[[str], int | float]:
+    """An argparse `type` for `--name`: the typed text as a number in the rule's range, else a VitlabError.
+
+    A VitlabError is not one of the errors argparse catches, so it leaves `parse_args` as it is and the command's
+    `main` prints it as one line and exits 2: the message names the flag, the value, the range and an example.
+    """
+
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if rule.whole else float(text)
+        except ValueError:
+            raise _refuse(name, repr(text), _allowed(rule), rule.example) from None
+        check_value(name, value, rule)
+        return value
+
+    parse.__name__ = f"{name} ({_allowed(rule)})"  # what argparse would name the type in its own messages
+    return parse
+
+
+def check_rules(settings: Any, rules: Mapping[str, Rule]) -> None:
+    """Apply every rule of a table to the same-named attribute of `settings`; raise a VitlabError at the first bad."""
+    for name, rule in rules.items():
+        check_value(name, getattr(settings, name), rule)
+
+
+def folder_to_write(name: str, path: str | Path | None) -> None:
+    """Refuse an output folder that cannot be one (empty, or an existing file, or under a file), before any work."""
+    if path is None:
+        return
+    text = str(path)
+    if not text.strip():
+        raise VitlabError(f"{_flag(name)} is empty: it must name a folder to write into (for example "
+                          f"{_flag(name)} runs/demo).")
+    folder = Path(text).expanduser()
+    blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise VitlabError(f"{_flag(name)} {text} cannot be a folder: {blocked} is a file. Choose another folder "
+                          f"(for example {_flag(name)} runs/demo); vitlab never overwrites a file.")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors (unknown flag, missing value, bad choice) are one line, exit status 2.
+
+    argparse's own prints the whole usage block first, which hides the one line that says what was wrong.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"vitlab: {message}. See {self.prog} --help for every flag.\n")
 
 
 def check_config(config: Any) -> Any:
@@ -79,8 +141,7 @@ def check_config(config: Any) -> Any:
     """
     from vitlab.archs import num_blocks  # the rules know numbers; vitlab.archs knows the architectures
 
-    for name, rule in RULES.items():
-        check_value(name, getattr(config, name), rule)
+    check_rules(config, RULES)
     check_weights(config.arch, config.weights)
     check_image_size(config.arch, config.image_size)
     blocks = num_blocks(config.arch)

@@ -41,9 +41,11 @@ from torchvision.models import VisionTransformer
 
 from vitlab.archs import ARCHS, weights_enum
 from vitlab.checkpoint import load_checkpoint, load_trained_model
+from vitlab.config_rules import OneLineParser
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, load_dataset
 from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import DataUnavailableError, VitlabError
+from vitlab.lesson_flags import THREADS, checkpoint_flag, data_dir_flag, out_flag
 from vitlab.model import build_model, weights_cache_file
 from vitlab.plotting import save_figure
 
@@ -171,21 +173,21 @@ def parse_args(
     argv: Sequence[str] | None,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
-    """The flags every lesson takes, plus the lesson's own (`add_arguments`)."""
+    """The flags every lesson takes, plus the lesson's own (`add_arguments`); each is checked as it is parsed."""
     name = Path(lesson_file).stem  # 'lessons/04_attention_heads.py' -> '04_attention_heads'
     first_line = (doc or name).strip().splitlines()[0]
-    parser = argparse.ArgumentParser(prog=f"python lessons/{name}.py", description=first_line)
+    parser = OneLineParser(prog=f"python lessons/{name}.py", description=first_line)
     parser.add_argument("--arch", choices=ARCHS, default=None,
                         help="vit_tiny (default): the small demo model trained on shapes; vit_b_16 (or vit_b_32, "
                         "vit_l_16, vit_l_32, vit_h_14): torchvision's ImageNet ViT (needs its cached weights file)")
-    parser.add_argument("--checkpoint", metavar="PATH", default=None,
+    parser.add_argument("--checkpoint", metavar="PATH", default=None, type=checkpoint_flag,
                         help="study the model of a vitlab run instead (its best.pt)")
-    parser.add_argument("--data-dir", metavar="DIR", default=None,
+    parser.add_argument("--data-dir", metavar="DIR", default=None, type=data_dir_flag,
                         help="where CIFAR is looked for, for the real model (default: the checkpoint run's data "
                         "folder, else ./data); lessons never download it")
-    parser.add_argument("--out", metavar="DIR", default=f"lesson_outputs/{name}",
+    parser.add_argument("--out", metavar="DIR", default=f"lesson_outputs/{name}", type=out_flag,
                         help=f"folder for the figures (default: lesson_outputs/{name})")
-    parser.add_argument("--threads", type=int, metavar="N", default=None,
+    parser.add_argument("--threads", type=THREADS, metavar="N", default=None,
                         help="CPU threads for PyTorch (default: 1 for the small model, whose matrices are too small "
                         "for threads to pay off and which on a busy CPU they only slow down; PyTorch's default for "
                         "the real model)")

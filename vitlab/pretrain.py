@@ -16,7 +16,6 @@ device, metrics and base.pt's SHA-256). `--ship` then copies both into the packa
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import platform
@@ -29,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vitlab.checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
+from vitlab.config_rules import LARGEST_SEED, OneLineParser, Rule, check_rules, folder_to_write, number_flag
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.data.fractals import make_systems, render
 from vitlab.errors import VitlabError
@@ -61,14 +61,33 @@ class PretrainConfig:
     quiet: bool = False  # no progress bar or per-epoch lines
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vitlab.pretrain", description=__doc__.splitlines()[0])
+GRID = VIT_TINY_CONFIG["image_size"] // VIT_TINY_CONFIG["patch_size"]  # patches per side: 8
+RULES: dict[str, Rule] = {  # every number's range, in vitlab.config_rules' format (checked as the flags are parsed)
+    "num_classes": Rule(1, 10_000, "--num-classes 100"),
+    "system_seed": Rule(0, LARGEST_SEED, "--system-seed 0"),
+    "seed": Rule(0, LARGEST_SEED, "--seed 0"),
+    "epochs": Rule(1, 100_000, "--epochs 30"),
+    "steps_per_epoch": Rule(1, 10**7, "--steps-per-epoch 100"),
+    "batch_size": Rule(1, 65_536, "--batch-size 64"),
+    "lr": Rule(0, 1, "--lr 1e-3", whole=False, low_open=True),
+    "weight_decay": Rule(0, 1, "--weight-decay 0.05", whole=False),
+    "position_lr_scale": Rule(0, 1000, "--position-lr-scale 10", whole=False, low_open=True),
+    # At least one of the 64 patches hidden and one visible: round(ratio * 64) from 1 to 63.
+    "mask_ratio": Rule(1 / GRID**2, 1 - 1 / GRID**2, "--mask-ratio 0.5", whole=False),
+    "mask_block": Rule(1, GRID, "--mask-block 1"),  # and a divisor of the grid, checked in check_config
+    "class_weight": Rule(0, 1000, "--class-weight 0", whole=False),
+    "threads": Rule(1, 1024, "--threads 2", optional=True),
+}
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="python -m vitlab.pretrain", description=__doc__.splitlines()[0])
     for field in fields(PretrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
             parser.add_argument(flag, action="store_true", default=None)
         else:
-            kind = {"int": int, "float": float, "int | None": int}.get(field.type, str)
+            kind = number_flag(field.name, RULES[field.name]) if field.name in RULES else str
             parser.add_argument(flag, type=kind, default=None)
     return parser
 
@@ -87,25 +106,12 @@ def make_config(argv: list[str] | None) -> tuple[PretrainConfig, dict | None]:
 
 def check_config(config: PretrainConfig) -> PretrainConfig:
     """Refuse settings that cannot make a run, before any work starts (a VitlabError: exit 2, no run folder)."""
-    grid = VIT_TINY_CONFIG["image_size"] // VIT_TINY_CONFIG["patch_size"]
-    rules = {
-        "epochs": (config.epochs >= 1, "a whole number >= 1, e.g. 30"),
-        "steps_per_epoch": (config.steps_per_epoch >= 1, "a whole number >= 1, e.g. 100"),
-        "batch_size": (config.batch_size >= 1, "a whole number >= 1, e.g. 64"),
-        "num_classes": (config.num_classes >= 1, "a whole number >= 1, e.g. 100"),
-        "lr": (0 < config.lr < 1, "a number in (0, 1), e.g. 1e-3"),
-        "position_lr_scale": (0 < config.position_lr_scale < 1e3, "a number in (0, 1000), e.g. 10"),
-        "weight_decay": (0 <= config.weight_decay < 1, "a number in [0, 1), e.g. 0.05"),
-        "mask_ratio": (0 < config.mask_ratio < 1, "a share in (0, 1), e.g. 0.5"),
-        "mask_block": (config.mask_block >= 1 and grid % config.mask_block == 0, f"a divisor of {grid}, e.g. 1"),
-        "class_weight": (0 <= config.class_weight < 1e3, "a number >= 0, e.g. 0"),
-        "threads": (config.threads is None or config.threads >= 1, "a whole number >= 1, e.g. 2"),
-        "seed": (0 <= config.seed < 2**63, "a whole number in [0, 2^63), e.g. 0"),
-        "system_seed": (0 <= config.system_seed < 2**63, "a whole number in [0, 2^63), e.g. 0"),
-    }
-    for name, (ok, allowed) in rules.items():
-        if not ok:  # NaN fails every comparison, so it is refused too
-            raise VitlabError(f"--{name.replace('_', '-')} {getattr(config, name)} is not allowed: use {allowed}.")
+    check_rules(config, RULES)
+    if GRID % config.mask_block:
+        divisors = ", ".join(str(d) for d in range(1, GRID + 1) if GRID % d == 0)
+        raise VitlabError(f"--mask-block {config.mask_block} is not allowed: it must divide the {GRID}x{GRID} patch "
+                          f"grid: one of {divisors} (for example --mask-block 1).")
+    folder_to_write("out", config.out)
     return config
 
 

@@ -18,6 +18,7 @@ One concept per module:
     views.py    one image, one forward pass: ImageViews and the maps read from it, class_map, mean_distances
     drawing.py  render_overlay (numpy, cheap enough for every slider move), the mean-distance figure
     sources.py  where the model comes from: the demo model, a vitlab checkpoint, ImageNet ViT-B/16 (+ the base)
+    runs_folder.py  the one folder whose checkpoints the page may read (`--runs DIR`); paths outside are refused
     uploads.py  uploaded files made safe: any PNG or JPEG in, a model input or an UploadError out
     gallery.py  a grid of test images (a class, the misclassified, the least confident), one batched map each
     compare.py  one view of two models on the same image, on a common grid, and their difference
@@ -35,6 +36,7 @@ from vitlab.explorer.drawing import HEAD_VIEW_PX, MAIN_VIEW_PX, VIEW_FORMAT, dis
 from vitlab.explorer.export import export_name, maps_npz, png_bytes
 from vitlab.explorer.gallery import GALLERY_KINDS, GALLERY_VIEWS, Gallery, build_gallery, predict, select_images
 from vitlab.explorer.live import lens_top, top_k_ablated
+from vitlab.explorer.runs_folder import runs_folder
 from vitlab.explorer.sources import (
     ALL_SOURCES,
     SOURCES,
@@ -66,6 +68,6 @@ __all__ = [
     "VIEW_FORMAT", "VitlabError", "analyse_image", "build_gallery", "class_map", "compare_maps",
     "distance_figure_png", "export_name", "image_key", "imagenet_available", "imagenet_hint", "lens_top", "list_runs",
     "load_model_source", "maps_npz", "mean_distances", "model_inputs", "model_lock", "png_bytes", "predict",
-    "preprocess_upload", "render_overlay", "resolve_checkpoint", "select_images", "source_stamp", "top_k_ablated",
-    "weights_cache_file",
+    "preprocess_upload", "render_overlay", "resolve_checkpoint", "runs_folder", "select_images", "source_stamp",
+    "top_k_ablated", "weights_cache_file",
 ]

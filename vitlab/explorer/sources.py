@@ -26,6 +26,7 @@ from vitlab.config import make_config
 from vitlab.data import ImageDataset, load_dataset
 from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
+from vitlab.explorer.runs_folder import DEFAULT_RUNS, is_inside, within_runs
 from vitlab.model import build_model, weights_cache_file
 from vitlab.shipped import shipped_base_file
 
@@ -63,18 +64,30 @@ def imagenet_hint() -> str:
     )
 
 
-def list_runs(root: str | Path = "runs") -> list[Path]:
-    """Run folders under `root` that hold a checkpoint (best.pt or checkpoint.pt), newest first."""
+def list_runs(root: str | Path = DEFAULT_RUNS) -> list[Path]:
+    """Run folders under `root` that hold a checkpoint (best.pt or checkpoint.pt), newest first.
+
+    A symlinked folder (or checkpoint) that leads out of `root` is left out: the explorer reads only under it.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [d for d in root.iterdir() if d.is_dir() and ((d / "best.pt").is_file() or (d / "checkpoint.pt").is_file())]
+    runs = [d for d in root.iterdir() if d.is_dir() and is_inside(d, root) and any(
+        (d / name).is_file() and is_inside(d / name, root) for name in ("best.pt", "checkpoint.pt"))]
     return sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder means its best.pt (else checkpoint.pt); a file is itself. Raises CheckpointError if missing."""
-    return checkpoint_file(path, "study")
+def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path:
+    """A run folder means its best.pt (else checkpoint.pt); a file is itself. Raises CheckpointError if missing.
+
+    With `root` (the app's runs folder) the path must lie under it, symlinks followed (vitlab.explorer.runs_folder):
+    a path outside is a CheckpointError that says so. Without, any path is read (library use).
+    """
+    if root is None:
+        return checkpoint_file(path, "study")
+    root = Path(root)
+    file = checkpoint_file(within_runs(path, root), "study")
+    return within_runs(file, root)  # best.pt itself may be a link that leads out
 
 
 def source_stamp(source: str, checkpoint: Path | None = None) -> str:

@@ -1,13 +1,16 @@
-"""Uploaded files made safe for the model: any PNG or JPEG in, a uint8 (3, S, S) image or a clear error out.
+"""Uploaded files made safe for the model: any PNG, JPEG, GIF or WebP in, a uint8 (3, S, S) image or a clear error.
 
-Grayscale, RGBA, palette and 16-bit images are converted; EXIF rotation is followed; tiny files, truncated files and
-decompression bombs are refused with an `UploadError` whose message says what to upload instead.
+Grayscale, RGBA, palette, 1-bit, CMYK and 16-bit images are converted; EXIF rotation is followed; an animated GIF
+or WebP shows its first frame (and says so); tiny files, truncated files and decompression bombs are refused with an
+`UploadError` whose message says what to upload instead. A bomb is refused from its header, before any pixel is
+decoded (tests/test_uploads_fuzz.py checks that nothing is loaded).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +24,10 @@ from vitlab.errors import VitlabError
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a 25 MB PNG or JPEG is already a very large photo
 MAX_UPLOAD_PIXELS = 50_000_000  # header says more than this: refuse before decoding (decompression bombs)
 MIN_UPLOAD_SIDE = 8  # pixels; smaller holds too little to look at
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP")  # what Pillow may open an upload as: no other decoder is reached
+# What Pillow's decoders raise on damaged files. Beyond OSError & co, fuzzing found IndexError (a GIF cut inside an
+# extension block, while counting frames), struct.error and KeyError (headers with impossible fields).
+DAMAGED = (OSError, SyntaxError, ValueError, EOFError, MemoryError, IndexError, KeyError, struct.error)
 
 
 class UploadError(VitlabError):
@@ -36,13 +43,14 @@ class PreparedImage:
 
 
 def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
-    """Decode an uploaded PNG or JPEG into the model's input: uint8 (3, image_size, image_size).
+    """Decode an uploaded PNG, JPEG, GIF or WebP into the model's input: uint8 (3, image_size, image_size).
 
-    EXIF rotation is applied; grayscale, palette, 16-bit and CMYK become RGB; transparency is laid on white; a
-    non-square image is cropped to its centre square; any size is resized to image_size.
+    EXIF rotation is applied; grayscale, palette, 1-bit, 16-bit and CMYK become RGB; transparency is laid on white;
+    an animation gives its first frame; a non-square image is cropped to its centre square; any size is resized to
+    image_size.
 
     Raises:
-        UploadError: empty, too large, not a PNG/JPEG, truncated or damaged, a decompression bomb (huge pixel
+        UploadError: empty, too large, not one of FORMATS, truncated or damaged, a decompression bomb (huge pixel
             count in a small file), or smaller than MIN_UPLOAD_SIDE pixels. The message says what to do.
     """
     if not data:
@@ -52,13 +60,15 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
             f"The file is {len(data) / 2**20:.0f} MB; the explorer takes images up to {MAX_UPLOAD_BYTES // 2**20} MB. "
             f"Upload a smaller copy (the model sees {image_size}x{image_size} pixels anyway)."
         )
-    picture, (width, height) = _decode(data, image_size)
+    picture, (width, height), frames = _decode(data, image_size)
     if min(width, height) < MIN_UPLOAD_SIDE:
         raise UploadError(
             f"The image is only {width}x{height} pixels; the explorer needs at least "
             f"{MIN_UPLOAD_SIDE}x{MIN_UPLOAD_SIDE} to show anything. Upload a larger image."
         )
     rgb, notes = _to_rgb(picture)
+    if frames > 1:
+        notes.insert(0, f"Animated ({frames} frames): showing the first frame; the model takes one still image.")
     if width != height:
         notes.append(f"Cropped from {width}x{height} to its centre square: the model takes square images.")
     if min(width, height) < image_size:
@@ -77,8 +87,9 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
     return PreparedImage(image=pixels.permute(2, 0, 1).contiguous(), notes=tuple(notes))  # (3, S, S)
 
 
-def _decode(data: bytes, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode a PNG or JPEG, refusing bombs and damaged files; the picture and its (width, height) as seen.
+def _decode(data: bytes, image_size: int) -> tuple[Image.Image, tuple[int, int], int]:
+    """Decode one of FORMATS, refusing bombs and damaged files: the picture (its first frame), its (width, height)
+    as seen, and how many frames the file holds (1 unless animated).
 
     A big JPEG is decoded at reduced scale (at least 2 * image_size per side), so the picture may be smaller than
     the (width, height) returned, which are the file's own, after EXIF rotation.
@@ -90,10 +101,11 @@ def _decode(data: bytes, image_size: int) -> tuple[Image.Image, tuple[int, int]]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            picture = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))  # reads the header only
+            picture = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             if picture.width * picture.height > MAX_UPLOAD_PIXELS:
                 raise bomb
             stored = picture.size  # the file's own width and height
+            frames = getattr(picture, "n_frames", 1)  # counted before load: seeking back leaves frame 0 to decode
             if picture.format == "JPEG":
                 picture.draft("RGB", (2 * image_size, 2 * image_size))  # decode a big JPEG at reduced scale
             picture.load()
@@ -105,13 +117,14 @@ def _decode(data: bytes, image_size: int) -> tuple[Image.Image, tuple[int, int]]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise bomb from None
     except UnidentifiedImageError:
-        raise UploadError("This file is not a PNG or JPEG image. Upload a .png, .jpg or .jpeg picture.") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:  # what damaged files raise in PIL
+        raise UploadError("This file is not a PNG, JPEG, GIF or WebP image. Upload a .png, .jpg, .gif or .webp "
+                          "picture.") from None
+    except DAMAGED as error:
         raise UploadError(
             f"The image could not be decoded: it looks truncated or damaged ({error}). Save or export it again "
             f"and upload the new file."
         ) from None
-    return picture, (width, height)
+    return picture, (width, height), frames
 
 
 def _to_rgb(picture: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -119,10 +132,10 @@ def _to_rgb(picture: Image.Image) -> tuple[Image.Image, list[str]]:
     mode = picture.mode
     if mode == "RGB":
         return picture, []
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit (or float) grayscale: scale to 8 bits
-        values = np.asarray(picture, dtype=np.float64)
-        scale = 255 / 65535 if values.max() > 255 else 1.0
-        gray = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8))
+    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit grayscale (PNG's, read as I;16 or I): to 8 bits
+        values = np.asarray(picture, dtype=np.float64)  # (H, W) in 0..65535
+        # Always the 16-bit range: a dark 16-bit image stays dark (scaling by its own maximum would brighten it).
+        gray = Image.fromarray(np.clip(np.round(values / 257), 0, 255).astype(np.uint8))
         return gray.convert("RGB"), ["Converted from 16-bit grayscale to colour (RGB): the model takes 3 channels."]
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in picture.info):
         background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
