@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from torch import Tensor
 
-from vitlab.plotting import plot_mean_distance, to_display, upsample_map
+from vitlab.plotting import plot_mean_distance, to_display
 
 MAIN_VIEW_PX = 448  # side of the big views (image, class-token map, rollout, query, class-specific)
 HEAD_VIEW_PX = 192  # side of each panel in the all-heads grid
 VIEW_FORMAT = "JPEG"  # how the page sends views: a 448-px PNG takes ~27 ms to encode, a JPEG ~1.5 ms
 QUERY_OUTLINE = (0, 229, 255)  # cyan: visible over every colour of the inferno map
+PROJECTOR_CMAP = "turbo"  # projector mode: a high-contrast map that survives a washed-out projector
+PROJECTOR_GRID_PX = 3  # projector mode: patch borders thick enough to see from the back of a room
 
 
 def render_overlay(
@@ -34,26 +36,56 @@ def render_overlay(
     highlight: tuple[int, int] | None = None,
     alpha: float = 0.55,
     cmap: str = "inferno",
+    smooth: bool = True,
+    grid_px: int = 1,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Draw `image` uint8 (3, H, W) at size x size with a (grid, grid) map over it, like plotting.draw_overlay.
 
     Args:
-        grid_map: scaled to [0, 1] for display (plotting.upsample_map) and coloured with `cmap`; None: image only.
+        grid_map: scaled to [0, 1] for display (overlay_values) and coloured with `cmap`; None: image only.
         patch_grid: draw the boundaries of a patch_grid x patch_grid patch layout.
         highlight: (row, col) of a patch of grid_map's grid to outline (the query patch).
+        smooth: True: the map upsampled bilinearly (like plotting.upsample_map); False: patch-exact, one constant
+            colour per patch (nearest), which shows that attention lives on patches, not pixels.
+        grid_px: thickness in pixels of the patch-grid lines, centred on the patch borders.
+        value_range: (low, high) mapped to the colour map's ends instead of the map's own minimum and maximum:
+            a difference map drawn with (-m, m) keeps zero at a diverging map's neutral middle.
     Returns:
         uint8 (size, size, 3).
     """
     picture = _resized(image, size)  # (size, size, 3) float in [0, 1]
     if grid_map is not None:
-        colours = colormaps[cmap](upsample_map(grid_map, size))[..., :3]  # (size, size, 3)
+        colours = colormaps[cmap](overlay_values(grid_map, size, smooth, value_range))[..., :3]  # (size, size, 3)
         picture = (1 - alpha) * picture + alpha * colours
     picture = (picture * 255).round().astype(np.uint8)
     if patch_grid:
-        _draw_patch_grid(picture, patch_grid)
+        _draw_patch_grid(picture, patch_grid, grid_px)
     if highlight is not None and grid_map is not None:
         _outline_patch(picture, highlight, grid_map.shape[-1])
     return picture
+
+
+def overlay_values(
+    grid_map: Tensor, size: int, smooth: bool = True, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """(grid, grid) map -> (size, size) array in [0, 1], ready for a colour map.
+
+    Scaled by `value_range` (low, high), or by the map's own minimum and maximum (a flat map stays flat: rounding
+    noise would otherwise be stretched to [0, 1]); then upsampled bilinearly (`smooth`, as plotting.upsample_map)
+    or patch-exact, each patch one constant block (nearest). Scaling before upsampling gives the same picture
+    as after: bilinear interpolation commutes with a linear rescale.
+    """
+    values = grid_map.detach().float().cpu()  # (grid, grid)
+    low, high = value_range if value_range is not None else (float(values.min()), float(values.max()))
+    if high <= low:
+        return np.zeros((size, size), dtype=np.float32)
+    scaled = ((values - low) / (high - low)).clamp(0, 1)  # (grid, grid)
+    if smooth:
+        resized = F.interpolate(scaled[None, None], size=(size, size), mode="bilinear", align_corners=False)
+        return resized[0, 0].clamp(0, 1).numpy()  # (size, size)
+    cells = np.arange(size) * values.shape[0] // size  # the patch each pixel row (and column) falls in
+    return scaled.numpy()[np.ix_(cells, cells)]  # (size, size)
 
 
 def _resized(image: Tensor, size: int) -> np.ndarray:
@@ -65,10 +97,13 @@ def _resized(image: Tensor, size: int) -> np.ndarray:
     return pixels[0].permute(1, 2, 0).clamp(0, 1).numpy()  # (size, size, 3)
 
 
-def _draw_patch_grid(picture: np.ndarray, patch_grid: int) -> None:
-    """Lighten the pixel rows and columns between patches of `picture` uint8 (size, size, 3), in place."""
+def _draw_patch_grid(picture: np.ndarray, patch_grid: int, grid_px: int = 1) -> None:
+    """Lighten the pixel rows and columns between patches of `picture` uint8 (size, size, 3), in place:
+    `grid_px` pixels per border, starting (grid_px // 2) pixels before it."""
     size = picture.shape[0]
-    edges = np.round(np.arange(1, patch_grid) * size / patch_grid).astype(int)
+    borders = np.round(np.arange(1, patch_grid) * size / patch_grid).astype(int)
+    offsets = np.arange(grid_px) - grid_px // 2
+    edges = np.unique(np.clip(borders[:, None] + offsets[None, :], 0, size - 1))  # (lines,)
     picture[edges, :] = (0.3 * picture[edges, :] + 0.7 * 255).astype(np.uint8)
     picture[:, edges] = (0.3 * picture[:, edges] + 0.7 * 255).astype(np.uint8)
 
