@@ -12,7 +12,11 @@
 One concept per module:
 
     views.py    one image, one forward pass: ImageViews and the maps read from it, class_map, mean_distances
-    drawing.py  render_overlay (numpy, cheap enough for every slider move), the mean-distance figure
+    drawing.py  render_overlay (numpy, cheap enough for every slider move; smooth or patch-exact, grid thickness,
+                projector colours), the mean-distance figure
+    figures.py  the guided tour's per-model figures (patch filters, position embeddings) and token views
+    tour.py     the guided tour's steps, as data (TourStep), in the lessons' order
+    pages/      the page sections (Streamlit code) streamlit_app.py calls; not imported here
     sources.py  where the model comes from: the demo model, a vitlab checkpoint, ImageNet ViT-B/16
     uploads.py  uploaded files made safe: any PNG or JPEG in, a model input or an UploadError out
 
@@ -22,7 +26,16 @@ vitlab.bench.explorer; this package does not import it).
 """
 
 from vitlab.errors import VitlabError
-from vitlab.explorer.drawing import HEAD_VIEW_PX, MAIN_VIEW_PX, VIEW_FORMAT, distance_figure_png, render_overlay
+from vitlab.explorer.drawing import (
+    HEAD_VIEW_PX,
+    MAIN_VIEW_PX,
+    PROJECTOR_CMAP,
+    PROJECTOR_GRID_PX,
+    VIEW_FORMAT,
+    distance_figure_png,
+    overlay_values,
+    render_overlay,
+)
 from vitlab.explorer.sources import (
     SOURCES,
     LoadedModel,
@@ -40,8 +53,9 @@ from vitlab.explorer.views import DISTANCE_IMAGES, ImageViews, analyse_image, cl
 from vitlab.model import weights_cache_file
 
 __all__ = [
-    "DISTANCE_IMAGES", "HEAD_VIEW_PX", "MAIN_VIEW_PX", "SOURCES", "VIEW_FORMAT", "ImageViews", "LoadedModel",
-    "PreparedImage", "UploadError", "VitlabError", "analyse_image", "class_map", "distance_figure_png", "image_key",
-    "imagenet_available", "imagenet_hint", "list_runs", "load_model_source", "mean_distances", "model_inputs",
-    "preprocess_upload", "render_overlay", "resolve_checkpoint", "source_stamp", "weights_cache_file",
+    "DISTANCE_IMAGES", "HEAD_VIEW_PX", "MAIN_VIEW_PX", "PROJECTOR_CMAP", "PROJECTOR_GRID_PX", "SOURCES",
+    "VIEW_FORMAT", "ImageViews", "LoadedModel", "PreparedImage", "UploadError", "VitlabError", "analyse_image",
+    "class_map", "distance_figure_png", "image_key", "imagenet_available", "imagenet_hint", "list_runs",
+    "load_model_source", "mean_distances", "model_inputs", "overlay_values", "preprocess_upload", "render_overlay",
+    "resolve_checkpoint", "source_stamp", "weights_cache_file",
 ]

@@ -36,11 +36,13 @@ def page(loaded: explorer.LoadedModel, display: Display) -> None:
         st.info(f"The gallery shows the model's test images, and there are none here ({loaded.images_note}).")
         return
     kind_column, class_column, view_column = st.columns(3)
-    kind = kind_column.selectbox("Images", gallery.GALLERY_KINDS, format_func=KIND_LABELS.get, key="gallery_kind")
+    kind = kind_column.selectbox("Images", gallery.GALLERY_KINDS, key="gallery_kind",
+                                 format_func=lambda k: KIND_LABELS.get(k, k))
     common.keep_in("gallery_class", range(len(loaded.classes)), 0)
     class_index = class_column.selectbox("Class", range(len(loaded.classes)), key="gallery_class",
                                          format_func=loaded.classes.__getitem__, disabled=kind != "class")
-    view = view_column.selectbox("Overlay", gallery.GALLERY_VIEWS, format_func=VIEW_LABELS.get, key="gallery_view")
+    view = view_column.selectbox("Overlay", gallery.GALLERY_VIEWS, key="gallery_view",
+                                 format_func=lambda v: VIEW_LABELS.get(v, v))
     found = build(loaded.key, kind, view, 16, class_index if kind == "class" else None, loaded)
     if not found.indices:
         st.info("No test image fits that choice (a perfect model has no misclassified images).")
