@@ -7,6 +7,7 @@ tests that need one of those skip (importorskip) where it is not installed, and 
 from __future__ import annotations
 
 import importlib.util
+import io
 import re
 import shutil
 from pathlib import Path
@@ -283,3 +284,21 @@ def test_every_figure_has_a_png_download_and_the_image_an_npz(app):
     assert len(names) == 6  # one button per view, none sharing a key
     expected = export.export_name("demo", "dataset:0", "class_specific", "png")
     assert any(expected in b.proto.id for b in buttons), [b.proto.id for b in buttons]
+
+
+def test_smooth_overlay_values_equal_torchs_bilinear_upsampling():
+    from vitlab.plotting import upsample_map
+
+    for grid, size in ((8, 448), (14, 448), (14, 192), (3, 64)):
+        grid_map = torch.rand(grid, grid, generator=torch.Generator().manual_seed(grid))
+        assert np.allclose(explorer.overlay_values(grid_map, size), upsample_map(grid_map, size), atol=1e-5)
+
+
+def test_views_are_sent_as_jpeg_at_the_views_quality():
+    from PIL import Image
+
+    picture = np.zeros((64, 64, 3), dtype=np.uint8)
+    picture[:, 32:] = 255
+    decoded = np.asarray(Image.open(io.BytesIO(explorer.jpeg_bytes(picture))))
+    assert decoded.shape == (64, 64, 3) and np.abs(decoded.astype(int) - picture).max() < 40
+    assert len(explorer.jpeg_bytes(picture, quality=50)) < len(explorer.jpeg_bytes(picture, quality=100))

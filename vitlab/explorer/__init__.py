@@ -33,6 +33,7 @@ from vitlab.explorer.drawing import (
     PROJECTOR_GRID_PX,
     VIEW_FORMAT,
     distance_figure_png,
+    jpeg_bytes,
     overlay_values,
     render_overlay,
 )
@@ -55,7 +56,7 @@ from vitlab.model import weights_cache_file
 __all__ = [
     "DISTANCE_IMAGES", "HEAD_VIEW_PX", "MAIN_VIEW_PX", "PROJECTOR_CMAP", "PROJECTOR_GRID_PX", "SOURCES",
     "VIEW_FORMAT", "ImageViews", "LoadedModel", "PreparedImage", "UploadError", "VitlabError", "analyse_image",
-    "class_map", "distance_figure_png", "image_key", "imagenet_available", "imagenet_hint", "list_runs",
+    "class_map", "distance_figure_png", "image_key", "imagenet_available", "jpeg_bytes", "imagenet_hint", "list_runs",
     "load_model_source", "mean_distances", "model_inputs", "overlay_values", "preprocess_upload", "render_overlay",
     "resolve_checkpoint", "source_stamp", "weights_cache_file",
 ]

@@ -51,6 +51,13 @@ def explain(model_key: str, image_key: str, target: int | None, _loaded: explore
     return explorer.class_map(_loaded.model, _image, target)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def rollout(model_key: str, image_key: str, fusion: str, discard: float, _views: explorer.ImageViews) -> torch.Tensor:
+    """(grid, grid) rollout, kept: it multiplies every block's attention (tens of ms for ViT-B/16), and a layer or
+    head slider move reruns the fragment that shows it without changing it."""
+    return _views.rollout_map(fusion, discard)
+
+
 @st.cache_data(max_entries=8, show_spinner="Measuring how far each head looks (once per model)...")
 def distance_png(model_key: str, images_key: str, _loaded: explorer.LoadedModel, _images: torch.Tensor) -> bytes:
     distances = explorer.mean_distances(_loaded.model, _images)  # (layers, heads)
@@ -143,7 +150,7 @@ def choose_display(grid_size: int) -> Display:
 def show(picture: np.ndarray, name: str | None = None) -> None:
     """One view, `picture` uint8 (H, W, 3), sent as JPEG (cheap for every slider move), and under it a PNG
     download named `name` when vitlab.explorer.export is installed. The PNG is encoded only when clicked."""
-    st.image(picture, width="stretch", output_format=explorer.VIEW_FORMAT)
+    st.image(explorer.jpeg_bytes(picture), width="stretch")
     export = optional("export")
     if export is not None and name is not None:
         st.download_button("Download PNG", data=lambda: export.png_bytes(picture), file_name=name,

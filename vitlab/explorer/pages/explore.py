@@ -50,7 +50,12 @@ def page(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, imag
         )
 
     st.divider()
-    attention_views(loaded, image, image_key, views, display, relevance)
+    # Two fragments side by side: a layer or head move reruns only the left one; rollout does not depend on them.
+    left, right = st.columns([2, 1], gap="large")
+    with left:
+        attention_views(loaded, image, image_key, views, display)
+    with right:
+        rollout_view(loaded, image_key, image, views, display, relevance)
     st.divider()
     live_panel(loaded, image, image_key, views)
     st.divider()
@@ -74,9 +79,9 @@ def distance_view(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: 
 
 @st.fragment
 def attention_views(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, views: explorer.ImageViews,
-                    display: Display, relevance: torch.Tensor) -> None:
-    """Everything the layer, head, query and rollout controls change. A fragment: moving one of them reruns only
-    this part of the page, from the cached forward pass, so the browser redraws only these views."""
+                    display: Display) -> None:
+    """Everything the layer, head and query controls change. A fragment: moving one of them reruns only this part
+    of the page, from the cached forward pass, so the browser redraws only these views."""
     keep_in("layer", range(1, views.num_layers + 1), views.num_layers)
     keep_in("head", range(views.num_heads), 0)
     block_column, head_column = st.columns(2, gap="large")
@@ -84,7 +89,7 @@ def attention_views(loaded: explorer.LoadedModel, image: torch.Tensor, image_key
     head = head_column.slider("Head", 0, views.num_heads - 1, key="head")
     name = lambda view, ext="png": common.export_file(loaded, image_key, view, ext)  # noqa: E731
 
-    attention, query, flow = st.columns(3, gap="large")
+    attention, query = st.columns(2, gap="large")
     with attention:
         st.subheader("Class token")
         show(display.draw(image, views.cls_map(layer, head)), name(f"cls_block{layer + 1}_head{head}"))
@@ -103,25 +108,31 @@ def attention_views(loaded: explorer.LoadedModel, image: torch.Tensor, image_key
         show(display.draw(image, views.query_map(layer, head, row, col), highlight=(row, col)),
              name(f"query_block{layer + 1}_head{head}_r{row}c{col}"))
         st.caption(f"Block {layer + 1}, head {head}: where the outlined patch looks, its own row of attention.")
-    with flow:
-        st.subheader("Rollout")
-        fusions, discards = st.columns(2)
-        fusion = fusions.selectbox("Head fusion", FUSIONS, key="fusion")
-        discard = discards.slider("Discard ratio", 0.0, 0.9, 0.0, 0.05, key="discard_ratio")
-        flow_map = views.rollout_map(fusion, discard)  # (grid, grid)
-        show(display.draw(image, flow_map), name(f"rollout_{fusion}_{discard:.2f}"))
-        st.caption(
-            "All blocks at once: attention multiplied through the layers, plus the residual path; discarding the "
-            "weakest links sharpens the map."
-        )
-        raw_maps_download(loaded, image_key, views, flow_map, relevance)
 
     st.subheader(f"All {views.num_heads} heads of block {layer + 1}")
-    panels = [display.draw(image, m, explorer.HEAD_VIEW_PX) for m in views.head_maps(layer)]
+    panels = [explorer.jpeg_bytes(display.draw(image, m, explorer.HEAD_VIEW_PX)) for m in views.head_maps(layer)]
     names = [f"head {index}" + (" (chosen)" if index == head else "") for index in range(views.num_heads)]
-    st.image(panels, caption=names, width=explorer.HEAD_VIEW_PX, output_format=explorer.VIEW_FORMAT)  # one element
+    st.image(panels, caption=names, width=explorer.HEAD_VIEW_PX)  # one element
     st.caption("The class token's attention in every head of the chosen block: heads of one block look at different "
                "things.")
+
+
+@st.fragment
+def rollout_view(loaded: explorer.LoadedModel, image_key: str, image: torch.Tensor, views: explorer.ImageViews,
+                 display: Display, relevance: torch.Tensor) -> None:
+    """Rollout and its controls, a fragment of its own: its head fusion and discard ratio redraw only it."""
+    name = lambda view, ext="png": common.export_file(loaded, image_key, view, ext)  # noqa: E731
+    st.subheader("Rollout")
+    fusions, discards = st.columns(2)
+    fusion = fusions.selectbox("Head fusion", FUSIONS, key="fusion")
+    discard = discards.slider("Discard ratio", 0.0, 0.9, 0.0, 0.05, key="discard_ratio")
+    flow_map = common.rollout(loaded.key, image_key, fusion, discard, views)  # (grid, grid)
+    show(display.draw(image, flow_map), name(f"rollout_{fusion}_{discard:.2f}"))
+    st.caption(
+        "All blocks at once: attention multiplied through the layers, plus the residual path; discarding the "
+        "weakest links sharpens the map."
+    )
+    raw_maps_download(loaded, image_key, views, flow_map, relevance)
 
 
 def raw_maps_download(loaded: explorer.LoadedModel, image_key: str, views: explorer.ImageViews,

@@ -52,7 +52,7 @@ def page(loaded: explorer.LoadedModel, display: Display) -> None:
     for slot, index in enumerate(found.indices):
         with columns[slot % COLUMNS]:
             picture = display.draw(loaded.images.images[index], found.maps[slot], explorer.HEAD_VIEW_PX)
-            st.image(picture, width="stretch", output_format=explorer.VIEW_FORMAT)
+            st.image(explorer.jpeg_bytes(picture), width="stretch")
             st.caption(f"#{index}: {classes[int(found.labels[slot])]}, predicted {classes[int(found.predicted[slot])]}"
                        f" ({float(found.confidence[slot]):.0%})")
             st.button("Open in Explore", key=f"gallery_open:{index}", on_click=open_in_explore, args=(index,))

@@ -59,9 +59,9 @@ def _positions(loaded, image, image_key, views, display: Display) -> None:
 
 def _one_head(loaded, image, image_key, views, display: Display) -> None:
     last = views.num_layers - 1
-    panels = [display.draw(image, m, explorer.HEAD_VIEW_PX) for m in views.head_maps(last)]
+    panels = [explorer.jpeg_bytes(display.draw(image, m, explorer.HEAD_VIEW_PX)) for m in views.head_maps(last)]
     st.image(panels, caption=[f"block {last + 1}, head {h}" for h in range(views.num_heads)],
-             width=explorer.HEAD_VIEW_PX, output_format=explorer.VIEW_FORMAT)
+             width=explorer.HEAD_VIEW_PX)
 
 
 def _query(loaded, image, image_key, views, display: Display) -> None:
