@@ -17,25 +17,23 @@ classified to find the 16, then one forward and one backward pass for the 16), d
 from __future__ import annotations
 
 import argparse
-import io
 import pickle
 import statistics
 import sys
 import time
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from vitlab.demo import load_demo_model
 from vitlab.explorer import (
     HEAD_VIEW_PX,
-    VIEW_FORMAT,
     Gallery,
     ImageViews,
     analyse_image,
     build_gallery,
     class_map,
+    jpeg_bytes,
     predict,
     render_overlay,
 )
@@ -67,13 +65,14 @@ def benchmark_explorer(arch: str = "vit_b_16", repeats: int = 5) -> dict[str, fl
         started = time.perf_counter()
         views = analyse_image(model, image)
         relevance, _ = class_map(model, image)
-        _draw_views(image, views, relevance, layer=views.num_layers - 1, head=0)
+        flow = views.rollout_map("mean", 0.0)  # (grid, grid): the app caches it per image and rollout setting
+        _draw_views(image, views, flow, relevance, layer=views.num_layers - 1, head=0)
         if repeat:
             new_image.append(time.perf_counter() - started)
         blob = pickle.dumps(views)
         started = time.perf_counter()
         views = pickle.loads(blob)
-        _draw_views(image, views, None, layer=repeat % views.num_layers, head=repeat % views.num_heads)
+        _draw_views(image, views, flow, None, layer=repeat % views.num_layers, head=repeat % views.num_heads)
         if repeat:
             slider.append(time.perf_counter() - started)
     return {"new_image_seconds": statistics.median(new_image), "slider_seconds": statistics.median(slider)}
@@ -108,23 +107,25 @@ def _draw_gallery(images: Tensor, gallery: Gallery) -> None:
     """Draw and encode the gallery's thumbnails as the page shows them (images uint8 (N, 3, H, W))."""
     for index, grid_map in zip(gallery.indices, gallery.maps, strict=True):
         picture = render_overlay(images[index], grid_map, HEAD_VIEW_PX)
-        Image.fromarray(picture).save(io.BytesIO(), format=VIEW_FORMAT, quality=90)
+        jpeg_bytes(picture)
 
 
-def _draw_views(image: Tensor, views: ImageViews, relevance: Tensor | None, layer: int, head: int) -> None:
-    """Draw and encode what the page shows for one image (relevance None: a slider move, which redraws only the
-    views that depend on layer and head, as the app's fragment does)."""
+def _draw_views(image: Tensor, views: ImageViews, flow: Tensor, relevance: Tensor | None, layer: int,
+                head: int) -> None:
+    """Draw and encode what the page shows for one image (relevance None: a slider move, which redraws the
+    fragment's views, as the app does; `flow` (grid, grid) is the rollout, computed once per image as the app's
+    cache does)."""
     grid = views.geometry.grid_size
     pictures = [
         render_overlay(image, views.cls_map(layer, head)),
         render_overlay(image, views.query_map(layer, head, grid // 2, grid // 2), highlight=(grid // 2, grid // 2)),
-        render_overlay(image, views.rollout_map("mean", 0.0)),
+        render_overlay(image, flow),
         *(render_overlay(image, head_map, HEAD_VIEW_PX) for head_map in views.head_maps(layer)),
     ]
     if relevance is not None:
         pictures += [render_overlay(image, None), render_overlay(image, relevance)]
-    for picture in pictures:  # what st.image does with an array: encode it for the browser
-        Image.fromarray(picture).save(io.BytesIO(), format=VIEW_FORMAT, quality=90)
+    for picture in pictures:  # what the page does before st.image: encode it for the browser
+        jpeg_bytes(picture)
 
 
 def main(argv: list[str] | None = None) -> int:

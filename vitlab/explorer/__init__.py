@@ -16,7 +16,11 @@
 One concept per module:
 
     views.py    one image, one forward pass: ImageViews and the maps read from it, class_map, mean_distances
-    drawing.py  render_overlay (numpy, cheap enough for every slider move), the mean-distance figure
+    drawing.py  render_overlay (numpy, cheap enough for every slider move; smooth or patch-exact, grid thickness,
+                projector colours), the mean-distance figure
+    figures.py  the guided tour's per-model figures (patch filters, position embeddings) and token views
+    tour.py     the guided tour's steps, as data (TourStep), in the lessons' order
+    pages/      the page sections (Streamlit code) streamlit_app.py calls; not imported here
     sources.py  where the model comes from: the demo model, a vitlab checkpoint, ImageNet ViT-B/16 (+ the base)
     runs_folder.py  the one folder whose checkpoints the page may read (`--runs DIR`); paths outside are refused
     uploads.py  uploaded files made safe: any PNG or JPEG in, a model input or an UploadError out
@@ -32,7 +36,17 @@ vitlab.bench.explorer; this package does not import it).
 
 from vitlab.errors import VitlabError
 from vitlab.explorer.compare import COMPARE_VIEWS, Comparison, compare_maps
-from vitlab.explorer.drawing import HEAD_VIEW_PX, MAIN_VIEW_PX, VIEW_FORMAT, distance_figure_png, render_overlay
+from vitlab.explorer.drawing import (
+    HEAD_VIEW_PX,
+    MAIN_VIEW_PX,
+    PROJECTOR_CMAP,
+    PROJECTOR_GRID_PX,
+    VIEW_FORMAT,
+    distance_figure_png,
+    jpeg_bytes,
+    overlay_values,
+    render_overlay,
+)
 from vitlab.explorer.export import export_name, maps_npz, png_bytes
 from vitlab.explorer.gallery import GALLERY_KINDS, GALLERY_VIEWS, Gallery, build_gallery, predict, select_images
 from vitlab.explorer.live import lens_top, top_k_ablated
@@ -64,10 +78,10 @@ from vitlab.model import weights_cache_file
 
 __all__ = [
     "ALL_SOURCES", "COMPARE_VIEWS", "Comparison", "DISTANCE_IMAGES", "GALLERY_KINDS", "GALLERY_VIEWS", "Gallery",
-    "HEAD_VIEW_PX", "ImageViews", "LoadedModel", "MAIN_VIEW_PX", "PreparedImage", "SOURCES", "UploadError",
-    "VIEW_FORMAT", "VitlabError", "analyse_image", "build_gallery", "class_map", "compare_maps",
-    "distance_figure_png", "export_name", "image_key", "imagenet_available", "imagenet_hint", "lens_top", "list_runs",
-    "load_model_source", "maps_npz", "mean_distances", "model_inputs", "model_lock", "png_bytes", "predict",
-    "preprocess_upload", "render_overlay", "resolve_checkpoint", "runs_folder", "select_images", "source_stamp",
-    "top_k_ablated", "weights_cache_file",
+    "HEAD_VIEW_PX", "ImageViews", "LoadedModel", "MAIN_VIEW_PX", "PROJECTOR_CMAP", "PROJECTOR_GRID_PX",
+    "PreparedImage", "SOURCES", "UploadError", "VIEW_FORMAT", "VitlabError", "analyse_image", "build_gallery",
+    "class_map", "compare_maps", "distance_figure_png", "export_name", "image_key", "imagenet_available",
+    "imagenet_hint", "jpeg_bytes", "lens_top", "list_runs", "load_model_source", "maps_npz", "mean_distances",
+    "model_inputs", "model_lock", "overlay_values", "png_bytes", "predict", "preprocess_upload", "render_overlay",
+    "resolve_checkpoint", "runs_folder", "select_images", "source_stamp", "top_k_ablated", "weights_cache_file",
 ]

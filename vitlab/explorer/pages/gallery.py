@@ -1,0 +1,58 @@
+"""Gallery: a grid of test images, each with one overlay (vitlab.explorer.gallery); a click opens it in Explore."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import streamlit as st
+
+from vitlab import explorer
+from vitlab.explorer.pages import common
+from vitlab.explorer.pages.common import Display
+
+COLUMNS = 4
+KIND_LABELS = {"class": "One class", "misclassified": "Misclassified", "least_confident": "Least confident"}
+VIEW_LABELS = {"cls": "Class token (last block)", "rollout": "Rollout", "class_specific": "Class-specific"}
+
+
+@st.cache_data(max_entries=16, show_spinner="Building the gallery (one forward pass per image)...")
+def build(model_key: str, kind: str, view: str, count: int, class_index: int | None, _loaded: explorer.LoadedModel):
+    gallery = common.optional("gallery")
+    return gallery.build_gallery(_loaded.model, _loaded.images, kind, view, count=count, class_index=class_index)
+
+
+def open_in_explore(index: int) -> None:
+    """The button under an image: show it in Explore (a callback, so it runs before the widgets are drawn)."""
+    st.session_state.update(mode="Explore", image_source="dataset", image_index=index)
+
+
+def page(loaded: explorer.LoadedModel, display: Display) -> None:
+    """A grid of `loaded`'s test images, each with the chosen view over it."""
+    gallery: ModuleType | None = common.optional("gallery")
+    if gallery is None:
+        st.info("The gallery needs vitlab.explorer.gallery, which this installation does not have.")
+        return
+    if loaded.images is None:
+        st.info(f"The gallery shows the model's test images, and there are none here ({loaded.images_note}).")
+        return
+    kind_column, class_column, view_column = st.columns(3)
+    kind = kind_column.selectbox("Images", gallery.GALLERY_KINDS, key="gallery_kind",
+                                 format_func=lambda k: KIND_LABELS.get(k, k))
+    common.keep_in("gallery_class", range(len(loaded.classes)), 0)
+    class_index = class_column.selectbox("Class", range(len(loaded.classes)), key="gallery_class",
+                                         format_func=loaded.classes.__getitem__, disabled=kind != "class")
+    view = view_column.selectbox("Overlay", gallery.GALLERY_VIEWS, key="gallery_view",
+                                 format_func=lambda v: VIEW_LABELS.get(v, v))
+    found = build(loaded.key, kind, view, 16, class_index if kind == "class" else None, loaded)
+    if not found.indices:
+        st.info("No test image fits that choice (a perfect model has no misclassified images).")
+        return
+    classes = loaded.classes
+    columns = st.columns(COLUMNS)
+    for slot, index in enumerate(found.indices):
+        with columns[slot % COLUMNS]:
+            picture = display.draw(loaded.images.images[index], found.maps[slot], explorer.HEAD_VIEW_PX)
+            st.image(explorer.jpeg_bytes(picture), width="stretch")
+            st.caption(f"#{index}: {classes[int(found.labels[slot])]}, predicted {classes[int(found.predicted[slot])]}"
+                       f" ({float(found.confidence[slot]):.0%})")
+            st.button("Open in Explore", key=f"gallery_open:{index}", on_click=open_in_explore, args=(index,))
