@@ -1,12 +1,10 @@
 """The explorer's modes (tour, gallery, compare, live panel, export, projector) and their pieces.
 
-Gallery, Compare, the live panel and the downloads use vitlab.explorer.gallery, .compare, .live and .export; the
-tests that need one of those skip (importorskip) where it is not installed, and the page then says so instead.
+Gallery, Compare, the live panel and the downloads use vitlab.explorer.gallery, .compare, .live and .export.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import shutil
@@ -20,16 +18,12 @@ from streamlit.testing.v1 import AppTest
 
 from vitlab import explorer
 from vitlab.capture import capture_forward
-from vitlab.explorer import figures
+from vitlab.explorer import export, figures, gallery, live
 from vitlab.explorer.tour import TOUR, step_index
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "streamlit_app.py"
 TIMEOUT = 300  # seconds per AppTest run: a first run loads the model, and the CPU may be shared
-
-
-def installed(name: str) -> bool:
-    return importlib.util.find_spec(f"vitlab.explorer.{name}") is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,18 +192,7 @@ def test_the_model_loads_once_for_every_session(demo_cache, tmp_path, monkeypatc
     assert common.load_source("demo", None, stamp) is common.load_source("demo", None, stamp)
 
 
-@pytest.mark.skipif(installed("gallery") and installed("compare") and installed("live"),
-                    reason="the modules are installed: the modes themselves are tested")
-def test_modes_whose_module_is_missing_say_so(app):
-    for mode, module in (("Gallery", "gallery"), ("Compare", "compare")):
-        app.radio(key="mode").set_value(mode).run()
-        assert not app.exception
-        if not installed(module):
-            assert f"vitlab.explorer.{module}" in app.info[0].value
-
-
 def test_gallery_opens_an_image_in_explore(app):
-    gallery = pytest.importorskip("vitlab.explorer.gallery")
     app.radio(key="mode").set_value("Gallery").run()
     assert_healthy(app, images=16)
     from vitlab.explorer.pages.gallery import KIND_LABELS
@@ -232,15 +215,9 @@ def test_gallery_opens_an_image_in_explore(app):
 
 
 def test_compare_shows_both_models_and_their_difference(app, demo_cache, tmp_path):
-    pytest.importorskip("vitlab.explorer.compare")
     app.radio(key="mode").set_value("Compare").run()
     assert not app.exception
-    if "base" in explorer.SOURCES:
-        app.selectbox(key="compare_source").set_value("base").run()
-    else:
-        shutil.copytree(demo_cache / "demo", tmp_path / "runs" / "other")
-        app.selectbox(key="compare_source").set_value("checkpoint").run()
-        app.text_input(key="compare_path").set_value(str(tmp_path / "runs" / "other")).run()
+    app.selectbox(key="compare_source").set_value("base").run()
     assert_healthy(app, images=3)
     subheaders = [s.value for s in app.subheader]
     assert subheaders[0] == "First: demo" and subheaders[2] == "Difference (second - first)", subheaders
@@ -251,12 +228,17 @@ def test_compare_shows_both_models_and_their_difference(app, demo_cache, tmp_pat
     assert_healthy(app, images=3)
     assert app.slider(key="compare_layer").disabled  # rollout has no block or head
     app.selectbox(key="compare_source").set_value("checkpoint").run()
-    app.text_input(key="compare_path").set_value(str(tmp_path / "missing.pt")).run()
+    app.text_input(key="compare_path").set_value(str(tmp_path / "runs" / "missing.pt")).run()
     assert "No checkpoint at" in app.error[0].value  # a bad second model: its clear error, nothing else breaks
+    shutil.copytree(demo_cache / "demo", tmp_path / "elsewhere")
+    app.text_input(key="compare_path").set_value(str(tmp_path / "elsewhere")).run()
+    assert "outside the runs folder" in app.error[0].value  # typed paths are fenced here too, as in the sidebar
+    shutil.copytree(demo_cache / "demo", tmp_path / "runs" / "other")
+    app.text_input(key="compare_path").set_value(str(tmp_path / "runs" / "other")).run()
+    assert_healthy(app, images=3)
 
 
 def test_live_panel_switches_heads_off_and_reads_the_lens(app, demo_model):
-    live = pytest.importorskip("vitlab.explorer.live")
     model, splits = demo_model
     image = splits.test.images[0]
     classes = list(splits.classes)
@@ -276,7 +258,6 @@ def test_live_panel_switches_heads_off_and_reads_the_lens(app, demo_model):
 
 
 def test_every_figure_has_a_png_download_and_the_image_an_npz(app):
-    export = pytest.importorskip("vitlab.explorer.export")
     buttons = app.get("download_button")
     labels = [b.proto.label for b in buttons]
     assert labels.count("Download PNG") == 5 and labels.count("Download the raw maps (.npz)") == 1, labels

@@ -238,7 +238,7 @@ def lesson_flags(paths: dict[str, Path], out: Path) -> dict[str, Flag]:
 @given(data=st.data())
 def test_lesson_command_lines_exit_2_in_one_line_or_pass_the_checks(data, lesson_paths, tmp_path, capsys,
                                                                     monkeypatch):
-    for loader in ("_demo", "_from_checkpoint", "_imagenet_vit_b_16"):
+    for loader in ("_demo", "_from_checkpoint", "_imagenet_model"):
         monkeypatch.setattr(lesson, loader, reached)
     out = tmp_path / "out"
     argv, named = command_line(data, lesson_flags(lesson_paths, out))

@@ -252,6 +252,7 @@ def test_lessons_12_14_15_run_on_vit_b_16_with_planted_weights(prefix: str, demo
     torch.manual_seed(0)
     torch.save(vit_b_16().state_dict(), cache_file)  # random weights where torchvision looks: nothing downloaded
     lesson = load_lesson(lesson_file(prefix))
+    (tmp_path / "no_data").mkdir()  # a folder without CIFAR: the lesson falls back to its generated images
 
     assert lesson.main(["--arch", "vit_b_16", "--data-dir", str(tmp_path / "no_data"), "--out", str(tmp_path)]) == 0
 

@@ -81,9 +81,10 @@ PRESETS: dict[str, dict] = {
         "trainable_blocks": 3,
         "cache_trunk": True,
         "max_rotation": 0.0,
-        "subset": 10_000,  # the first 10,000 of train and of test
-        "val_size": 2_000,
-        "epochs": 3,
+        # Sized by `python -m vitlab.bench --rows laptop_estimate` on a 2-core CPU (README, "A laptop run").
+        "subset": 4_000,  # the first 4,000 of train and of test
+        "val_size": 1_000,
+        "epochs": 2,
         "batch_size": 64,
     },
 }

@@ -30,10 +30,10 @@ from vitlab.explorer.runs_folder import DEFAULT_RUNS, is_inside, within_runs
 from vitlab.model import build_model, weights_cache_file
 from vitlab.shipped import shipped_base_file
 
-SOURCES = ("demo", "checkpoint", "imagenet")  # where the explorer's model comes from: the sidebar's choices
-# The pretrained base the demo was fine-tuned from, for comparing with it: loadable like the others, listed apart
-# so a page that offers SOURCES offers it only when it labels it (its head is untrained, see _load_base_source).
-ALL_SOURCES = (*SOURCES, "base")
+# Where the explorer's model comes from: the sidebar's choices. "base" is the pretrained base the demo was
+# fine-tuned from, for comparing with it (its head is untrained: the page labels it so, see _load_base_source).
+SOURCES = ("demo", "base", "checkpoint", "imagenet")
+ALL_SOURCES = SOURCES  # kept as a name: callers that load any source say so
 BASE_HEAD_SEED = 0  # the base's head is random (it never saw the shapes): seeded, so every load gives the same one
 
 

@@ -6,10 +6,8 @@ st.cache_data, keyed by (model key, image key): a slider move never runs the mod
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import streamlit as st
@@ -83,16 +81,6 @@ def keep_in(key: str, allowed, default) -> None:
     st.session_state.setdefault(key, default)
 
 
-def optional(name: str) -> ModuleType | None:
-    """vitlab.explorer.<name> if this installation has it, else None (the page then says the mode is missing)."""
-    try:
-        return importlib.import_module(f"vitlab.explorer.{name}")
-    except ModuleNotFoundError as error:
-        if error.name != f"vitlab.explorer.{name}":
-            raise  # the module exists but something it needs is missing: a real error, shown as one
-        return None
-
-
 def model_label(loaded: explorer.LoadedModel) -> str:
     """A short name for file names: the source, and a checkpoint's run folder ("checkpoint-demo")."""
     source, _, rest = loaded.key.partition(":")
@@ -102,9 +90,8 @@ def model_label(loaded: explorer.LoadedModel) -> str:
 
 
 def export_file(loaded: explorer.LoadedModel, image_key: str, view: str, ext: str) -> str | None:
-    """The download's file name (vitlab.explorer.export.export_name), or None without that module."""
-    export = optional("export")
-    return None if export is None else export.export_name(model_label(loaded), image_key, view, ext)
+    """The download's file name (vitlab.explorer.export_name): model, image and view."""
+    return explorer.export_name(model_label(loaded), image_key, view, ext)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,9 +136,8 @@ def choose_display(grid_size: int) -> Display:
 
 def show(picture: np.ndarray, name: str | None = None) -> None:
     """One view, `picture` uint8 (H, W, 3), sent as JPEG (cheap for every slider move), and under it a PNG
-    download named `name` when vitlab.explorer.export is installed. The PNG is encoded only when clicked."""
+    download named `name` (if given). The PNG is encoded only when clicked."""
     st.image(explorer.jpeg_bytes(picture), width="stretch")
-    export = optional("export")
-    if export is not None and name is not None:
-        st.download_button("Download PNG", data=lambda: export.png_bytes(picture), file_name=name,
+    if name is not None:
+        st.download_button("Download PNG", data=lambda: explorer.png_bytes(picture), file_name=name,
                            mime="image/png", key=f"png:{name}", on_click="ignore", type="tertiary")

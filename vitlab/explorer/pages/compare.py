@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 import torch
 
@@ -26,7 +28,8 @@ def choose_second(first: explorer.LoadedModel) -> explorer.LoadedModel | None:
             st.info("Type the path of a vitlab checkpoint or run folder to compare with.")
             return None
     try:
-        checkpoint = None if path is None else explorer.resolve_checkpoint(path)
+        root = explorer.runs_folder(sys.argv[1:])  # a typed path is fenced to the runs folder, as in the sidebar
+        checkpoint = None if path is None else explorer.resolve_checkpoint(path, root=root)
         stamp = explorer.source_stamp(source, checkpoint)
         return common.load_source(source, None if checkpoint is None else str(checkpoint), stamp)
     except (explorer.VitlabError, RuntimeError) as error:
@@ -36,10 +39,6 @@ def choose_second(first: explorer.LoadedModel) -> explorer.LoadedModel | None:
 
 def page(first: explorer.LoadedModel, image: torch.Tensor, image_key: str, display: Display) -> None:
     """`image` uint8 (3, H, W) through the sidebar's model and a second one, side by side."""
-    compare = common.optional("compare")
-    if compare is None:
-        st.info("Compare needs vitlab.explorer.compare, which this installation does not have.")
-        return
     second = choose_second(first)
     if second is None:
         return
@@ -55,7 +54,8 @@ def page(first: explorer.LoadedModel, image: torch.Tensor, image_key: str, displ
     common.keep_in("compare_layer", range(1, one.num_layers + 1), one.num_layers)
     layer = block_column.slider("Block", 1, one.num_layers, key="compare_layer", disabled=view != "cls") - 1
     head = head_column.slider("Head", 0, one.num_heads - 1, 0, key="compare_head", disabled=view != "cls")
-    found = compare.compare_maps(one, two, view, layer=layer, head=head)
+    at = {"layer": layer, "head": head} if view == "cls" else {}  # rollout runs through every block and head
+    found = explorer.compare_maps(one, two, view, **at)
     name = lambda which: common.export_file(first, image_key, f"compare_{view}_{which}", "png")  # noqa: E731
     columns = st.columns(3, gap="large")
     for column, title, model, grid_map, views in ((columns[0], "First", first, found.first, one),

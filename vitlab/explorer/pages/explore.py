@@ -138,11 +138,8 @@ def rollout_view(loaded: explorer.LoadedModel, image_key: str, image: torch.Tens
 def raw_maps_download(loaded: explorer.LoadedModel, image_key: str, views: explorer.ImageViews,
                       flow_map: torch.Tensor, relevance: torch.Tensor) -> None:
     """The image's raw maps as .npz (vitlab.explorer.export.maps_npz), encoded only when the button is clicked."""
-    export = common.optional("export")
-    if export is None:
-        return
     st.download_button(
-        "Download the raw maps (.npz)", data=lambda: export.maps_npz(views, flow_map, relevance),
+        "Download the raw maps (.npz)", data=lambda: explorer.maps_npz(views, flow_map, relevance),
         file_name=common.export_file(loaded, image_key, "maps", "npz"), mime="application/octet-stream",
         key="download_npz", on_click="ignore",
     )
@@ -151,10 +148,6 @@ def raw_maps_download(loaded: explorer.LoadedModel, image_key: str, views: explo
 def live_panel(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, views: explorer.ImageViews) -> None:
     """Live head ablation (top-5 before and after) and the logit lens, block by block (vitlab.explorer.live)."""
     st.subheader("Switch heads off, and the logit lens")
-    live = common.optional("live")
-    if live is None:
-        st.info("The live panel needs vitlab.explorer.live, which this installation does not have.")
-        return
     classes = loaded.classes
     ablation, lens = st.columns(2, gap="large")
     with ablation:
@@ -177,10 +170,9 @@ def live_panel(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str
 @st.cache_data(max_entries=64, show_spinner="Running the model with those heads switched off...")
 def ablated(model_key: str, image_key: str, block: int, heads: tuple[int, ...], _loaded: explorer.LoadedModel,
             _image: torch.Tensor):
-    live = common.optional("live")
-    return live.top_k_ablated(_loaded.model, _image, {block: list(heads)} if heads else {}, k=5)
+    return explorer.top_k_ablated(_loaded.model, _image, {block: list(heads)} if heads else {}, k=5)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def lens_rows(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image: torch.Tensor):
-    return common.optional("live").lens_top(_loaded.model, _image, k=3)
+    return explorer.lens_top(_loaded.model, _image, k=3)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import streamlit as st
 
 from vitlab import explorer
@@ -17,8 +15,7 @@ VIEW_LABELS = {"cls": "Class token (last block)", "rollout": "Rollout", "class_s
 
 @st.cache_data(max_entries=16, show_spinner="Building the gallery (one forward pass per image)...")
 def build(model_key: str, kind: str, view: str, count: int, class_index: int | None, _loaded: explorer.LoadedModel):
-    gallery = common.optional("gallery")
-    return gallery.build_gallery(_loaded.model, _loaded.images, kind, view, count=count, class_index=class_index)
+    return explorer.build_gallery(_loaded.model, _loaded.images, kind, view, count=count, class_index=class_index)
 
 
 def open_in_explore(index: int) -> None:
@@ -28,20 +25,16 @@ def open_in_explore(index: int) -> None:
 
 def page(loaded: explorer.LoadedModel, display: Display) -> None:
     """A grid of `loaded`'s test images, each with the chosen view over it."""
-    gallery: ModuleType | None = common.optional("gallery")
-    if gallery is None:
-        st.info("The gallery needs vitlab.explorer.gallery, which this installation does not have.")
-        return
     if loaded.images is None:
         st.info(f"The gallery shows the model's test images, and there are none here ({loaded.images_note}).")
         return
     kind_column, class_column, view_column = st.columns(3)
-    kind = kind_column.selectbox("Images", gallery.GALLERY_KINDS, key="gallery_kind",
+    kind = kind_column.selectbox("Images", explorer.GALLERY_KINDS, key="gallery_kind",
                                  format_func=lambda k: KIND_LABELS.get(k, k))
     common.keep_in("gallery_class", range(len(loaded.classes)), 0)
     class_index = class_column.selectbox("Class", range(len(loaded.classes)), key="gallery_class",
                                          format_func=loaded.classes.__getitem__, disabled=kind != "class")
-    view = view_column.selectbox("Overlay", gallery.GALLERY_VIEWS, key="gallery_view",
+    view = view_column.selectbox("Overlay", explorer.GALLERY_VIEWS, key="gallery_view",
                                  format_func=lambda v: VIEW_LABELS.get(v, v))
     found = build(loaded.key, kind, view, 16, class_index if kind == "class" else None, loaded)
     if not found.indices:

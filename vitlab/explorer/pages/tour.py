@@ -94,9 +94,6 @@ def _class_specific(loaded, image, image_key, views, display: Display) -> None:
 
 
 def _lens(loaded, image, image_key, views, display: Display) -> None:
-    if common.optional("live") is None:
-        st.info("The logit lens view needs vitlab.explorer.live: run the lesson instead.")
-        return
     rows = explore.lens_rows(loaded.key, image_key, loaded, image)
     st.table([{"block": b + 1, "top 3": ", ".join(f"{loaded.classes[c]} {p:.0%}" for c, p in top)}
               for b, top in enumerate(rows)])
@@ -128,9 +125,6 @@ def _pca(loaded, image, image_key, views, display: Display) -> None:
 
 
 def _ablation(loaded, image, image_key, views, display: Display) -> None:
-    if common.optional("live") is None:
-        st.info("The head-ablation view needs vitlab.explorer.live: try it in Explore, or run the lesson.")
-        return
     last, heads = views.num_layers - 1, tuple(range(views.num_heads))
     before, after = explore.ablated(loaded.key, image_key, last, heads, loaded, image)
     after_label = f"after (block {last + 1} off)"
