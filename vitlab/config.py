@@ -82,9 +82,9 @@ PRESETS: dict[str, dict] = {
         "cache_trunk": True,
         "max_rotation": 0.0,
         # Sized by `python -m vitlab.bench --rows laptop_estimate` on a 2-core CPU (README, "A laptop run").
-        "subset": 4_000,  # the first 4,000 of train and of test
-        "val_size": 1_000,
-        "epochs": 2,
+        "subset": 8_000,  # the first 8,000 of train and of test
+        "val_size": 2_000,
+        "epochs": 3,
         "batch_size": 64,
     },
 }
