@@ -35,11 +35,15 @@ def page(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, imag
         st.caption("The five most likely classes and their softmax probabilities.")
     with why:
         st.subheader("Class-specific")
-        predicted = views.top_k(1)[0][0]
+        if st.session_state.get("target_class_model") != loaded.key:  # class 2 of one model is not class 2 of
+            st.session_state["target_class_model"] = loaded.key  # another: a new model explains its prediction
+            st.session_state["target_class"] = PREDICTED
         keep_in("target_class", range(PREDICTED, len(classes)), PREDICTED)
+        # The predicted class's entry names no class: Chromium kept showing the selected entry's old text when only
+        # the options changed (seen on a change of model); the caption below names the class explained.
         target = st.selectbox(
             "Explain the class", range(PREDICTED, len(classes)), key="target_class",
-            format_func=lambda c: f"predicted: {classes[predicted]}" if c == PREDICTED else classes[c],
+            format_func=lambda c: "the predicted class" if c == PREDICTED else classes[c],
         )
         target = None if target == PREDICTED else target
         relevance, explained = common.explain(loaded.key, image_key, target, loaded, image)
