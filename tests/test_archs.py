@@ -3,8 +3,8 @@ parity, and each weights file found under its own name in torchvision's cache.
 
 Known answers come from torchvision itself: its builders' arguments, its `meta["num_params"]` for each weights, its
 `interpolate_embeddings`, its weights' URLs. The big models are counted on PyTorch's meta device (no memory, no
-time); forwards run for vit_b_32 only (ViT-L and ViT-H share its code path, and their forwards take seconds on a
-2-core CPU). Nothing is downloaded.
+time); vit_b_32 runs at its native 224 px, and every arch at a 2x2 patch grid (a slow test: ViT-H/14 takes seconds
+to build). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -131,6 +131,35 @@ def assert_capture_parity(model: torchvision.models.VisionTransformer, images: t
         after = inputs[index + 1] if index + 1 < len(inputs) else None
         if after is not None:
             torch.testing.assert_close(cap.hidden_states[index], after, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", TORCHVISION_ARCHS)
+def test_capture_analyses_and_the_explorer_on_every_arch_at_a_2x2_grid(arch: str):
+    """Each torchvision ViT, random weights, built at 2x2 patches (seconds even for ViT-H/14's 632M parameters):
+    capture equals the independent recomputation, the logit lens' last block equals the logits, rollout gives each
+    of the 4 patches a share of the class token's row (the rest stays on the class token), and the explorer's
+    analyse_image/class_map read the same geometry."""
+    from vitlab.attention import rollout
+    from vitlab.explorer import analyse_image, class_map
+    from vitlab.lens import logit_lens_forward
+
+    patch = SPECS[arch].patch_size
+    torch.manual_seed(0)
+    model = build_model(arch, 10, pretrained=False, trainable_blocks=0, image_size=2 * patch).eval()
+    assert model.seq_length == 5 and len(model.encoder.layers) == num_blocks(arch)
+    images = torch.randn(2, 3, 2 * patch, 2 * patch, generator=torch.Generator().manual_seed(1))
+    assert_capture_parity(model, images)
+    lens = logit_lens_forward(model, images)
+    torch.testing.assert_close(lens.lens_logits[-1], lens.logits, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), capture(model) as captured:
+        model(images)
+    flow = rollout(captured.attentions)  # (B, patches)
+    assert flow.shape == (2, 4) and (flow > 0).all() and (flow.sum(-1) < 1).all()
+    picture = torch.randint(0, 256, (3, 2 * patch, 2 * patch), dtype=torch.uint8)
+    views = analyse_image(model, picture)
+    relevance, _ = class_map(model, picture)
+    assert views.num_layers == num_blocks(arch) and views.cls_map(0, 0).shape == relevance.shape == (2, 2)
 
 
 def test_capture_parity_on_vit_b_32():
