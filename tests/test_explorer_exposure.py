@@ -85,6 +85,7 @@ def test_streamlit_started_from_the_repository_reads_the_projects_config(tmp_pat
     values = dict(re.findall(r"^(\w+) = (.+)$", shown, flags=re.MULTILINE))
     assert values["maxUploadSize"] == str(MAX_UPLOAD_BYTES // 2**20)  # the browser's limit = vitlab's: 25 (MB)
     assert values["gatherUsageStats"] == "false"
+    assert values["address"] == '"127.0.0.1"'  # reachable from this machine only, unless opened on purpose
     assert values["showErrorDetails"] == '"none"'  # no tracebacks with server paths in students' browsers
     # A hidden option (config show leaves it out): read as streamlit reads it. False: no 0.16 s gc.collect() after
     # every slider move (Python's own collector still runs).
