@@ -66,7 +66,7 @@ def check_value(name: str, value: Any, rule: Rule) -> None:
     """Raise a VitlabError unless `value` is a finite number in the rule's range (or None where optional)."""
     if value is None and rule.optional:
         return
-    allowed = _allowed(rule)
+    allowed = allowed_values(rule)
     if rule.whole and isinstance(value, float):
         raise _refuse(name, value, allowed, rule.example)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -75,7 +75,8 @@ def check_value(name: str, value: Any, rule: Rule) -> None:
         raise _refuse(name, value, allowed, rule.example)
 
 
-def _allowed(rule: Rule) -> str:
+def allowed_values(rule: Rule) -> str:
+    """What `rule` allows, in words: "a whole number from 1 to 1,000"."""
     if rule.whole:
         return f"a whole number from {int(rule.low):,} to {int(rule.high):,}"
     if rule.low_open:
@@ -94,11 +95,11 @@ def number_flag(name: str, rule: Rule) -> Callable[[str], int | float]:
         try:
             value = int(text) if rule.whole else float(text)
         except ValueError:
-            raise _refuse(name, repr(text), _allowed(rule), rule.example) from None
+            raise _refuse(name, repr(text), allowed_values(rule), rule.example) from None
         check_value(name, value, rule)
         return value
 
-    parse.__name__ = f"{name} ({_allowed(rule)})"  # what argparse would name the type in its own messages
+    parse.__name__ = f"{name} ({allowed_values(rule)})"  # what argparse would name the type in its own messages
     return parse
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vitlab.checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
+from vitlab.atomic import atomic_write
+from vitlab.checkpoint import load_checkpoint, save_checkpoint, save_json
 from vitlab.config_rules import LARGEST_SEED, OneLineParser, Rule, check_rules, folder_to_write, number_flag
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.data.fractals import make_systems, render

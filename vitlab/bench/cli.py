@@ -12,7 +12,7 @@ import torch
 from vitlab.bench.cached import bench_cached_trunk_shapes, bench_cached_trunk_step, bench_epoch_cached
 from vitlab.bench.compiled import bench_compile
 from vitlab.bench.epoch import bench_epoch
-from vitlab.bench.flags import FlagParser, check_flags
+from vitlab.bench.flags import COUNT_TYPES, FlagParser, check_flags
 from vitlab.bench.machine import describe_device
 from vitlab.bench.measure import OPTIONAL_ROWS, ROWS, Settings
 from vitlab.bench.memory import bench_peak_memory
@@ -70,14 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="small repeat counts: about 3 minutes on a 2-core CPU")
     parser.add_argument("--json", metavar="PATH", help="also write every measurement, the device and versions here")
-    parser.add_argument("--repeats", type=int, metavar="N", help="timed repeats per side (default: per row)")
-    parser.add_argument("--batch-size", type=int, metavar="N", help="one batch size for every row (default: per row)")
+    parser.add_argument("--repeats", type=COUNT_TYPES["repeats"], metavar="N",
+                        help="timed repeats per side (default: per row)")
+    parser.add_argument("--batch-size", type=COUNT_TYPES["batch_size"], metavar="N",
+                        help="one batch size for every row (default: per row)")
     parser.add_argument("--rows", metavar="A,B,...", help=f"only these rows (default: all of {', '.join(ROWS)})")
     parser.add_argument("--arch", default="vit_b_16", choices=("vit_b_16", "vit_tiny"),
                         help="the model of the timing rows (default: vit_b_16, the notebook's)")
     parser.add_argument("--epoch", action="store_true", help="run the full-epoch row (a GPU target)")
     parser.add_argument("--force-epoch", action="store_true", help="run the epoch row without CUDA too")
-    parser.add_argument("--epoch-images", type=int, metavar="N",
+    parser.add_argument("--epoch-images", type=COUNT_TYPES["epoch_images"], metavar="N",
                         help="train+val images of the epoch row (default: 50000, CIFAR-100's training set)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile in the epoch row (default: on CUDA only)")

@@ -25,7 +25,9 @@ import time
 import torch
 from torch import Tensor
 
+from vitlab.bench.flags import COUNT_TYPES
 from vitlab.demo import load_demo_model
+from vitlab.errors import VitlabError
 from vitlab.explorer import (
     HEAD_VIEW_PX,
     Gallery,
@@ -133,16 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vitlab.explorer", description=__doc__.splitlines()[0])
     parser.add_argument("--bench", action="store_true", help="time the interactions, print medians and targets")
     parser.add_argument("--arch", default="vit_b_16", choices=("vit_b_16", "vit_tiny"))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=COUNT_TYPES["repeats"], default=5)  # the bench's rule: 1 to 1,000
     parser.add_argument("--gallery", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the 16-image gallery on the demo model (trains it on first use)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except VitlabError as error:  # a count out of its range: one line, before any work
+        print(f"python -m vitlab.explorer: {error}", file=sys.stderr)
+        return 2
     if not args.bench:
         parser.print_help()
         return 0
-    if args.repeats < 1:
-        print("python -m vitlab.explorer: --repeats must be at least 1.", file=sys.stderr)
-        return 2
     result = benchmark_explorer(args.arch, args.repeats)
     rows = [("new image, all views", args.arch, "new_image_seconds"), ("slider move", args.arch, "slider_seconds")]
     if args.gallery:

@@ -2,6 +2,7 @@
 value, what is allowed and an example (`python -m vitlab.bench` prints it and exits 2, writing nothing).
 
     parser = FlagParser(prog="python -m vitlab.bench")   # argparse's own errors become VitlabErrors too
+    parser.add_argument("--repeats", type=COUNT_TYPES["repeats"])   # a count checked as it is parsed
     args = parser.parse_args(argv)
     rows = check_flags(args, tuple(BENCHES), ROWS)          # the rows to run, in order
 """
@@ -12,43 +13,34 @@ import argparse
 import difflib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from vitlab.config_rules import Rule, allowed_values, number_flag
 from vitlab.errors import VitlabError
 
-
-@dataclass(frozen=True)
-class Count:
-    """A whole-number flag's allowed range, what it counts and a value to show as an example."""
-
-    low: int
-    high: int
-    what: str
-    example: int
-
-    def describe(self, flag: str) -> str:
-        return f"{flag} takes a whole number from {self.low:,} to {self.high:,} ({self.what}), for example " \
-               f"{flag} {self.example}"
-
-
 # Upper bounds say "absurd", not "impossible": far past what any row needs, short of what would run for days.
-COUNTS = {
-    "repeats": Count(1, 1_000, "timed repeats per side", 3),
-    "batch_size": Count(1, 4_096, "images per batch in every row", 8),
-    "epoch_images": Count(10, 50_000, "train+val images of the epoch row; 50,000 is CIFAR-100's training set", 200),
+RULES = {  # in vitlab.config_rules' format, as every vitlab command line
+    "repeats": Rule(1, 1_000, "--repeats 3"),  # timed repeats per side
+    "batch_size": Rule(1, 4_096, "--batch-size 8"),  # images per batch in every row
+    "epoch_images": Rule(10, 50_000, "--epoch-images 200"),  # train+val images of the epoch row (CIFAR-100: 50,000)
 }
+# argparse types: each count checked against its rule as it is parsed (a one-line VitlabError).
+COUNT_TYPES = {name: number_flag(name, rule) for name, rule in RULES.items()}
 
 
 class FlagParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors (a word where a number goes, an unknown flag) raise one-line VitlabErrors."""
+    """An ArgumentParser whose own errors (an unknown flag, a missing value, a bad choice) raise one-line
+    VitlabErrors, with what the flag takes."""
 
     def error(self, message: str) -> NoReturn:
         flag = re.match(r"argument (--[\w-]+)", message)
-        count = COUNTS.get(flag.group(1).lstrip("-").replace("-", "_")) if flag else None
-        example = {"--arch": "for example --arch vit_tiny"}.get(flag.group(1) if flag else "", "")
-        hint = count.describe(flag.group(1)) if count else example or f"see {self.prog} --help"
+        name = flag.group(1) if flag else ""
+        rule = RULES.get(name.lstrip("-").replace("-", "_"))
+        if rule is not None:
+            hint = f"{name} takes {allowed_values(rule)}, for example {rule.example}"
+        else:
+            hint = {"--arch": "for example --arch vit_tiny"}.get(name, f"see {self.prog} --help")
         raise VitlabError(f"{message}: {hint}.")
 
 
@@ -57,15 +49,12 @@ def check_flags(
 ) -> tuple[str, ...]:
     """Refuse any bad flag value before work starts; return the rows to run (`default_rows` without --rows).
 
+    The counts were checked as they were parsed (COUNT_TYPES).
+
     Raises:
-        VitlabError: a count out of its range, an unknown, repeated or missing row name, or a --json path that
-            cannot be written. (A bad --device is `vitlab.device.pick_device`'s to refuse.)
+        VitlabError: an unknown, repeated or missing row name, or a --json path that cannot be written. (A bad
+            --device is `vitlab.device.pick_device`'s to refuse.)
     """
-    for name, count in COUNTS.items():
-        value = getattr(args, name)
-        flag = "--" + name.replace("_", "-")
-        if value is not None and not count.low <= value <= count.high:
-            raise VitlabError(f"{flag} {value} is out of range: {count.describe(flag)}.")
     if args.json is not None:
         check_json_path(args.json)
     return default_rows if args.rows is None else check_rows(args.rows, known_rows)

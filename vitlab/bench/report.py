@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from vitlab.atomic import atomic_write
 from vitlab.bench.measure import Settings
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -68,9 +69,6 @@ def report(results: list[dict], settings: Settings, wall_seconds: float, device_
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")  # written whole, then renamed: never a half-written report
-    partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(partial, path)
-    return path
+    """Write the report as indented JSON, atomically (vitlab.atomic): never a half-written report."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    return atomic_write(path, lambda file: file.write(text.encode()))
