@@ -115,9 +115,9 @@ def choose_image(loaded: explorer.LoadedModel) -> tuple[torch.Tensor, str, list[
         line = f"True label: **{label}**" if images.classes == loaded.classes else f"Dataset label: {label}"
         return images.images[index], f"dataset:{index}", [line]
 
-    upload = st.sidebar.file_uploader("PNG or JPEG image", type=["png", "jpg", "jpeg"], key="upload")
+    upload = st.sidebar.file_uploader("PNG, JPEG, GIF or WebP image", type=list(explorer.EXTENSIONS), key="upload")
     if upload is None:
-        st.info("Upload a PNG or JPEG image in the sidebar to see where the model looks.")
+        st.info("Upload a PNG, JPEG, GIF or WebP image in the sidebar to see where the model looks.")
         st.stop()
     data = upload.getvalue()
     key = explorer.image_key(data)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import streamlit as st
 import torch
 from matplotlib import colormaps
 from streamlit.testing.v1 import AppTest
@@ -212,6 +213,30 @@ def test_gallery_opens_an_image_in_explore(app):
     assert_healthy(app, images=1)
     wanted = app.selectbox(key="gallery_class").format_func(2)
     assert all(f": {wanted}," in c.value for c in app.caption if c.value.startswith("#"))
+
+
+def test_the_gallery_scans_once_per_model_and_says_when_nothing_matches(demo_cache, demo_model, tmp_path,
+                                                                       monkeypatch):
+    """The test set is classified once per model, whatever kind, view or class follows; a gallery with no image
+    (a model that gets every test image right has none misclassified) is a message, not an exception."""
+    _, splits = demo_model
+    scans = []
+
+    def perfect(model, images, batch_size=64):  # every prediction right, at 90%
+        scans.append(len(images))
+        return splits.test.labels.clone(), torch.full((len(images),), 0.9)
+
+    st.cache_data.clear()  # no scan cached by an earlier test of this process
+    monkeypatch.setattr(explorer, "predict", perfect)
+    monkeypatch.chdir(tmp_path)
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    app.radio(key="mode").set_value("Gallery").run()
+    app.selectbox(key="gallery_kind").set_value("misclassified").run()
+    assert not app.exception and "correctly" in app.info[0].value
+    app.selectbox(key="gallery_kind").set_value("least_confident").run()
+    app.selectbox(key="gallery_view").set_value("rollout").run()
+    assert_healthy(app, images=16)
+    assert scans == [len(splits.test)]  # one scan for the three galleries
 
 
 def test_compare_shows_both_models_and_their_difference(app, demo_cache, tmp_path):

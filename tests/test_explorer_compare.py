@@ -7,7 +7,7 @@ import torch
 from torchvision.models import VisionTransformer
 
 from vitlab.errors import VitlabError
-from vitlab.explorer import ALL_SOURCES, SOURCES, analyse_image, compare_maps, load_model_source, source_stamp
+from vitlab.explorer import SOURCES, analyse_image, compare_maps, load_model_source, source_stamp
 from vitlab.explorer.sources import BASE_HEAD_SEED
 from vitlab.model import build_model, load_state_dict_file
 from vitlab.shipped import shipped_base_file
@@ -34,7 +34,7 @@ def test_the_base_source_is_the_shipped_base_on_the_demos_images_with_an_honest_
     assert torch.equal(base.model.heads.head.weight, expected_head.weight)
     assert base.key == source_stamp("base") == f"base:{shipped_base_file()}"
     assert not base.model.training
-    assert "base" in ALL_SOURCES and "base" in SOURCES  # the sidebar offers it, labelled as the untrained-head base
+    assert "base" in SOURCES  # the sidebar offers it, labelled as the untrained-head base
 
 
 def test_the_difference_is_exactly_second_minus_first(base, demo_model):

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 from streamlit.testing.v1 import AppTest
 
-from vitlab.explorer import PreparedImage, UploadError, preprocess_upload
+from vitlab.explorer import EXTENSIONS, PreparedImage, UploadError, preprocess_upload
 
 SIZE = 32  # the demo model's input
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
@@ -266,8 +266,9 @@ def test_the_explorer_shows_the_error_then_the_views_for_the_next_upload(demo_ca
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     app = AppTest.from_file(str(APP), default_timeout=300).run()
     app.radio(key="image_source").set_value("upload").run()
-    # Named .png: the page's uploader lists png/jpg/jpeg (its type list is streamlit_app.choose_image's); what the
-    # file holds is found from its bytes, whatever its name says.
+    # The page's uploader offers every format the explorer decodes; what a file holds is found from its bytes,
+    # whatever its name says.
+    assert {"." + ext for ext in EXTENSIONS} <= set(app.file_uploader(key="upload").proto.type)
     bad = {"bomb.png": (BOMBS["GIF 65535x65535"], "decompression bomb"),
            "cut.png": (GOOD_FILES["WebP"][:300], "truncated or damaged"),
            "noise.png": (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 3, "not a PNG, JPEG")}
@@ -275,7 +276,7 @@ def test_the_explorer_shows_the_error_then_the_views_for_the_next_upload(demo_ca
         app.file_uploader(key="upload").set_value((file_name, content, "image/png")).run()
         assert not app.exception, (file_name, [e.message for e in app.exception])
         assert len(app.error) == 1 and phrase in app.error[0].value, (file_name, [e.value for e in app.error])
-        app.file_uploader(key="upload").set_value(("fine.png", GOOD_FILES["animated GIF"], "image/png")).run()
+        app.file_uploader(key="upload").set_value(("fine.gif", GOOD_FILES["animated GIF"], "image/gif")).run()
         assert not app.exception and not app.error, (file_name, [e.value for e in app.error])
         assert sum(len(image.proto.imgs) for image in app.image) >= 10  # every view is drawn again
         assert any("first frame" in m.value for m in app.markdown)

@@ -23,7 +23,7 @@ One concept per module:
     pages/      the page sections (Streamlit code) streamlit_app.py calls; not imported here
     sources.py  where the model comes from: the demo model, a vitlab checkpoint, ImageNet ViT-B/16 (+ the base)
     runs_folder.py  the one folder whose checkpoints the page may read (`--runs DIR`); paths outside are refused
-    uploads.py  uploaded files made safe: any PNG or JPEG in, a model input or an UploadError out
+    uploads.py  uploaded files made safe: any PNG, JPEG, GIF or WebP in, a model input or an UploadError out
     gallery.py  a grid of test images (a class, the misclassified, the least confident), one batched map each
     compare.py  one view of two models on the same image, on a common grid, and their difference
     export.py   downloads: a view as PNG, the raw maps as .npz, a safe file name
@@ -52,7 +52,6 @@ from vitlab.explorer.gallery import GALLERY_KINDS, GALLERY_VIEWS, Gallery, build
 from vitlab.explorer.live import lens_top, top_k_ablated
 from vitlab.explorer.runs_folder import runs_folder
 from vitlab.explorer.sources import (
-    ALL_SOURCES,
     SOURCES,
     LoadedModel,
     imagenet_available,
@@ -62,7 +61,7 @@ from vitlab.explorer.sources import (
     resolve_checkpoint,
     source_stamp,
 )
-from vitlab.explorer.uploads import PreparedImage, UploadError, image_key, preprocess_upload
+from vitlab.explorer.uploads import EXTENSIONS, PreparedImage, UploadError, image_key, preprocess_upload
 from vitlab.explorer.views import (
     DISTANCE_IMAGES,
     ImageViews,
@@ -77,7 +76,7 @@ from vitlab.explorer.views import (
 from vitlab.model import weights_cache_file
 
 __all__ = [
-    "ALL_SOURCES", "COMPARE_VIEWS", "Comparison", "DISTANCE_IMAGES", "GALLERY_KINDS", "GALLERY_VIEWS", "Gallery",
+    "COMPARE_VIEWS", "Comparison", "DISTANCE_IMAGES", "EXTENSIONS", "GALLERY_KINDS", "GALLERY_VIEWS", "Gallery",
     "HEAD_VIEW_PX", "ImageViews", "LoadedModel", "MAIN_VIEW_PX", "PROJECTOR_CMAP", "PROJECTOR_GRID_PX",
     "PreparedImage", "SOURCES", "UploadError", "VIEW_FORMAT", "VitlabError", "analyse_image", "build_gallery",
     "class_map", "compare_maps", "distance_figure_png", "export_name", "image_key", "imagenet_available",

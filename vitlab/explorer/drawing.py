@@ -157,7 +157,7 @@ def _outline_patch(picture: np.ndarray, patch: tuple[int, int], grid: int) -> No
 def jpeg_bytes(picture: np.ndarray, quality: int = VIEW_QUALITY) -> bytes:
     """`picture` uint8 (H, W, 3) as JPEG bytes, the way the page sends every view."""
     buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(picture).save(buffer, format=VIEW_FORMAT, quality=quality)
     return buffer.getvalue()
 
 

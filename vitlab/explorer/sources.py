@@ -33,7 +33,6 @@ from vitlab.shipped import shipped_base_file
 # Where the explorer's model comes from: the sidebar's choices. "base" is the pretrained base the demo was
 # fine-tuned from, for comparing with it (its head is untrained: the page labels it so, see _load_base_source).
 SOURCES = ("demo", "base", "checkpoint", "imagenet")
-ALL_SOURCES = SOURCES  # kept as a name: callers that load any source say so
 BASE_HEAD_SEED = 0  # the base's head is random (it never saw the shapes): seeded, so every load gives the same one
 
 
@@ -94,7 +93,7 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
     """A key naming the files behind a source's model: a cache keyed by it reloads when they change.
 
     Args:
-        source: one of ALL_SOURCES.
+        source: one of SOURCES.
         checkpoint: for source="checkpoint", the file resolve_checkpoint found.
     Returns:
         "demo:<cache folder>", "checkpoint:<file>:<modification time in ns>", "imagenet:<weights file>" or
@@ -114,7 +113,7 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
 
 
 def load_model_source(source: str, checkpoint_path: str | Path | None = None) -> LoadedModel:
-    """Load the model for one of ALL_SOURCES.
+    """Load the model for one of SOURCES.
 
     Args:
         source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.demo), "checkpoint" (a
@@ -145,7 +144,7 @@ _CHOOSE_A_CHECKPOINT = "Choose a run under runs/ or type the path of a checkpoin
 
 
 def _unknown_source(source: str) -> VitlabError:
-    return VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(ALL_SOURCES)}.")
+    return VitlabError(f"Unknown model source {source!r}. Choose one of: {', '.join(SOURCES)}.")
 
 
 def _load_demo_source() -> LoadedModel:

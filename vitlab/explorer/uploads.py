@@ -21,10 +21,11 @@ from torch import Tensor
 
 from vitlab.errors import VitlabError
 
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a 25 MB PNG or JPEG is already a very large photo
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a 25 MB image file is already a very large photo
 MAX_UPLOAD_PIXELS = 50_000_000  # header says more than this: refuse before decoding (decompression bombs)
 MIN_UPLOAD_SIDE = 8  # pixels; smaller holds too little to look at
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP")  # what Pillow may open an upload as: no other decoder is reached
+EXTENSIONS = ("png", "jpg", "jpeg", "gif", "webp")  # the file names the page's uploader offers: FORMATS' files
 # What Pillow's decoders raise on damaged files. Beyond OSError & co, fuzzing found IndexError (a GIF cut inside an
 # extension block, while counting frames), struct.error and KeyError (headers with impossible fields).
 DAMAGED = (OSError, SyntaxError, ValueError, EOFError, MemoryError, IndexError, KeyError, struct.error)
@@ -54,7 +55,7 @@ def preprocess_upload(data: bytes, image_size: int) -> PreparedImage:
             count in a small file), or smaller than MIN_UPLOAD_SIDE pixels. The message says what to do.
     """
     if not data:
-        raise UploadError("The uploaded file is empty. Upload a PNG or JPEG image.")
+        raise UploadError("The uploaded file is empty. Upload a PNG, JPEG, GIF or WebP image.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadError(
             f"The file is {len(data) / 2**20:.0f} MB; the explorer takes images up to {MAX_UPLOAD_BYTES // 2**20} MB. "

@@ -74,8 +74,15 @@ def tokens(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image
     return figures.token_views(_loaded.model, _image)
 
 
-def keep_in(key: str, allowed, default) -> None:
-    """Reset a widget's remembered value when it no longer fits (another model has other layers, classes...)."""
+def keep_in(key: str, allowed, default, scope: str | None = None) -> None:
+    """Reset a widget's remembered value when it no longer fits (another model has other layers, classes...).
+
+    `scope` (a model key): also reset when it changes, for values whose meaning belongs to one model (class 2 of
+    one model is not class 2 of another, even where both have a class 2).
+    """
+    if scope is not None and st.session_state.get(f"{key}:scope") != scope:
+        st.session_state[f"{key}:scope"] = scope
+        st.session_state[key] = default
     if st.session_state.get(key, default) not in allowed:
         st.session_state[key] = default
     st.session_state.setdefault(key, default)

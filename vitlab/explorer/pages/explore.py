@@ -35,10 +35,7 @@ def page(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, imag
         st.caption("The five most likely classes and their softmax probabilities.")
     with why:
         st.subheader("Class-specific")
-        if st.session_state.get("target_class_model") != loaded.key:  # class 2 of one model is not class 2 of
-            st.session_state["target_class_model"] = loaded.key  # another: a new model explains its prediction
-            st.session_state["target_class"] = PREDICTED
-        keep_in("target_class", range(PREDICTED, len(classes)), PREDICTED)
+        keep_in("target_class", range(PREDICTED, len(classes)), PREDICTED, scope=loaded.key)
         # The predicted class's entry names no class: Chromium kept showing the selected entry's old text when only
         # the options changed (seen on a change of model); the caption below names the class explained.
         target = st.selectbox(
@@ -159,16 +156,24 @@ def live_panel(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str
         block = st.selectbox("Block", range(1, views.num_layers + 1), key="ablate_block")
         heads = st.multiselect("Heads to switch off", list(range(views.num_heads)), key="ablate_heads")
         before, after = ablated(loaded.key, image_key, block - 1, tuple(heads), loaded, image)
-        st.table([{"before": f"{classes[c]} {p:.1%}", "after": f"{classes[d]} {q:.1%}"}
-                  for (c, p), (d, q) in zip(before, after, strict=True)])
+        st.table(ablation_rows(before, after, classes))
         st.caption(f"Top 5 with heads {', '.join(map(str, heads)) or '(none)'} of block {block} switched off: their "
                    "output zeroed before the block's output projection (Michel et al. 2019).")
     with lens:
-        rows = lens_rows(loaded.key, image_key, loaded, image)
-        st.table([{"block": b + 1, "top 3": ", ".join(f"{classes[c]} {p:.0%}" for c, p in top)}
-                  for b, top in enumerate(rows)])
+        st.table(lens_table(lens_rows(loaded.key, image_key, loaded, image), classes))
         st.caption("The logit lens: the final layer norm and classifier read each block's class token, as if the "
                    "model stopped there.")
+
+
+def ablation_rows(before: list, after: list, classes: list[str], after_label: str = "after") -> list[dict]:
+    """The table of top-5 (class, probability) before and after an ablation, one row per rank."""
+    return [{"before": f"{classes[c]} {p:.1%}", after_label: f"{classes[d]} {q:.1%}"}
+            for (c, p), (d, q) in zip(before, after, strict=True)]
+
+
+def lens_table(rows: list, classes: list[str]) -> list[dict]:
+    """The logit lens's top-3 per block (lens_rows) as a table, one row per block."""
+    return [{"block": b + 1, "top 3": ", ".join(f"{classes[c]} {p:.0%}" for c, p in top)} for b, top in enumerate(rows)]
 
 
 @st.cache_data(max_entries=64, show_spinner="Running the model with those heads switched off...")

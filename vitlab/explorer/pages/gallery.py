@@ -13,9 +13,18 @@ KIND_LABELS = {"class": "One class", "misclassified": "Misclassified", "least_co
 VIEW_LABELS = {"cls": "Class token (last block)", "rollout": "Rollout", "class_specific": "Class-specific"}
 
 
+@st.cache_data(max_entries=4, show_spinner="Classifying every test image (once per model)...")
+def predictions(model_key: str, _loaded: explorer.LoadedModel):
+    """(predicted, confidence) for every test image: the scan the misclassified and least-confident galleries
+    need, kept per model so that changing the kind, class or view does not repeat it."""
+    return explorer.predict(_loaded.model, _loaded.images.images)
+
+
 @st.cache_data(max_entries=16, show_spinner="Building the gallery (one forward pass per image)...")
 def build(model_key: str, kind: str, view: str, count: int, class_index: int | None, _loaded: explorer.LoadedModel):
-    return explorer.build_gallery(_loaded.model, _loaded.images, kind, view, count=count, class_index=class_index)
+    scanned = None if kind == "class" else predictions(model_key, _loaded)  # a class gallery needs no scan
+    return explorer.build_gallery(_loaded.model, _loaded.images, kind, view, count=count, class_index=class_index,
+                                  predictions=scanned)
 
 
 def open_in_explore(index: int) -> None:
@@ -31,14 +40,15 @@ def page(loaded: explorer.LoadedModel, display: Display) -> None:
     kind_column, class_column, view_column = st.columns(3)
     kind = kind_column.selectbox("Images", explorer.GALLERY_KINDS, key="gallery_kind",
                                  format_func=lambda k: KIND_LABELS.get(k, k))
-    common.keep_in("gallery_class", range(len(loaded.classes)), 0)
+    common.keep_in("gallery_class", range(len(loaded.classes)), 0, scope=loaded.key)
     class_index = class_column.selectbox("Class", range(len(loaded.classes)), key="gallery_class",
                                          format_func=loaded.classes.__getitem__, disabled=kind != "class")
     view = view_column.selectbox("Overlay", explorer.GALLERY_VIEWS, key="gallery_view",
                                  format_func=lambda v: VIEW_LABELS.get(v, v))
-    found = build(loaded.key, kind, view, 16, class_index if kind == "class" else None, loaded)
-    if not found.indices:
-        st.info("No test image fits that choice (a perfect model has no misclassified images).")
+    try:
+        found = build(loaded.key, kind, view, 16, class_index if kind == "class" else None, loaded)
+    except explorer.VitlabError as error:  # nothing matches (a model with no misclassified test image)
+        st.info(str(error))
         return
     classes = loaded.classes
     columns = st.columns(COLUMNS)

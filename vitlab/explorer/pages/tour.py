@@ -94,9 +94,7 @@ def _class_specific(loaded, image, image_key, views, display: Display) -> None:
 
 
 def _lens(loaded, image, image_key, views, display: Display) -> None:
-    rows = explore.lens_rows(loaded.key, image_key, loaded, image)
-    st.table([{"block": b + 1, "top 3": ", ".join(f"{loaded.classes[c]} {p:.0%}" for c, p in top)}
-              for b, top in enumerate(rows)])
+    st.table(explore.lens_table(explore.lens_rows(loaded.key, image_key, loaded, image), loaded.classes))
 
 
 def _probes(loaded, image, image_key, views, display: Display) -> None:
@@ -127,9 +125,7 @@ def _pca(loaded, image, image_key, views, display: Display) -> None:
 def _ablation(loaded, image, image_key, views, display: Display) -> None:
     last, heads = views.num_layers - 1, tuple(range(views.num_heads))
     before, after = explore.ablated(loaded.key, image_key, last, heads, loaded, image)
-    after_label = f"after (block {last + 1} off)"
-    st.table([{"before": f"{loaded.classes[c]} {p:.1%}", after_label: f"{loaded.classes[d]} {q:.1%}"}
-              for (c, p), (d, q) in zip(before, after, strict=True)])
+    st.table(explore.ablation_rows(before, after, loaded.classes, f"after (block {last + 1} off)"))
 
 
 VIEWS = {
