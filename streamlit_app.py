@@ -3,7 +3,7 @@
     streamlit run streamlit_app.py
 
 Widgets and caches only: everything else is the vitlab.explorer package's (the per-image views, the drawing, the
-model sources and the uploads), and the analyses are vitlab.attention's. The sidebar chooses the mode:
+model sources and the uploads), and the analyses are vitlab.analysis.attention's. The sidebar chooses the mode:
 
 - Explore: every view of one image (vitlab.explorer.pages.explore), the live head ablation and logit lens;
 - Guided tour: the course's ideas one step per screen (vitlab.explorer.tour, drawn by pages.tour);

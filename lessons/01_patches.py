@@ -35,8 +35,8 @@ from torch import Tensor
 from torchvision.models import VisionTransformer
 
 from vitlab.capture import geometry
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import draw_overlay, to_display
+from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
 
 FIGURES = ("patch_grid.png", "patches_to_tokens.png")
 

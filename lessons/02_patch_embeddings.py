@@ -6,12 +6,12 @@ model uses to describe a patch, as in the ViT paper's Figure 7 (left), where ViT
 smooth colour blobs and low-frequency stripes.
 
 A small model trained briefly still carries much of its random initialisation in these filters, and random
-filters have no preferred directions. So the lesson also rebuilds the exact starting point (vitlab.finetune and
-vitlab.pretrain seed torch right before building the model) and analyses what training added: the change
+filters have no preferred directions. So the lesson also rebuilds the exact starting point (vitlab.training.finetune and
+vitlab.training.pretrain seed torch right before building the model) and analyses what training added: the change
 W_trained - W_init. For the demo model, whose filters are the shipped base's (frozen while fine-tuning), that is
 what five minutes of masked-patch pretraining on generated fractals put there.
 
-Builds on: vitlab/attention.py (`patch_filter_components`), vitlab/model.py (`build_model`),
+Builds on: vitlab/analysis/attention.py (`patch_filter_components`), vitlab/model.py (`build_model`),
 vitlab/plotting.py (`plot_filter_components`).
 
 Run: python lessons/02_patch_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -40,11 +40,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import patch_filter_components
-from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
+from vitlab.analysis.structure import patch_filter_components
 from vitlab.model import build_model
 from vitlab.plotting import plot_filter_components
 from vitlab.shipped import shipped_card
+from vitlab.teaching.lesson import Subject, explain, print_questions, run_lesson, save, start
 
 FIGURES = ("filter_components.png", "training_change_components.png", "explained_variance.png")
 
@@ -52,7 +52,8 @@ FIGURES = ("filter_components.png", "training_change_components.png", "explained
 def initial_filters(subject: Subject) -> tuple[Tensor, str] | None:
     """conv_proj's weights before any training, and where they came from; None when that is not known here.
 
-    vitlab.finetune and vitlab.pretrain both call torch.manual_seed(seed) and then build_model(...): doing the same
+    vitlab.training.finetune and vitlab.training.pretrain both call torch.manual_seed(seed) and then build_model(...):
+    doing the same
     gives the same random initialisation. For a run on the shipped base, the base's own pretraining (its card's
     seed) is where the filters started: fine-tuning froze them.
     """
@@ -62,7 +63,7 @@ def initial_filters(subject: Subject) -> tuple[Tensor, str] | None:
     seed, where = config["seed"], f"the run started from seed {config['seed']}"
     if config.get("pretrained") == "fractal":
         seed = shipped_card()["config"]["seed"]
-        where = f"the shipped base's fractal pretraining (vitlab.pretrain) started from seed {seed}"
+        where = f"the shipped base's fractal pretraining (vitlab.training.pretrain) started from seed {seed}"
     torch.manual_seed(seed)
     model = build_model(config["arch"], num_classes=len(subject.classes), pretrained=False)
     return model.conv_proj.weight.detach(), where

@@ -11,7 +11,7 @@ The class token is one more learned vector, put in front of the patches. It ente
 every image, gathers information from the patches through attention, and its output alone feeds the classifier.
 The lesson measures how it stops being identical, block by block.
 
-Builds on: vitlab/attention.py (`position_embedding_similarity`, `patch_distances`), vitlab/capture.py
+Builds on: vitlab/analysis/attention.py (`position_embedding_similarity`, `patch_distances`), vitlab/capture.py
 (`capture_forward`: hidden states), vitlab/plotting.py (`plot_position_similarity`).
 
 Run: python lessons/03_position_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -40,12 +40,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import patch_distances, position_embedding_similarity
+from vitlab.analysis.attention import patch_distances
+from vitlab.analysis.structure import position_embedding_similarity, position_embedding_spearman
 from vitlab.capture import capture_forward, geometry
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import plot_position_similarity
 from vitlab.shipped import shipped_card
-from vitlab.structure import position_embedding_spearman
+from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
 
 FIGURES = ("position_similarity.png", "similarity_vs_distance.png")
 
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     similarity = position_similarity_by_hand(model)  # (grid, grid, grid, grid)
     torch.testing.assert_close(
         position_embedding_similarity(model), similarity,
-        msg=lambda why: f"vitlab.attention.position_embedding_similarity differs from the lesson's: {why}")
+        msg=lambda why: f"vitlab's position_embedding_similarity differs from the lesson's: {why}")
     by_distance = similarity_by_distance(similarity)
     aligned_distance, aligned_mean = by_distance["same row or column"]
     _, other_mean = by_distance["other pairs"]
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base, which the demo fine-tunes with these embeddings frozen, was pretrained on generated fractals until
         it reached {base_spearman:.2f}, its card says). Whatever structure you see, the model learned from
         data: nothing told it the patches form a grid. Asserted: the lesson's position_similarity_by_hand equals
-        vitlab.attention.position_embedding_similarity.
+        vitlab.analysis.attention.position_embedding_similarity.
 
         The class token (model.class_token, shape {tuple(model.class_token.shape)}) is the same learned vector
         for every image: across {shown.images.shape[0]} images its cosine similarity at the encoder input is

@@ -6,7 +6,8 @@ how much of what the class token reads comes from each patch. The lesson draws i
 (the last by default), over several images, and measures each head: how many patches it spreads over and, on the
 shapes, how much of it lands on the object.
 
-Builds on: vitlab/capture.py (`capture_forward`: attention probabilities), vitlab/attention.py (`cls_attention`,
+Builds on: vitlab/capture.py (`capture_forward`: attention probabilities), vitlab/analysis/attention.py
+(`cls_attention`,
 `attention_mass_ratio`), vitlab/plotting.py (`draw_overlay`).
 
 Run: python lessons/04_attention_heads.py [--block N] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -31,14 +32,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vitlab.attention import attention_mass_ratio, cls_attention
+from vitlab.analysis.attention import cls_attention
+from vitlab.analysis.localization import attention_mass_ratio, object_patches
 from vitlab.capture import capture_forward, geometry
-from vitlab.config_rules import Rule, number_flag
+from vitlab.cli import Rule, number_flag
 from vitlab.errors import VitlabError
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
-from vitlab.lesson_flags import LARGEST_BLOCKS
-from vitlab.localization import object_patches
 from vitlab.plotting import draw_overlay
+from vitlab.teaching.lesson import LARGEST_BLOCKS, explain, print_questions, run_lesson, save, start
 
 FIGURES = ("cls_attention_heads.png", "heads_all_blocks.png")
 

@@ -5,7 +5,7 @@ row says which tokens it reads from. This lesson picks a patch on the object and
 their rows (heads averaged) for every block, and measures how far each looks: the attention-weighted distance in
 pixels from the query patch to the patches it reads.
 
-Builds on: vitlab/capture.py (`capture_forward`), vitlab/attention.py (`query_attention`, `fuse_heads`,
+Builds on: vitlab/capture.py (`capture_forward`), vitlab/analysis/attention.py (`query_attention`, `fuse_heads`,
 `patch_distances`), vitlab/plotting.py (`draw_overlay`).
 
 Run: python lessons/05_query_patch.py [--patch ROW COL] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -32,14 +32,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from vitlab.attention import fuse_heads, patch_distances, query_attention
+from vitlab.analysis.attention import fuse_heads, patch_distances, query_attention
+from vitlab.analysis.localization import masks_at, object_patches
 from vitlab.capture import Geometry, capture_forward, geometry
-from vitlab.config_rules import Rule, number_flag
+from vitlab.cli import Rule, number_flag
 from vitlab.errors import VitlabError
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
-from vitlab.lesson_flags import LARGEST_GRID
-from vitlab.localization import masks_at, object_patches
 from vitlab.plotting import draw_overlay, style_depth_axes
+from vitlab.teaching.lesson import LARGEST_GRID, explain, print_questions, run_lesson, save, start
 
 FIGURES = ("query_patch_by_block.png", "query_distance_by_block.png")
 

@@ -10,7 +10,7 @@ equally) and the same architecture at its random initialisation.
 
 The lesson writes the measure out in a dozen lines (`mean_distance`) and asserts that vitlab's equals it.
 
-Builds on: vitlab/attention.py (`mean_attention_distance`, `patch_distances`), vitlab/capture.py
+Builds on: vitlab/analysis/attention.py (`mean_attention_distance`, `patch_distances`), vitlab/capture.py
 (`capture_forward`), vitlab/plotting.py (`plot_mean_distance`).
 
 Run: python lessons/06_attention_distance.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -36,11 +36,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import mean_attention_distance, patch_distances
+from vitlab.analysis.attention import mean_attention_distance, patch_distances
 from vitlab.capture import capture_forward, geometry
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import plot_mean_distance, style_depth_axes
 from vitlab.shipped import shipped_card
+from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
 
 FIGURES = ("attention_distance.png", "attention_distance_range.png")
 LOCAL_SHARE = 0.5  # a head is "local" when it looks less than half as far as uniform attention would
@@ -75,7 +75,7 @@ def distances_of(model: VisionTransformer, inputs: Tensor, batch_size: int) -> T
         by_hand = mean_distance(captured.attentions, model.patch_size)  # (blocks, heads)
         torch.testing.assert_close(
             mean_attention_distance(captured.attentions, model.patch_size), by_hand,
-            msg=lambda why: f"vitlab.attention.mean_attention_distance differs from the lesson's mean_distance: {why}")
+            msg=lambda why: f"vitlab's mean_attention_distance differs from the lesson's mean_distance: {why}")
         distance = by_hand * len(batch)
         total = distance if total is None else total + distance
         count += len(batch)
@@ -110,7 +110,8 @@ def explain_demo_base(trained: Tensor, uniform: float) -> None:
     card = shipped_card()["metrics"]
     explain(f"""
         Where they come from: the demo model's first 2 blocks are vitlab's shipped base, frozen, pretrained for
-        five minutes on generated fractals by predicting hidden patches from their neighbours (vitlab.pretrain).
+        five minutes on generated fractals by predicting hidden patches from their neighbours
+        (vitlab.training.pretrain).
         Its card, measured on these shapes after pretraining: the most local head of block 1 at
         {card['first_block_min_distance_ratio']:.2f}x uniform, the last block's heads at
         {card['last_block_mean_distance_ratio']:.2f}x on average. Here, after fine-tuning the last 2 blocks on
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Model: {subject.name}, {geo.grid_size}x{geo.grid_size} patches of {geo.patch_size} px, averaged over
         {len(inputs)} test images. Uniform attention would give {uniform:.1f} px; a head counts as local here
         when its distance is under {LOCAL_SHARE:.0%} of that ({LOCAL_SHARE * uniform:.1f} px). Asserted: the
-        lesson's mean_distance (a dozen lines) equals vitlab.attention.mean_attention_distance.
+        lesson's mean_distance (a dozen lines) equals vitlab.analysis.attention.mean_attention_distance.
     """)
     print("\n".join(
         f"  block {b + 1:2d}: most local head {trained[b].min():6.1f} px, mean {trained[b].mean():6.1f} px, "

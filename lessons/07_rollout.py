@@ -12,7 +12,7 @@ The lesson draws the last block's map next to rollout with each fusion, and scor
 whose object masks say where the object really is: the pointing game (is the map's maximum on the object?) and
 the attention mass ratio (how concentrated on the object, 1.0 = chance), against a random map.
 
-Builds on: vitlab/attention.py (`rollout`, `fuse_heads`, `cls_attention`, `pointing_game`,
+Builds on: vitlab/analysis/attention.py (`rollout`, `fuse_heads`, `cls_attention`, `pointing_game`,
 `attention_mass_ratio`), vitlab/capture.py (`capture_forward`).
 
 Run: python lessons/07_rollout.py [--discard RATIO] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -38,17 +38,12 @@ from einops import rearrange
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vitlab.attention import (
-    attention_mass_ratio,
-    cls_attention,
-    pointing_game,
-    rollout,
-)
+from vitlab.analysis.attention import cls_attention, rollout
+from vitlab.analysis.localization import attention_mass_ratio, object_patches, pointing_game, random_maps
 from vitlab.capture import Geometry, capture_forward, geometry
-from vitlab.config_rules import Rule, number_flag
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
-from vitlab.localization import object_patches, random_maps
+from vitlab.cli import Rule, number_flag
 from vitlab.plotting import draw_overlay
+from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
 
 FIGURES = ("rollout_maps.png", "rollout_scores.png")
 DISCARD = Rule(0, 0.99, "--discard 0.9", whole=False)  # rollout takes [0, 1): at 1 every weight would go
@@ -78,7 +73,7 @@ def all_maps(attentions: list[Tensor], geo: Geometry, discard: float) -> dict[st
         maps[f"rollout {fusion}"] = rollout_by_hand(attentions, fusion)
         torch.testing.assert_close(
             rollout(attentions, head_fusion=fusion), maps[f"rollout {fusion}"],
-            msg=lambda why, fusion=fusion: f"vitlab.attention.rollout ({fusion} fusion) differs from the lesson's "
+            msg=lambda why, fusion=fusion: f"vitlab's rollout ({fusion} fusion) differs from the lesson's "
                                            f"rollout_by_hand: {why}")
     maps[f"rollout max, discard {discard:.0%}"] = rollout(attentions, head_fusion="max", discard_ratio=discard)
     return maps
@@ -131,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     maps_figure = figure_maps(inputs, all_maps(captured.attentions, geo, args.discard), geo,
                               f"{subject.name}: one block's class-token attention vs rollout (heads averaged in "
                               f"single blocks; each map scaled to its own maximum)")
-    explain("Asserted: the lesson's rollout_by_hand (ten lines) equals vitlab.attention.rollout for mean, max and "
+    explain("Asserted: the lesson's rollout_by_hand (ten lines) equals vitlab's rollout for mean, max and "
             "min fusion.")
 
     measured = subject.examples.take(500 if subject.small else 16)

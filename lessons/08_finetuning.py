@@ -3,7 +3,7 @@
 The notebook this course grew from fine-tunes ImageNet ViT-B/16 on CIFAR-100: it swaps the 1000-class head for a
 fresh 100-class one, freezes everything, then unfreezes the last 3 encoder blocks and the head. That trains
 21,340,516 of 85,875,556 parameters (24.85%). This lesson counts them piece by piece (and asserts the totals),
-then runs a real, short fine-tune through `vitlab.finetune` on a model small enough for a laptop: the demo
+then runs a real, short fine-tune through `vitlab.training.finetune` on a model small enough for a laptop: the demo
 vit_tiny's trained body with a fresh head, only its last block and head training, on 256 shapes images for
 4 epochs. It plots the training curves.
 
@@ -11,8 +11,8 @@ Training ViT-B/16 on a CPU runs at a few images per second, so the default mode 
 (ImageNet weights and CIFAR-100 under --data-dir needed) the lesson fine-tunes it for one epoch on 64 CIFAR-100
 images; with --checkpoint PATH it fine-tunes that run's model on its own dataset.
 
-Builds on: vitlab/model.py (`build_model`, `count_parameters`), vitlab/finetune.py (`main`, the training job),
-vitlab/checkpoint.py, vitlab/plotting.py (`plot_curves`).
+Builds on: vitlab/model.py (`build_model`, `count_parameters`), vitlab/training/finetune.py (`main`, the training job),
+vitlab/training/checkpoint.py, vitlab/plotting.py (`plot_curves`).
 
 Run: python lessons/08_finetuning.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
 Figures: parameters.png (ViT-B/16's parameters by part, trainable vs frozen), curves.png (loss and accuracy of
@@ -40,13 +40,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch import nn
 
-from vitlab import finetune
-from vitlab.checkpoint import load_checkpoint
 from vitlab.data import load_dataset
 from vitlab.errors import DataUnavailableError, VitlabError
-from vitlab.lesson import demo_run, explain, parse_args, print_questions, run_lesson, save, use_threads
 from vitlab.model import build_model, count_parameters
 from vitlab.plotting import plot_curves
+from vitlab.teaching.lesson import demo_run, explain, parse_args, print_questions, run_lesson, save, use_threads
+from vitlab.training import finetune
+from vitlab.training.checkpoint import load_checkpoint
 
 FIGURES = ("parameters.png", "curves.png")
 NOTEBOOK_COUNTS = (21_340_516, 85_875_556)  # trainable, total: ViT-B/16, 100 classes, last 3 blocks + head
@@ -111,16 +111,16 @@ def dataset_on_disk(name: str, data_dir: str) -> bool:
 
 
 def refuse_vit_b_16_on_shapes(arch: str, dataset: str) -> None:
-    """vitlab.finetune ends every shapes run by scoring attention against the object masks, and it compares the
+    """vitlab.training.finetune ends every shapes run by scoring attention against the object masks, and it compares the
     stored 32x32 masks with the model's patches: for ViT-B/16 (224x224 input) that fails after training."""
     if arch == "vit_b_16" and dataset == "shapes":
-        raise VitlabError("This lesson fine-tunes ViT-B/16 on CIFAR-100 only: vitlab.finetune cannot yet finish a "
+        raise VitlabError("This lesson fine-tunes ViT-B/16 on CIFAR-100 only: the fine-tuning job cannot yet finish a "
                           "ViT-B/16 run on the 32x32 shapes (its final attention scoring compares 32x32 masks with "
                           "224x224 patches). Put CIFAR-100 under --data-dir DIR, or run the lesson without --arch.")
 
 
 def finetune_plan(args, run_dir: Path) -> tuple[list[str], str]:
-    """The vitlab.finetune command line for this mode, and a description of it."""
+    """The vitlab.training.finetune command line for this mode, and a description of it."""
     if args.checkpoint is not None:
         checkpoint = load_checkpoint(args.checkpoint, purpose="study")
         config = checkpoint["config"]
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nFine-tuning {description}:\n  python -m vitlab.finetune {' '.join(command)}\n")
     code = finetune.main(command)
     if code != 0:
-        return code  # vitlab.finetune printed why
+        return code  # vitlab.training.finetune printed why
     history = json.loads((run_dir / "history.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     first, last = history[0], history[-1]

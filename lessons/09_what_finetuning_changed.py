@@ -13,8 +13,8 @@ bit-for-bit identical, and the lesson asserts that with `torch.equal` (it fails 
 trainable block sees the same input with new weights; the blocks after it see new inputs too. The lesson
 measures the change per block and draws the last block's class-token attention before and after.
 
-Builds on: vitlab/model.py (`freeze_all_but_last`, `count_parameters`), vitlab/train.py (`make_optimizer`,
-`train_step`, `RECIPES`), vitlab/capture.py (`capture_forward`), vitlab/attention.py (`cls_attention`).
+Builds on: vitlab/model.py (`freeze_all_but_last`, `count_parameters`), vitlab/training/train.py (`make_optimizer`,
+`train_step`, `RECIPES`), vitlab/capture.py (`capture_forward`), vitlab/analysis/attention.py (`cls_attention`).
 
 Run: python lessons/09_what_finetuning_changed.py [--trainable-blocks N] [--arch vit_b_16 | --checkpoint PATH]
 Figures: attention_change_per_block.png (mean absolute change of the attention probabilities, per block),
@@ -42,16 +42,15 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import cls_attention
+from vitlab.analysis.attention import cls_attention
+from vitlab.analysis.structure import distance_ratios
 from vitlab.capture import capture_forward, geometry
-from vitlab.config_rules import Rule, number_flag
+from vitlab.cli import Rule, number_flag
 from vitlab.errors import VitlabError
-from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
-from vitlab.lesson_flags import LARGEST_BLOCKS
 from vitlab.model import build_model, count_parameters, freeze_all_but_last
 from vitlab.plotting import draw_overlay
-from vitlab.structure import distance_ratios
-from vitlab.train import RECIPES, make_criterion, make_optimizer, train_step
+from vitlab.teaching.lesson import LARGEST_BLOCKS, Subject, explain, print_questions, run_lesson, save, start
+from vitlab.training.train import RECIPES, make_criterion, make_optimizer, train_step
 
 FIGURES = ("attention_change_per_block.png", "before_after.png", "base_vs_demo.png")
 TASK = ("cool", "warm")  # the new task's classes

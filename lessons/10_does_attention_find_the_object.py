@@ -11,7 +11,7 @@ test asks the model: remove patches (paint them with the image's mean colour), m
 accuracy; then least-attended first, and in random order. If the attention marks what matters, removing the
 most-attended patches should hurt the accuracy much faster than removing the least-attended ones.
 
-Builds on: vitlab/attention.py (`rollout`, `pointing_game`, `attention_mass_ratio`; vitlab/demo.py's
+Builds on: vitlab/analysis/attention.py (`rollout`, `pointing_game`, `attention_mass_ratio`; vitlab/training/demo.py's
 `localization_scores` computes the first part for the demo model), vitlab/capture.py (`capture_forward`).
 
 Run: python lessons/10_does_attention_find_the_object.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -38,11 +38,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import attention_mass_ratio, pointing_game, rollout
+from vitlab.analysis.attention import rollout
+from vitlab.analysis.localization import attention_mass_ratio, object_patches, pointing_game, random_maps
 from vitlab.capture import Geometry, capture_forward, geometry
-from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
-from vitlab.localization import object_patches, random_maps
 from vitlab.plotting import draw_overlay
+from vitlab.teaching.lesson import Subject, explain, print_questions, run_lesson, save, start
 
 FIGURES = ("localization_scores.png", "perturbation_curve.png", "perturbed_examples.png")
 ORDERS = ("most attended first", "least attended first", "random order")
@@ -165,9 +165,9 @@ def score_localization(subject: Subject, geo: Geometry, out: str) -> None:
     mass = {name: ratios.mean().item() for name, ratios in per_image.items()}
     for name, m in candidates.items():
         torch.testing.assert_close(pointing_game(m, objects), pointing[name],
-                                   msg=lambda why: f"vitlab.attention.pointing_game differs from the lesson's: {why}")
+                                   msg=lambda why: f"vitlab's pointing_game differs from the lesson's: {why}")
         torch.testing.assert_close(attention_mass_ratio(m, objects), mass[name], msg=lambda why: (
-            f"vitlab.attention.attention_mass_ratio differs from the lesson's: {why}"))
+            f"vitlab's attention_mass_ratio differs from the lesson's: {why}"))
     explain(f"""
         Model: {subject.name}, {len(scored)} test images; objects cover on average
         {100 * objects.float().mean():.0f}% of the patches. Attention rollout: pointing game

@@ -10,7 +10,7 @@ out in a dozen lines (`relevance_by_hand`) and asserts that vitlab's `gradient_w
 The lesson draws both next to rollout, and measures how class-specific the maps are (the cosine similarity of
 the two classes' maps; rollout's would be exactly 1) and, on the shapes, how much of each lands on the object.
 
-Builds on: vitlab/attention.py (`gradient_weighted_attention`, `rollout`, `pointing_game`,
+Builds on: vitlab/analysis/attention.py (`gradient_weighted_attention`, `rollout`, `pointing_game`,
 `attention_mass_ratio`), vitlab/capture.py (`capture_forward`).
 
 Run: python lessons/11_class_specific.py [--other CLASS] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -40,17 +40,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import (
-    attention_mass_ratio,
-    gradient_weighted_attention,
-    pointing_game,
-    rollout,
-)
+from vitlab.analysis.attention import gradient_weighted_attention, rollout
+from vitlab.analysis.localization import attention_mass_ratio, object_patches, pointing_game, random_maps
 from vitlab.capture import Geometry, capture, capture_forward, geometry
 from vitlab.errors import VitlabError
-from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
-from vitlab.localization import object_patches, random_maps
 from vitlab.plotting import draw_overlay
+from vitlab.teaching.lesson import Subject, explain, print_questions, run_lesson, save, start
 
 FIGURES = ("class_specific_maps.png", "class_specific_scores.png")
 
@@ -92,7 +87,7 @@ def explain_maps(subject: Subject, inputs: Tensor, other: int | None) -> dict[st
         maps[name] = (relevance_by_hand(model, inputs, target), target)
         torch.testing.assert_close(
             gradient_weighted_attention(model, inputs, target)[0], maps[name][0],
-            msg=lambda why: f"vitlab.attention.gradient_weighted_attention differs from relevance_by_hand: {why}")
+            msg=lambda why: f"vitlab's gradient_weighted_attention differs from relevance_by_hand: {why}")
     return maps
 
 
@@ -167,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {similarity.mean():.2f}, lowest {similarity.min():.2f} (rollout gives one map for every class:
         similarity 1). Mean total relevance: predicted class {totals['predicted class']:.2f}, other class
         {totals['other class']:.2f}: the maps say where each class's logit was pushed up, not which class won.
-        Asserted: the lesson's relevance_by_hand equals vitlab.attention.gradient_weighted_attention.
+        Asserted: the lesson's relevance_by_hand equals vitlab.analysis.attention.gradient_weighted_attention.
     """)
     if not relevance.any():
         explain("""

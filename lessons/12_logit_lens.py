@@ -7,7 +7,7 @@ does the final answer appear, and how sure is each block of it? At the last bloc
 
 The lesson writes the lens out in three lines (`lens_by_hand`) and asserts that vitlab's equals it.
 
-Builds on: vitlab/lens.py (`logit_lens`, `logit_lens_forward`), vitlab/capture.py (`capture_forward`),
+Builds on: vitlab/analysis/lens.py (`logit_lens`, `logit_lens_forward`), vitlab/capture.py (`capture_forward`),
 vitlab/plotting.py (`style_depth_axes`).
 
 Run: python lessons/12_logit_lens.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -33,10 +33,10 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
+from vitlab.analysis.lens import logit_lens
 from vitlab.capture import capture_forward
-from vitlab.lens import logit_lens
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
 from vitlab.plotting import style_depth_axes
+from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
 
 FIGURES = ("logit_lens.png", "logit_lens_images.png")
 SHOWN_IMAGES = 6
@@ -54,7 +54,7 @@ def checked_lens(model: VisionTransformer, images: Tensor) -> tuple[Tensor, Tens
     ours = lens_by_hand(model, captured.hidden_states)
     theirs = logit_lens(model, captured.hidden_states)
     if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5):
-        raise AssertionError("vitlab.lens.logit_lens differs from the lesson's lens_by_hand.")
+        raise AssertionError("vitlab.analysis.lens.logit_lens differs from the lesson's lens_by_hand.")
     if not torch.allclose(ours[-1], logits, rtol=1e-4, atol=1e-5):
         raise AssertionError("The lens at the last block should be the model's own output, and it is not.")
     return logits, ours

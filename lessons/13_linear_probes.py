@@ -12,7 +12,8 @@ standardise each feature with the TRAINING images' mean and standard deviation, 
 mean cross-entropy + weight_decay / 2 |W|^2 (full-batch L-BFGS from zero; the objective is convex, so there is
 one answer). Accuracy = share of held-out images whose largest logit is the true class.
 
-Builds on: vitlab/probes.py (`features_by_depth`, `fit_probe`, `probe_accuracy`, `ProbeConfig`), vitlab/lens.py
+Builds on: vitlab/analysis/probes.py (`features_by_depth`, `fit_probe`, `probe_accuracy`, `ProbeConfig`),
+vitlab/analysis/lens.py
 (`logit_lens_forward`), vitlab/plotting.py (`style_depth_axes`).
 
 Run: python lessons/13_linear_probes.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -36,10 +37,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vitlab.lens import logit_lens_forward
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.analysis.lens import logit_lens_forward
+from vitlab.analysis.probes import Probe, ProbeConfig, features_by_depth, fit_probe, probe_accuracy
 from vitlab.plotting import style_depth_axes
-from vitlab.probes import Probe, ProbeConfig, features_by_depth, fit_probe, probe_accuracy
+from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
 
 FIGURES = ("probe_vs_lens.png",)
 
@@ -62,12 +63,12 @@ def check_probe(probe: Probe, features: Tensor, labels: Tensor, test: Tensor, te
         probe_objective(weight, bias, features.double(), labels, config.weight_decay).backward()
     slope = max(weight.grad.abs().max().item(), bias.grad.abs().max().item())
     if slope > 1e-3:
-        raise AssertionError(f"vitlab.probes.fit_probe differs from the lesson's probe: the written-out objective "
+        raise AssertionError(f"vitlab's fit_probe differs from the lesson's probe: the written-out objective "
                              f"still has slope {slope:.2e} at vitlab's weights, so they are not its minimum.")
     standardised = (test - features.mean(dim=0)) / features.std(dim=0, correction=0)  # training statistics
     by_hand = ((standardised @ probe.weight.T + probe.bias).argmax(dim=1) == test_labels).double().mean().item()
     if abs(by_hand - probe_accuracy(probe, test, test_labels)) > 1e-9:
-        raise AssertionError("vitlab.probes.probe_accuracy differs from the lesson's accuracy on the same probe.")
+        raise AssertionError("vitlab's probe_accuracy differs from the lesson's accuracy on the same probe.")
     return by_hand
 
 

@@ -14,8 +14,8 @@ asserted equal to vitlab's: a patch is an outlier when its norm exceeds FACTOR t
 same image in the same block. A small model trained briefly may have none: then the lesson says so and shows the
 loudest patches it did find.
 
-Builds on: vitlab/norms.py (`token_norms`, `high_norm_tokens`, `outlier_positions`, `outlier_attention`),
-vitlab/capture.py (`capture_forward`), vitlab/localization.py (`object_patches`).
+Builds on: vitlab/analysis/norms.py (`token_norms`, `high_norm_tokens`, `outlier_positions`, `outlier_attention`),
+vitlab/capture.py (`capture_forward`), vitlab/analysis/localization.py (`object_patches`).
 
 Run: python lessons/14_token_norms.py [--factor X] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
 Figures: token_norms_by_block.png (per block: median, 99th percentile and largest patch norm, the class token's
@@ -41,12 +41,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vitlab.analysis.localization import object_patches
+from vitlab.analysis.norms import DEFAULT_FACTOR, high_norm_tokens, outlier_attention, outlier_positions, token_norms
 from vitlab.capture import capture_forward, geometry
-from vitlab.config_rules import Rule, number_flag
-from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
-from vitlab.localization import object_patches
-from vitlab.norms import DEFAULT_FACTOR, high_norm_tokens, outlier_attention, outlier_positions, token_norms
+from vitlab.cli import Rule, number_flag
 from vitlab.plotting import draw_overlay, style_depth_axes
+from vitlab.teaching.lesson import Subject, explain, print_questions, run_lesson, save, start
 
 FIGURES = ("token_norms_by_block.png", "high_norm_tokens.png")
 SHOWN = 5  # images in the map figure
@@ -72,10 +72,10 @@ def check_against_vitlab(hidden_states: list[Tensor], factor: float) -> Tensor:
     """Assert vitlab's norms and outlier rule equal the lesson's; return the norms (blocks, B, tokens)."""
     norms = token_norms(hidden_states)
     torch.testing.assert_close(norms, norms_by_hand(hidden_states), msg=lambda why: (
-        f"vitlab.norms.token_norms differs from the lesson's norms_by_hand: {why}"))
+        f"vitlab's token_norms differs from the lesson's norms_by_hand: {why}"))
     for block in range(len(norms)):
         if not torch.equal(high_norm_tokens(norms[block], factor), outliers_by_hand(norms[block], factor)):
-            raise AssertionError(f"vitlab.norms.high_norm_tokens differs from the lesson's outliers_by_hand in "
+            raise AssertionError(f"vitlab's high_norm_tokens differs from the lesson's outliers_by_hand in "
                                  f"block {block + 1}")
     return norms
 
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain(f"""
         Model: {subject.name}, {len(measured)} test images, {geo.num_tokens} tokens each. A patch is an
         outlier when its norm exceeds {args.factor:g}x the median patch norm of its image in that block. Asserted:
-        the lesson's norms_by_hand and outliers_by_hand equal vitlab.norms'. Per block (norms averaged over
+        the lesson's norms_by_hand and outliers_by_hand equal vitlab.analysis.norms'. Per block (norms averaged over
         images; "share" compares the class token's attention in the next block on the outliers with their share
         of tokens, 1.0x being what uniform attention would give):
     """)

@@ -14,7 +14,7 @@ colours, so object and background, or parts of the object, often come apart with
 The lesson writes PCA out as the eigenvectors of the covariance matrix (`pca_by_hand`) and asserts that vitlab's
 SVD-based `pca` equals it, up to each component's sign (v and -v explain the same variance).
 
-Builds on: vitlab/projections.py (`pca`, `class_separation`, `patch_pca_rgb`), vitlab/probes.py
+Builds on: vitlab/analysis/projections.py (`pca`, `class_separation`, `patch_pca_rgb`), vitlab/analysis/probes.py
 (`features_by_depth`), vitlab/model.py (`build_model`: the base before fine-tuning), vitlab/capture.py.
 
 Run: python lessons/15_feature_pca.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -41,12 +41,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
+from vitlab.analysis.probes import features_by_depth
+from vitlab.analysis.projections import class_separation, patch_pca_rgb, pca
 from vitlab.capture import capture_forward
-from vitlab.lesson import Subject, explain, print_questions, run_lesson, save, start
 from vitlab.model import build_model, weights_cache_file
 from vitlab.plotting import to_display
-from vitlab.probes import features_by_depth
-from vitlab.projections import class_separation, patch_pca_rgb, pca
+from vitlab.teaching.lesson import Subject, explain, print_questions, run_lesson, save, start
 
 FIGURES = ("cls_pca_by_block.png", "patch_pca_rgb.png")
 MAX_COLUMNS = 6  # blocks drawn in the scatter figure (all are printed)
@@ -67,7 +67,7 @@ def check_pca(x: Tensor, k: int) -> None:
     signs = (result.components * components).sum(dim=1, keepdim=True).sign()  # (k, 1)
     for got, expected in ((result.components, signs * components), (result.explained_variance, variances)):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6, msg=lambda why: (
-            f"vitlab.projections.pca differs from the lesson's pca_by_hand: {why}"))
+            f"vitlab.analysis.projections.pca differs from the lesson's pca_by_hand: {why}"))
 
 
 def model_before(subject: Subject) -> tuple[VisionTransformer | None, str, int]:
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain(f"""
         Model: {subject.name}; before fine-tuning: {before_name}. Class tokens of {len(measured)} test images,
         PCA fitted per block and per model. Asserted: the lesson's pca_by_hand (covariance eigenvectors) equals
-        vitlab.projections.pca{f'; blocks 1 to {frozen} (frozen) give identical class tokens' if frozen else ''}.
+        vitlab's pca{f'; blocks 1 to {frozen} (frozen) give identical class tokens' if frozen else ''}.
         Separation: the share of each 2-D picture's variance explained by the class means (1 = each class one
         point, 0 = all class means in one place); first two components' share of the variance in brackets.
     """)

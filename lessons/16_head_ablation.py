@@ -8,7 +8,7 @@ lesson ablates every head of every block alone and measures the accuracy lost, t
 The lesson writes one ablated head out (`without_head`: the block's attention recomputed with that head's slice
 zeroed) and asserts that vitlab's `ablate_heads` gives the same logits.
 
-Builds on: vitlab/ablation.py (`ablate_heads`, `ablation_table`, `probability_change`), vitlab/capture_grad.py
+Builds on: vitlab/analysis/ablation.py (`ablate_heads`, `ablation_table`, `probability_change`), vitlab/capture_grad.py
 (`attention_probs`).
 
 Run: python lessons/16_head_ablation.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
@@ -31,9 +31,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.ablation import ablate_heads, ablation_table, probability_change
+from vitlab.analysis.ablation import ablate_heads, ablation_table, probability_change
 from vitlab.capture_grad import attention_probs
-from vitlab.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
 
 FIGURES = ("head_ablation.png",)
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ablate_heads(model, {last: [0]}):
             theirs = model(images)
         if not torch.allclose(without_head(model, images, last, 0), theirs, rtol=1e-4, atol=1e-5):
-            raise AssertionError("vitlab.ablation.ablate_heads differs from the lesson's without_head.")
+            raise AssertionError("vitlab.analysis.ablation.ablate_heads differs from the lesson's without_head.")
         labels = shown.labels if subject.labels_match else model(images).argmax(-1)  # else: agreement with itself
         table = ablation_table(model, images, labels)
         whole_block = {block: probability_change(model, images, {block: range(table.drop.shape[1])}).mean().item()

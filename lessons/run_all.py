@@ -9,12 +9,13 @@ Figures go to OUT_ROOT/NN_topic/ (default lesson_outputs/). The exit code is 0 w
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from vitlab.cli import Parser
 
 LESSONS_DIR = Path(__file__).resolve().parent
 
@@ -28,7 +29,7 @@ def lesson_files(only: Sequence[str] | None = None) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python lessons/run_all.py", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python lessons/run_all.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out-root", metavar="DIR", default="lesson_outputs",
                         help="each lesson writes to DIR/NN_topic (default: lesson_outputs)")
     parser.add_argument("--only", nargs="+", metavar="NN", default=None, help="run only these lessons, e.g. 01 07")

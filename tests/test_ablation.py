@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from vitlab.ablation import ablate_heads, ablation_table, probability_change
+from vitlab.analysis.ablation import ablate_heads, ablation_table, probability_change
 from vitlab.capture_grad import attention_probs
 from vitlab.errors import VitlabError
 from vitlab.model import build_model

@@ -19,7 +19,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from vitlab import explorer
-from vitlab.attention import cls_attention, rollout
+from vitlab.analysis.attention import cls_attention, rollout
 from vitlab.bench.explorer import benchmark_explorer
 from vitlab.errors import CheckpointError, WeightsUnavailableError
 from vitlab.explorer import uploads

@@ -32,9 +32,9 @@ from vitlab.archs import (
     weights_names,
 )
 from vitlab.capture import capture
-from vitlab.config import make_config
 from vitlab.errors import VitlabError, WeightsUnavailableError
 from vitlab.model import build_model, count_parameters
+from vitlab.training.config import make_config
 
 sys.path.insert(0, str(Path(__file__).parent))  # the capture tests' independent recomputation, reused
 from test_capture import block_inputs, hand_attention  # noqa: E402
@@ -103,7 +103,7 @@ def test_weights_are_validated_per_arch_with_the_valid_names():
 
 
 def test_weights_flag_exits_2_listing_the_archs_weights(capsys, tmp_path: Path):
-    from vitlab import finetune
+    from vitlab.training import finetune
 
     assert finetune.main(["--arch", "vit_l_16", "--weights", "SWAG", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
@@ -140,9 +140,9 @@ def test_capture_analyses_and_the_explorer_on_every_arch_at_a_2x2_grid(arch: str
     capture equals the independent recomputation, the logit lens' last block equals the logits, rollout gives each
     of the 4 patches a share of the class token's row (the rest stays on the class token), and the explorer's
     analyse_image/class_map read the same geometry."""
-    from vitlab.attention import rollout
+    from vitlab.analysis.attention import rollout
+    from vitlab.analysis.lens import logit_lens_forward
     from vitlab.explorer import analyse_image, class_map
-    from vitlab.lens import logit_lens_forward
 
     patch = SPECS[arch].patch_size
     torch.manual_seed(0)
@@ -224,10 +224,10 @@ def test_a_planted_vit_b_32_file_is_read_and_interpolated_to_another_size(torch_
     assert loaded["heads.head.weight"].shape == (10, 768)
 
 def test_lessons_take_every_arch_and_name_the_missing_file(torch_home: Path, capsys, tmp_path: Path):
-    from vitlab.lesson import parse_args
+    from vitlab.teaching.lesson import parse_args
 
     assert parse_args("lessons/04_attention_heads.py", "A lesson.", ["--arch", "vit_l_16"]).arch == "vit_l_16"
-    from vitlab.lesson import start
+    from vitlab.teaching.lesson import start
 
     with torch.device("meta"), pytest.raises(WeightsUnavailableError) as error:
         start("lessons/04_attention_heads.py", "A lesson.", ["--arch", "vit_h_14", "--out", str(tmp_path)])

@@ -1,4 +1,5 @@
-"""Tests for vitlab.attention: every analysis against a known answer or an independent, loop-by-loop reference."""
+"""Tests for vitlab.analysis.attention: every analysis against a known answer or an independent, loop-by-loop
+reference."""
 
 from __future__ import annotations
 
@@ -9,19 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitlab.attention import (
-    attention_mass_ratio,
+from vitlab.analysis.attention import (
     cls_attention,
     fuse_heads,
     gradient_weighted_attention,
     mean_attention_distance,
-    patch_coverage,
-    patch_filter_components,
-    pointing_game,
-    position_embedding_similarity,
     query_attention,
     rollout,
 )
+from vitlab.analysis.localization import attention_mass_ratio, patch_coverage, pointing_game
+from vitlab.analysis.structure import patch_filter_components, position_embedding_similarity
 from vitlab.capture import Geometry, capture
 from vitlab.model import build_model
 
@@ -392,6 +390,21 @@ def test_gradient_weighted_attention_depends_on_the_class_and_leaves_no_gradient
     assert not torch.allclose(first, second, atol=1e-4)
     assert all(p.grad is None for p in model.parameters())
     assert not images.requires_grad and images.grad is None
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_gradient_weighted_attention_works_inside_no_grad_and_inference_mode(context):
+    """Users wrap analysis code in torch.no_grad() or torch.inference_mode(): the map must be the same there."""
+    model = tiny_model()
+    target = torch.tensor([3, 7])
+    expected, _ = gradient_weighted_attention(model, tiny_images(2), target)
+    with context():
+        images = tiny_images(2)  # made inside the context, as a user's batch would be
+        relevance, targets = gradient_weighted_attention(model, images, target)
+        chosen, _ = gradient_weighted_attention(model, images)  # the prediction as target: a score, then grad
+    torch.testing.assert_close(relevance, expected)
+    assert torch.equal(targets, target) and chosen.shape == (2, 64)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_gradient_weighted_attention_is_zero_when_attention_cannot_matter():

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlab import finetune, shipped
-from vitlab.checkpoint import BEST, LAST, load_checkpoint, load_trained_model
+from vitlab import shipped
 from vitlab.errors import CheckpointError, VitlabError, WeightsUnavailableError
 from vitlab.model import build_model
+from vitlab.training import finetune
+from vitlab.training.checkpoint import BEST, LAST, load_checkpoint, load_trained_model
 
 SEED, CASES = 14, 20
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torchvision.models import VisionTransformer
 
-from vitlab import demo, finetune
-from vitlab.checkpoint import LAST
-from vitlab.config import PRESETS, make_config
+from vitlab.analysis.localization import localization_scores
 from vitlab.data import load_dataset
-from vitlab.localization import localization_scores
 from vitlab.model import build_model
+from vitlab.training import demo, finetune
+from vitlab.training.checkpoint import LAST
+from vitlab.training.config import PRESETS, make_config
 
 
 def test_localization_scores_resize_masks_to_the_models_input() -> None:

@@ -102,12 +102,12 @@ def test_bad_choices_and_empty_galleries_are_explained(demo_model, random_tiny):
 
 
 def test_the_bench_reports_every_row_with_its_target(demo_model, capsys):
-    from vitlab.bench.explorer import main
+    from vitlab.bench.cli import main
 
-    assert main(["--bench", "--arch", "vit_tiny", "--repeats", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    rows = {line.split("  ")[1].strip(): line for line in lines[1:]}
-    assert list(rows) == ["new image, all views", "slider move", "16-image gallery", "16-image gallery, cached scan"]
-    assert "<= 1 s" in rows["new image, all views"] and "report" in rows["slider move"]
-    assert all("<= 3 s" in rows[name] and " demo " in rows[name] for name in list(rows)[2:])
-    assert main(["--bench", "--repeats", "0"]) == 2
+    assert main(["--rows", "explorer", "--arch", "vit_tiny", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("explorer "))
+    assert "new image <= 1 s, gallery <= 3 s" in row
+    for name in ("new image", "slider", "gallery", "gallery cached"):
+        assert f"{name} " in out.split("notes:")[1]
+    assert main(["--rows", "explorer", "--repeats", "0"]) == 2

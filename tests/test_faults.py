@@ -25,10 +25,11 @@ import pytest
 import torch
 from tqdm.auto import tqdm
 
-from vitlab import atomic, finetune
-from vitlab.checkpoint import BEST, CONFIG, LAST, load_checkpoint, save_checkpoint, save_json
+from vitlab import atomic
 from vitlab.errors import StorageError
 from vitlab.faults import MOMENTS, VARIABLE
+from vitlab.training import finetune
+from vitlab.training.checkpoint import BEST, CONFIG, LAST, load_checkpoint, save_checkpoint, save_json
 
 RUN = ["--preset", "demo", "--subset", "128", "--epochs", "3", "--batch-size", "32", "--quiet"]
 TIMINGS = {"seconds", "images_per_second", "wall_seconds", "trunk_cache_seconds"}  # wall clock
@@ -48,7 +49,7 @@ def _job(argv: list[str], fault_at: str) -> None:
 def children() -> multiprocessing.context.BaseContext:
     """Child processes forked from a server that imported vitlab once: a kill costs the run, not torch's import."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["vitlab.finetune"])
+    context.set_forkserver_preload(["vitlab.training.finetune"])
     return context
 
 

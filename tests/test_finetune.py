@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlab import finetune
 from vitlab.bench.cli import BENCH_DEVICES
-from vitlab.checkpoint import BEST, LAST, checkpoint_file, load_checkpoint, load_trained_model, save_checkpoint
-from vitlab.config import explicit_flags, make_config, resolve_config, resume_config
 from vitlab.device import pick_device
 from vitlab.errors import CheckpointError, VitlabError
 from vitlab.model import build_model, num_blocks
+from vitlab.training import finetune
+from vitlab.training.checkpoint import BEST, LAST, checkpoint_file, load_checkpoint, load_trained_model, save_checkpoint
+from vitlab.training.config import explicit_flags, make_config, resolve_config, resume_config
 
 # A few hundred shapes, two epochs: seconds on a laptop CPU, yet every part of the job runs.
 # The demo preset trained from scratch (every block, no trunk cache), as a short smoke run: the demo preset itself,

@@ -6,10 +6,15 @@ import pytest
 import torch
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import position_embedding_similarity
+from vitlab.analysis.structure import (
+    distance_ratios,
+    position_embedding_similarity,
+    position_embedding_spearman,
+    ranks,
+    spearman,
+)
 from vitlab.data.fractals import MAX_MAPS, make_systems, render
-from vitlab.simmim import MaskedImageModel
-from vitlab.structure import distance_ratios, position_embedding_spearman, ranks, spearman
+from vitlab.training.simmim import MaskedImageModel
 
 
 def small_vit(layers: int = 2, heads: int = 2) -> VisionTransformer:

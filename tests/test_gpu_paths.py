@@ -1,13 +1,14 @@
 """vitlab's CUDA-only paths run on the CPU, each compared with eager fp32 after a few real training steps.
 
 No GPU has run the default recipe's bf16 autocast, `torch.compile` or fused AdamW. Each exists on the CPU too, so
-these tests drive the same code the fine-tuning job runs (`vitlab.train.train_one_epoch`, one batch per call so the
+these tests drive the same code the fine-tuning job runs (`vitlab.training.train.train_one_epoch`, one batch per call
+so the
 loss of every step is seen; the recipe's AdamW groups, warmup + cosine, clipping at 1.0, label smoothing 0.1) and
 switch one path on at a time:
 
 - bf16: `bf16_devices=("cpu",)` makes `autocast_for` pick `torch.autocast("cpu", bfloat16)`, the very branch that
   picks `torch.autocast("cuda", ...)` on a GPU.
-- compile: the model wrapped in `torch.compile` (inductor, CPU C++ kernels), as `vitlab.finetune` wraps it.
+- compile: the model wrapped in `torch.compile` (inductor, CPU C++ kernels), as `vitlab.training.finetune` wraps it.
 - fused AdamW: `make_optimizer(..., fused=True)`, which PyTorch 2.14 supports on CPU tensors.
 
 Each comparison has a stated tolerance, and `test_a_wrong_learning_rate_exceeds_the_tolerances` shows that a run
@@ -29,7 +30,7 @@ from vitlab.capture import capture, capture_forward
 from vitlab.data import BatchTransform, seeded_generator
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
-from vitlab.train import BF16_DEVICES, RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch
+from vitlab.training.train import BF16_DEVICES, RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch
 
 STEPS = 6  # optimisation steps per run: enough for the cosine schedule and Adam's moments to matter
 BATCH = 8

@@ -14,15 +14,15 @@ import pytest
 import torch
 from torchvision.models.vision_transformer import interpolate_embeddings
 
-from vitlab import finetune
 from vitlab.bench.measure import Settings
 from vitlab.bench.resolution import bench_laptop_estimate, bench_resolution_step, estimate_minutes, run_counts
 from vitlab.capture import capture_forward
-from vitlab.checkpoint import load_checkpoint, load_trained_model
-from vitlab.config import FIXED_ON_RESUME, make_config
 from vitlab.errors import VitlabError
 from vitlab.model import build_model, load_state_dict_file
 from vitlab.shipped import shipped_base_file
+from vitlab.training import finetune
+from vitlab.training.checkpoint import load_checkpoint, load_trained_model
+from vitlab.training.config import FIXED_ON_RESUME, make_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
@@ -86,7 +86,7 @@ def test_vit_b_16_at_112_px_has_a_7x7_grid_and_a_working_forward():
 
 @pytest.mark.parametrize("size", [100, 8, 2048, 224.0])
 def test_build_model_refuses_a_size_that_is_not_a_multiple_of_the_patch_or_out_of_range(size):
-    with pytest.raises(VitlabError, match="multiple of its 16-px patches from 32 to 1024"):
+    with pytest.raises(VitlabError, match="a multiple of 16 \\(vit_b_16's patch size\\) from 32 to 1024"):
         build_model("vit_b_16", 10, pretrained=False, image_size=size)
 
 
@@ -148,7 +148,7 @@ def test_resume_with_another_size_is_refused(run_at_16_px: Path, capsys):
 
 @pytest.mark.slow  # the run at 16 px: about 20 s on a busy 2-core CPU
 def test_resume_without_the_flag_keeps_the_saved_size(run_at_16_px: Path):
-    from vitlab.config import resume_config
+    from vitlab.training.config import resume_config
 
     config, _ = resume_config({"resume": str(run_at_16_px)})
     assert config.image_size == 16
@@ -160,7 +160,7 @@ def test_resume_without_the_flag_keeps_the_saved_size(run_at_16_px: Path):
 
 
 def test_the_laptop_preset_resolves_to_valid_settings():
-    config = make_config({"preset": "laptop"})  # make_config runs every rule of vitlab.config_rules
+    config = make_config({"preset": "laptop"})  # make_config runs every rule of vitlab.cli
     assert (config.arch, config.weights, config.pretrained) == ("vit_b_16", "IMAGENET1K_V1", "imagenet")
     assert config.image_size == 112 and config.image_size % 16 == 0  # a 7x7 grid: 50 tokens instead of 197
     assert config.cache_trunk and config.max_rotation == 0.0 and config.trainable_blocks == 3

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from vitlab.analysis.lens import lens_agreement, logit_lens, logit_lens_forward
 from vitlab.capture import capture_forward
 from vitlab.errors import VitlabError
-from vitlab.lens import lens_agreement, logit_lens, logit_lens_forward
 from vitlab.model import build_model
 
 

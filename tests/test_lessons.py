@@ -64,7 +64,7 @@ def test_importing_a_lesson_runs_nothing(path: Path, tmp_path: Path, monkeypatch
 
     assert list(tmp_path.iterdir()) == []
     assert torch.get_num_threads() == threads
-    assert sys.path == search_path  # lessons import vitlab.lesson like any module: no sys.path insert
+    assert sys.path == search_path  # lessons import vitlab.teaching.lesson like any module: no sys.path insert
     assert callable(lesson.main)
     assert lesson.FIGURES and all(name.endswith(".png") for name in lesson.FIGURES)
     doc = lesson.__doc__
@@ -160,7 +160,7 @@ def test_a_lesson_fails_loudly_when_vitlab_differs_from_its_algorithm(prefix: st
     name, breaks = BROKEN_VITLAB[prefix]
     monkeypatch.setattr(lesson, name, breaks(getattr(lesson, name)))
 
-    with pytest.raises(AssertionError, match=f"vitlab.attention.{name} .*differs from"):
+    with pytest.raises(AssertionError, match=rf"vitlab's {name} .*differs from"):
         lesson.main(["--out", str(tmp_path)])
 
 
@@ -193,23 +193,26 @@ def test_run_all_runs_lessons_as_scripts_and_prints_a_table(demo_cache: Path, tm
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Lessons 13, 15 and 16: probes, token norms and PCA (vitlab.probes, vitlab.norms, vitlab.projections)
+# Lessons 13, 15 and 16: probes, token norms and PCA (vitlab.analysis.probes, vitlab.analysis.norms,
+# vitlab.analysis.projections)
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _fits_another_objective(real):  # a probe fitted with 1000x the weight decay is not the lesson's minimum
-    from vitlab.probes import ProbeConfig
+    from vitlab.analysis.probes import ProbeConfig
 
     return lambda features, labels, num_classes, config=None: real(features, labels, num_classes,
                                                                    ProbeConfig(weight_decay=1.0))
 
 
 BROKEN_VITLAB_ANALYSES = {
-    "12": ("logit_lens", "vitlab.lens.logit_lens", lambda real: lambda model, states: real(model, states) + 0.1),
-    "13": ("fit_probe", "vitlab.probes.fit_probe", _fits_another_objective),
-    "14": ("token_norms", "vitlab.norms.token_norms", lambda real: lambda states: 1.01 * real(states)),
-    "15": ("pca", "vitlab.projections.pca", lambda real: lambda x, k: real(2 * x, k)),  # 4x the variances
-    "16": ("ablate_heads", "vitlab.ablation.ablate_heads", lambda real: lambda model, heads: real(model, {0: [0]})),
+    "12": ("logit_lens", "vitlab.analysis.lens.logit_lens",
+           lambda real: lambda model, states: real(model, states) + 0.1),
+    "13": ("fit_probe", "vitlab.analysis.probes.fit_probe", _fits_another_objective),
+    "14": ("token_norms", "vitlab.analysis.norms.token_norms", lambda real: lambda states: 1.01 * real(states)),
+    "15": ("pca", "vitlab.analysis.projections.pca", lambda real: lambda x, k: real(2 * x, k)),  # 4x the variances
+    "16": ("ablate_heads", "vitlab.analysis.ablation.ablate_heads",
+           lambda real: lambda model, heads: real(model, {0: [0]})),
 }
 
 
@@ -222,7 +225,7 @@ def test_lessons_12_to_16_fail_loudly_when_vitlab_differs_from_their_algorithm(
     name, qualified, breaks = BROKEN_VITLAB_ANALYSES[prefix]
     monkeypatch.setattr(lesson, name, breaks(getattr(lesson, name)))
 
-    with pytest.raises(AssertionError, match=f"{qualified} .*differs from"):
+    with pytest.raises(AssertionError, match=rf"(vitlab's \w+|{qualified}) .*differs from"):
         lesson.main(["--out", str(tmp_path)])
 
 

@@ -1,15 +1,15 @@
-"""Known-answer tests for vitlab.norms: norms as Tensor.norm gives them, a planted outlier is found, shares."""
+"""Known-answer tests for vitlab.analysis.norms: norms as Tensor.norm gives them, a planted outlier is found, shares."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from vitlab.analysis.norms import high_norm_tokens, outlier_attention, outlier_positions, token_norms
 from vitlab.capture import capture_forward
 from vitlab.data import BatchTransform
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
-from vitlab.norms import high_norm_tokens, outlier_attention, outlier_positions, token_norms
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

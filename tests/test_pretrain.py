@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlab import pretrain
+from vitlab.analysis.structure import distance_ratios, position_embedding_spearman
 from vitlab.bench.transfer import transfer_runs
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.errors import WeightsUnavailableError
 from vitlab.model import build_model
 from vitlab.shipped import CARD_NAME, shipped_base_file, shipped_card, shipped_weights_dir
-from vitlab.structure import distance_ratios, position_embedding_spearman
+from vitlab.training import pretrain
 
 TINY = ["--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--num-classes", "5", "--quiet"]
 

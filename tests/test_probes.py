@@ -1,4 +1,4 @@
-"""Known-answer tests for vitlab.probes: a probe reads a planted label perfectly and noise at chance."""
+"""Known-answer tests for vitlab.analysis.probes: a probe reads a planted label perfectly and noise at chance."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VisionTransformer
 
+from vitlab.analysis.probes import features_by_depth, fit_probe, probe_accuracy, probes_by_depth
 from vitlab.capture import capture_forward
 from vitlab.data import BatchTransform
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
-from vitlab.probes import features_by_depth, fit_probe, probe_accuracy, probes_by_depth
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -35,6 +35,17 @@ def test_a_probe_reads_a_planted_one_hot_label_perfectly_on_held_out_data():
     probe = fit_probe(train_x, train_y, num_classes=5)
 
     assert probe_accuracy(probe, test_x, test_y) == 1.0
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_a_probe_fits_the_same_inside_no_grad_and_inference_mode(context):
+    train_x, train_y = planted(200, 3, 8, seed=0)
+    expected = fit_probe(train_x, train_y, num_classes=3)
+    with context():
+        inside_x, inside_y = planted(200, 3, 8, seed=0)  # made inside the context, as a lesson's features are
+        probe = fit_probe(inside_x, inside_y, num_classes=3)
+    torch.testing.assert_close(probe.weight, expected.weight)
+    torch.testing.assert_close(probe.bias, expected.bias)
 
 
 def test_a_probe_on_random_features_with_random_labels_scores_chance():

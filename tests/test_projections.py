@@ -1,14 +1,15 @@
-"""Known-answer tests for vitlab.projections: PCA against an eigendecomposition, planted directions, RGB maps."""
+"""Known-answer tests for vitlab.analysis.projections: PCA against an eigendecomposition, planted directions, RGB
+maps."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from vitlab.analysis.projections import class_separation, patch_pca_rgb, pca
 from vitlab.capture import capture_forward
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
-from vitlab.projections import class_separation, patch_pca_rgb, pca
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,19 +1,21 @@
-"""The code's shape, checked: no import cycle inside vitlab/, short functions, modules a reader can hold in their head.
+"""The code's shape, checked: the layers' import direction, no import cycle, short functions and modules.
 
 These are the limits ARCHITECTURE.md promises a reader. Imports inside functions count as edges too: hiding a cycle
-in a function does not remove it.
+or an upward import in a function does not remove it.
 """
 
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vitlab"
-MAX_MODULE_LINES = 300
+MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 MAX_FIGURE_FUNCTION_LINES = 80  # lessons only: a function that draws a figure may spend more lines on it
 FIGURE_WORDS = ("figure", "plot", "draw")
@@ -88,6 +90,59 @@ def test_no_import_cycle_inside_vitlab() -> None:
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
+# The layers, lowest first: a module imports only from its own layer or the layers below (ARCHITECTURE.md).
+# `vitlab/__init__.py` re-exports the public API from every layer below the teaching tools and is imported by no
+# module inside the package (an import of it would hide an upward edge).
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("core", ("vitlab.errors", "vitlab.cli", "vitlab.archs", "vitlab.integrity", "vitlab.faults", "vitlab.atomic",
+              "vitlab.shipped", "vitlab.model", "vitlab.device", "vitlab.capture_grad", "vitlab.capture",
+              "vitlab.data", "vitlab.plotting")),
+    ("analysis", ("vitlab.analysis",)),
+    ("training", ("vitlab.training",)),
+    ("teaching", ("vitlab.teaching", "vitlab.explorer")),
+    ("bench", ("vitlab.bench",)),
+    ("commands", ("vitlab.finetune", "vitlab.pretrain")),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the layer `module` belongs to (a KeyError names a module no layer claims)."""
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return index
+    raise KeyError(f"{module} belongs to no layer of tests/test_structure.py's LAYERS: add it where it belongs")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every edge that goes from a layer to a layer above it, or into the package facade, as 'a -> b' lines."""
+    wrong = []
+    for source, targets in sorted(graph.items()):
+        if source == "vitlab":
+            continue
+        for target in sorted(targets):
+            if target == "vitlab" or layer_of(target) > layer_of(source):
+                wrong.append(f"{source} ({LAYERS[layer_of(source)][0]}) -> {target}")
+    return wrong
+
+
+def test_the_layer_check_finds_a_planted_upward_import() -> None:
+    graph = {"vitlab.model": {"vitlab.analysis.attention"}, "vitlab.analysis.attention": {"vitlab.capture"},
+             "vitlab.capture": set(), "vitlab.training.demo": {"vitlab"}}
+    assert upward_imports(graph) == ["vitlab.model (core) -> vitlab.analysis.attention",
+                                     "vitlab.training.demo (training) -> vitlab"]
+
+
+def test_every_module_imports_only_from_its_layer_or_below() -> None:
+    wrong = upward_imports(import_graph())
+    assert not wrong, "imports that go up a layer:\n" + "\n".join(wrong)
+
+
+def test_nothing_in_vitlab_imports_the_bench() -> None:
+    users = sorted(source for source, targets in import_graph().items()
+                   if not source.startswith("vitlab.bench") and any(t.startswith("vitlab.bench") for t in targets))
+    assert not users, f"{users} import vitlab.bench: the benchmark measures vitlab, nothing in vitlab depends on it"
+
+
 def python_files(*folders: str) -> list[Path]:
     return [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
 
@@ -103,3 +158,26 @@ def test_modules_and_functions_stay_short(path: Path) -> None:
             figure = in_lessons and any(word in node.name for word in FIGURE_WORDS)
             limit = MAX_FIGURE_FUNCTION_LINES if figure else MAX_FUNCTION_LINES
             assert length <= limit, f"{path.name}:{node.lineno} {node.name} is {length} lines (limit {limit})"
+
+
+def tracked_text_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    suffixes = {".py", ".md", ".toml", ".json", ".txt", ".cfg", ""}
+    return [ROOT / name for name in listed.splitlines() if Path(name).suffix in suffixes and (ROOT / name).is_file()]
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    """A reader has only this repository: no path into a development machine's folders, and every relative link in
+    the Markdown files names a file that is here."""
+    outside = re.compile(r"\.\./shared/|/work/(main|wt)\b|shared/seed/")
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in tracked_text_files() if path != Path(__file__).resolve()
+             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if outside.search(line)]
+    assert not found, f"paths outside the repository: {found}"
+    broken = []
+    for path in tracked_text_files():
+        if path.suffix != ".md":
+            continue
+        for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
+            if "://" not in target and not target.startswith("mailto:") and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert not broken, f"links to files that are not in the repository: {broken}"

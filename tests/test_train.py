@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from vitlab.data import BatchTransform, ImageDataset, batches
 from vitlab.model import build_model, train_mode
-from vitlab.train import RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch, train_step
+from vitlab.training.train import RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch, train_step
 
 HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
 VITLAB = str(Path(__file__).resolve().parents[1] / "vitlab")

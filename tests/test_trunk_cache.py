@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlab import finetune, trunk_cache
-from vitlab.checkpoint import load_checkpoint
 from vitlab.data import BatchTransform, ImageDataset
 from vitlab.errors import VitlabError
 from vitlab.model import build_model, freeze_all_but_last
-from vitlab.train import RECIPES, make_criterion, train_step
-from vitlab.trunk_cache import TrainableTop, TrunkCache, build_cache, cache_trunk, trunk_forward
+from vitlab.training import finetune, trunk_cache
+from vitlab.training.checkpoint import load_checkpoint
+from vitlab.training.train import RECIPES, make_criterion, train_step
+from vitlab.training.trunk_cache import TrainableTop, TrunkCache, build_cache, cache_trunk, trunk_forward
 
 # From a random init at lr 1e-3, as before the demo had a pretrained base (the demo fixture covers the base + cache).
 CACHED = ["--preset", "demo", "--pretrained", "none", "--lr", "1e-3", "--trainable-blocks", "2", "--cache-trunk",

@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.models import WeightsEnum, get_model_weights
 
+from vitlab.cli import refuse
 from vitlab.errors import VitlabError
 
 
@@ -110,3 +112,26 @@ def weights_cache_file(arch: str = "vit_b_16", weights: str | None = None) -> Pa
     """
     file_name = os.path.basename(weights_enum(arch, weights).url)
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def check_weights(arch: str, weights: str | None) -> None:
+    """`--weights` names one of `arch`'s torchvision weights (vit_tiny has none: its base ships with vitlab)."""
+    if weights is None and arch == "vit_tiny":
+        return
+    weights_enum(arch, weights)  # the VitlabError lists the arch's weights and gives an example
+
+
+def check_image_size(arch: str, image_size: Any) -> None:
+    """`--image-size` is a multiple of the arch's patch size, from a 2x2 grid of patches to 1024 px (None: native).
+
+    The one place the rule lives: the command line and `build_model` both call it.
+    """
+    if image_size is None:
+        return
+    patch = spec(arch).patch_size
+    low, high = image_size_range(arch)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size % patch \
+            or not low <= image_size <= high:
+        example = patch * max(2, 112 // patch)  # 112 px for 16-px patches: a 7x7 grid, 4x fewer tokens than 224
+        raise refuse("image_size", image_size, f"a multiple of {patch} ({arch}'s patch size) from {low} to {high}",
+                     f"--image-size {example}")

@@ -3,7 +3,8 @@
 Under `torch.no_grad()` capture only asks each attention module for its weights (see `vitlab.capture`). With
 autograd on that is not enough, for two reasons:
 
-- Class-specific maps (`vitlab.attention.gradient_weighted_attention`) need d logit / d attention for every block,
+- Class-specific maps (`vitlab.analysis.attention.gradient_weighted_attention`) need d logit / d attention for every
+block,
   so the recorded probabilities must be part of the autograd graph, also in frozen blocks that have none.
 - The model's outputs must stay bit-identical, and PyTorch picks its attention kernel by whether anything in
   flight carries gradients: the fused inference kernel when nothing does, the plain one otherwise. Capture must
@@ -15,6 +16,9 @@ to put them in the graph, and passes on the value of the kernel the model would 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -22,6 +26,23 @@ from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
 from vitlab.model import stem_parameters
+
+
+@contextmanager
+def autograd_on() -> Iterator[None]:
+    """Autograd on for the block, whatever the caller's context: `torch.no_grad()` and `torch.inference_mode()` too.
+
+    Users wrap analysis code in either; a function that needs gradients (class-specific maps, probes) must compute
+    its forward pass, its score and its `autograd.grad` inside this block. Tensors made under inference mode cannot
+    enter autograd: pass them through `grad_ready` first.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def grad_ready(tensor: Tensor) -> Tensor:
+    """`tensor`, or a plain copy of it if it was made under `torch.inference_mode()` (autograd cannot record it)."""
+    return tensor.clone() if tensor.is_inference() else tensor
 
 
 class GradientRouting:

@@ -28,3 +28,15 @@ class StorageError(VitlabError):
 
     Not bad input, so the training job exits 1 rather than 2. The file it was writing is left as it was before.
     """
+
+
+class UsageError(VitlabError):
+    """A command line argparse could not read: an unknown flag, a missing value, a choice that does not exist."""
+
+
+class TrainingFailed(Exception):
+    """The run itself failed (for example its loss became NaN): the input was fine (CLI exit code 1)."""
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; the message says what was kept and how to continue (CLI exit code 130)."""

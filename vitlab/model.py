@@ -3,7 +3,8 @@ sibling of the same class (their shapes and weights: `vitlab.archs`).
 
 Every model vitlab builds is a `torchvision.models.VisionTransformer`, so one capture code path
 (`vitlab.capture`) serves them all. The recipe is the notebook's: load pretrained weights (torchvision's ImageNet
-ones; for vit_tiny the base vitlab ships, pretrained offline on generated fractals by `vitlab.pretrain`), at another
+ones; for vit_tiny the base vitlab ships, pretrained offline on generated fractals by `vitlab.training.pretrain`), at
+another
 input size with their position embeddings interpolated to the new grid, swap the head
 for a fresh `Linear(hidden, num_classes)`, freeze everything except the last `trainable_blocks` encoder blocks and
 that head.
@@ -27,7 +28,7 @@ from vitlab.archs import (
     ARCHS,
     PRETRAINED,
     SPECS,
-    image_size_range,
+    check_image_size,
     native_image_size,
     num_blocks,
     spec,
@@ -83,7 +84,8 @@ def build_model(
     """
     shape = spec(arch)
     native = native_image_size(arch, weights)  # also refuses a weights name the arch does not have
-    size = native if image_size is None else _checked_size(arch, image_size)
+    check_image_size(arch, image_size)
+    size = native if image_size is None else image_size
     if arch == "vit_tiny" and pretrained is True:
         pretrained = shipped_base_file()  # raises WeightsUnavailableError, with the rebuild command, if damaged
     model = VisionTransformer(num_classes=1000, **{**asdict(shape), "image_size": size})
@@ -104,14 +106,6 @@ def build_model(
     return model
 
 
-def _checked_size(arch: str, image_size: int) -> int:
-    low, high = image_size_range(arch)
-    patch = spec(arch).patch_size
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size % patch or not \
-            low <= image_size <= high:
-        raise VitlabError(f"image_size={image_size!r} does not fit {arch}: it must be a multiple of its {patch}-px "
-                          f"patches from {low} to {high}.")
-    return image_size
 
 
 def _fit_grid(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
@@ -156,7 +150,7 @@ def safe_torch_load(path: Path, refuse: Callable[[Exception], VitlabError]) -> A
     The file's CRC-32s are checked first (`vitlab.integrity`). Whatever that or torch raises (DamagedFileError,
     UnpicklingError for pickled code, RuntimeError or EOFError for a damaged or foreign file) becomes
     `refuse(error)`, the caller's VitlabError saying what to do next, raised without torch's traceback.
-    Shared by `load_state_dict_file` and `vitlab.checkpoint.load_checkpoint`.
+    Shared by `load_state_dict_file` and `vitlab.training.checkpoint.load_checkpoint`.
     """
     try:
         check_torch_file(path)  # torch.load does not check the CRC-32s: a flipped weight would load silently

@@ -1,6 +1,7 @@
 """The pretrained vit_tiny base that ships inside the package, and the check that it is the file we made.
 
-`python -m vitlab.pretrain --ship` trained it on generated fractals (see `vitlab.data.fractals`, `vitlab.pretrain`) and
+`python -m vitlab.pretrain --ship` trained it on generated fractals (see `vitlab.data.fractals`,
+`vitlab.training.pretrain`) and
 wrote two files into `vitlab/weights/`: `vit_tiny_fractal-<first 8 hex digits of its SHA-256>.pt` (a state dict of
 tensors) and `vit_tiny_fractal.json`, its model card: the exact command, seed, generator settings, epochs, wall time,
 device, the measured structure, and the full SHA-256. As torchvision does for its downloads, the hash is checked

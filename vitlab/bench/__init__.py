@@ -8,7 +8,7 @@ target from the performance issue:
     data_pipeline     PIL transforms per image in a DataLoader      BatchTransform on a whole batch     >= 4x
     train_step        fp32, PIL DataLoader, Adam, .item() per step  train_one_epoch, bf16 on CUDA       >= 1x
     capture_overhead  a plain eval forward                          the same forward under capture      <= 1.05x
-    eval_throughput   PIL test transform, fp32, .item() per batch   vitlab.train.evaluate               report
+    eval_throughput   PIL test transform, fp32, .item() per batch   vitlab.training.train.evaluate               report
     peak_memory       its training step, in a fresh process         vitlab's, in a fresh process        report
     demo              (none)                                        finetune --preset demo, end to end  >= 95%, <= 60 s
     epoch (--epoch)   its loop, extrapolated to an epoch            one epoch of CIFAR-100's shape      <= 30 s, >= 10x

@@ -1,4 +1,4 @@
-"""Optional rows for `--cache-trunk` (`vitlab.trunk_cache`): vitlab with the cache against vitlab without it.
+"""Optional rows for `--cache-trunk` (`vitlab.training.trunk_cache`): vitlab with the cache against vitlab without it.
 
     cached_trunk_step    training steps on random CIFAR-shaped data, full model vs the trainable top on cached tokens
     epoch_cached         one epoch of CIFAR-100's shape (train 45,000 + val 5,000), without and with the cache, plus
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from vitlab import finetune
 from vitlab.bench.measure import (
     Settings,
     as_dataset,
@@ -32,8 +31,16 @@ from vitlab.bench.measure import (
 )
 from vitlab.bench.sides import vitlab_training
 from vitlab.data import BatchTransform, ImageDataset, batches
-from vitlab.train import uses_bf16
-from vitlab.trunk_cache import CachedTrunk, TrainableTop, TrunkCache, build_cache, cache_trunk, frozen_blocks_for
+from vitlab.training import finetune
+from vitlab.training.train import uses_bf16
+from vitlab.training.trunk_cache import (
+    CachedTrunk,
+    TrainableTop,
+    TrunkCache,
+    build_cache,
+    cache_trunk,
+    frozen_blocks_for,
+)
 
 TRAINABLE_BLOCKS = 3  # as in vitlab_model: the last 3 blocks and the head train
 

@@ -12,7 +12,8 @@ import torch
 from vitlab.bench.cached import bench_cached_trunk_shapes, bench_cached_trunk_step, bench_epoch_cached
 from vitlab.bench.compiled import bench_compile
 from vitlab.bench.epoch import bench_epoch
-from vitlab.bench.flags import COUNT_TYPES, FlagParser, check_flags
+from vitlab.bench.explorer import bench_explorer
+from vitlab.bench.flags import COUNT_TYPES, RULES, check_flags
 from vitlab.bench.machine import describe_device
 from vitlab.bench.measure import OPTIONAL_ROWS, ROWS, Settings
 from vitlab.bench.memory import bench_peak_memory
@@ -26,8 +27,8 @@ from vitlab.bench.rows import (
     bench_train_step,
 )
 from vitlab.bench.transfer import bench_transfer
+from vitlab.cli import Parser, command
 from vitlab.device import pick_device
-from vitlab.errors import VitlabError
 
 # The device types the rows know how to time, synchronise and measure memory on, in the order 'auto' prefers them.
 BENCH_DEVICES = ("cuda", "cpu")
@@ -56,11 +57,14 @@ BENCHES: dict[str, Callable[[Settings], dict]] = {
     "train_step_112": lambda settings: bench_resolution_step(settings, 112),
     "laptop_estimate": bench_laptop_estimate,
     "compile": bench_compile,
+    "explorer": bench_explorer,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = FlagParser(  # its errors are one-line VitlabErrors: main prints them and exits 2
+    parser = Parser(  # its errors are one-line VitlabErrors: main prints them and exits 2
+        rules=RULES,
+        examples={"arch": "--arch vit_tiny"},
         prog="python -m vitlab.bench",
         description="Measure vitlab against the notebook's way (PIL per image, fp32, Adam), interleaved in one "
         "process, and print a table of medians, ratios and targets.",
@@ -86,16 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("vitlab.bench")
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen rows, print the table, write the JSON. Returns 0, 1 when a row failed to run, 2 bad input."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:  # every flag is checked here, before any row runs or any file is written
-        args = build_parser().parse_args(argv)
-        rows = check_flags(args, tuple(BENCHES), ROWS)
-        device = pick_device(args.device, kinds=BENCH_DEVICES)
-    except VitlabError as error:
-        print(f"vitlab.bench: {error}", file=sys.stderr)
-        return 2
+    # every flag is checked here, before any row runs or any file is written
+    args = build_parser().parse_args(argv)
+    rows = check_flags(args, tuple(BENCHES), ROWS)
+    device = pick_device(args.device, kinds=BENCH_DEVICES)
     settings = Settings(device=device, quick=args.quick, repeats=args.repeats,
                         batch_size=args.batch_size, arch=args.arch,
                         run_epoch=args.epoch or (args.rows is not None and "epoch" in rows),

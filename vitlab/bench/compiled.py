@@ -13,7 +13,7 @@ from vitlab.data import BatchTransform, batches
 
 
 def bench_compile(settings: Settings) -> dict:
-    """vitlab's training steps eager against `torch.compile`d (as `vitlab.finetune --compile` wraps the model).
+    """vitlab's training steps eager against `torch.compile`d (as `vitlab.training.finetune --compile` wraps the model).
 
     Reports the first compiled call's seconds (the compile of forward and backward, plus its steps) and then the
     median seconds per step of each side, interleaved, on the same model and data: compiled / eager (lower is

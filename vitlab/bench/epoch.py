@@ -38,7 +38,7 @@ def bench_epoch(settings: Settings) -> dict:
     if not settings.cuda and not settings.force_epoch:
         return not_measured("epoch", settings, "needs CUDA; --force-epoch runs it anyway", target)
     device = settings.device
-    batch_size = settings.batch(64, 64)  # the notebook's and vitlab.finetune's default
+    batch_size = settings.batch(64, 64)  # the notebook's and vitlab.training.finetune's default
     train, val = epoch_splits(settings)
     total = len(train) + len(val)
 
@@ -57,7 +57,8 @@ def bench_epoch(settings: Settings) -> dict:
     before = notebook_rates()
     (trained, validated), epoch_seconds = timed(device, lambda: (train_on(train), evaluate_on(val)))  # the epoch
 
-    # The test set (10,000 images at full size), evaluated as vitlab.finetune does at the end: throughput at scale.
+    # The test set (10,000 images at full size), evaluated as vitlab.training.finetune does at the end: throughput at
+    # scale.
     test_images, test_labels = cifar_like(total * CIFAR_TEST // (CIFAR_TRAIN + CIFAR_VAL), settings.seed + 2)
     tested = evaluate_on(as_dataset(test_images, test_labels).to(device))
 
@@ -88,10 +89,10 @@ def bench_epoch(settings: Settings) -> dict:
 def vitlab_loops(
     settings: Settings, batch_size: int, steps_per_epoch: int, use_compile: bool
 ) -> tuple[Callable[[ImageDataset], dict], Callable[[ImageDataset], dict], int]:
-    """vitlab's training and evaluation as `vitlab.finetune` runs them: (train_on, evaluate_on, image size).
+    """vitlab's training and evaluation as `vitlab.training.finetune` runs them: (train_on, evaluate_on, image size).
 
     `train_on(dataset)` trains one pass (compiled when `use_compile`); `evaluate_on(dataset)` evaluates the
-    uncompiled model, as `vitlab.finetune` does. Each returns its metrics dict.
+    uncompiled model, as `vitlab.training.finetune` does. Each returns its metrics dict.
     """
     device = settings.device
     training = vitlab_training(settings, total_steps=steps_per_epoch + 10)

@@ -1,4 +1,4 @@
-"""How fast the explorer answers: `python -m vitlab.explorer --bench [--arch vit_tiny] [--repeats 5] [--no-gallery]`.
+"""How fast the explorer answers: `python -m vitlab.bench --rows explorer [--arch vit_tiny] [--repeats 5]`.
 
 Times the explorer's interactions and prints their medians next to the issue's targets (reported, never enforced):
 
@@ -16,18 +16,14 @@ classified to find the 16, then one forward and one backward pass for the 16), d
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import statistics
-import sys
 import time
 
 import torch
 from torch import Tensor
 
-from vitlab.bench.flags import COUNT_TYPES
-from vitlab.demo import load_demo_model
-from vitlab.errors import VitlabError
+from vitlab.bench.measure import Settings, row_result
 from vitlab.explorer import (
     HEAD_VIEW_PX,
     Gallery,
@@ -40,6 +36,7 @@ from vitlab.explorer import (
     render_overlay,
 )
 from vitlab.model import build_model
+from vitlab.training.demo import load_demo_model
 
 TARGETS = {"new_image_seconds": 1.0, "gallery_seconds": 3.0, "gallery_cached_seconds": 3.0}  # the issue's, in s
 GALLERY_SIZE = 16
@@ -130,35 +127,13 @@ def _draw_views(image: Tensor, views: ImageViews, flow: Tensor, relevance: Tenso
         jpeg_bytes(picture)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vitlab.explorer`: with --bench, time the interactions and print their medians and targets."""
-    parser = argparse.ArgumentParser(prog="python -m vitlab.explorer", description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", action="store_true", help="time the interactions, print medians and targets")
-    parser.add_argument("--arch", default="vit_b_16", choices=("vit_b_16", "vit_tiny"))
-    parser.add_argument("--repeats", type=COUNT_TYPES["repeats"], default=5)  # the bench's rule: 1 to 1,000
-    parser.add_argument("--gallery", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time the 16-image gallery on the demo model (trains it on first use)")
-    try:
-        args = parser.parse_args(argv)
-    except VitlabError as error:  # a count out of its range: one line, before any work
-        print(f"python -m vitlab.explorer: {error}", file=sys.stderr)
-        return 2
-    if not args.bench:
-        parser.print_help()
-        return 0
-    result = benchmark_explorer(args.arch, args.repeats)
-    rows = [("new image, all views", args.arch, "new_image_seconds"), ("slider move", args.arch, "slider_seconds")]
-    if args.gallery:
-        result.update(benchmark_gallery(args.repeats))
-        rows += [("16-image gallery", "demo", "gallery_seconds"),
-                 ("16-image gallery, cached scan", "demo", "gallery_cached_seconds")]
-    print(f"CPU, {torch.get_num_threads()} threads, median of {args.repeats} (targets are reported, not enforced)")
-    for name, model, key in rows:
-        target = TARGETS.get(key)
-        verdict = "report" if target is None else f"<= {target:g} s: {'met' if result[key] <= target else 'MISSED'}"
-        print(f"  {name:<31} {model:<9} {result[key]:7.3f} s   {verdict}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def bench_explorer(settings: Settings) -> dict:
+    """The explorer row: a new image and a slider move on `settings.arch` (random weights), and the 16-image
+    gallery on the demo model; medians of `settings.repeats` (default 5) in seconds."""
+    repeats = settings.repeats or 5
+    result = {**benchmark_explorer(settings.arch, repeats), **benchmark_gallery(repeats)}
+    met = all(result[key] <= target for key, target in TARGETS.items())
+    notes = ", ".join(f"{key[:-8].replace('_', ' ')} {value:.3f} s" for key, value in result.items())
+    return row_result("explorer", settings, None, result["new_image_seconds"], "s", ratio=None, ratio_meaning="",
+                      target="new image <= 1 s, gallery <= 3 s", met=met,
+                      notes=f"{settings.arch}, median of {repeats}: {notes}", **result)

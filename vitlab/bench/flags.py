@@ -1,7 +1,7 @@
 """The benchmark's flags, checked before any row runs: a bad value is one `VitlabError` line naming the flag, the
 value, what is allowed and an example (`python -m vitlab.bench` prints it and exits 2, writing nothing).
 
-    parser = FlagParser(prog="python -m vitlab.bench")   # argparse's own errors become VitlabErrors too
+    parser = Parser(prog="python -m vitlab.bench", rules=RULES)   # usage errors are one-line VitlabErrors
     parser.add_argument("--repeats", type=COUNT_TYPES["repeats"])   # a count checked as it is parsed
     args = parser.parse_args(argv)
     rows = check_flags(args, tuple(BENCHES), ROWS)          # the rows to run, in order
@@ -12,36 +12,19 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import re
 from pathlib import Path
-from typing import NoReturn
 
-from vitlab.config_rules import Rule, allowed_values, number_flag
+from vitlab.cli import Rule, number_flag
 from vitlab.errors import VitlabError
 
 # Upper bounds say "absurd", not "impossible": far past what any row needs, short of what would run for days.
-RULES = {  # in vitlab.config_rules' format, as every vitlab command line
+RULES = {  # in vitlab.cli' format, as every vitlab command line
     "repeats": Rule(1, 1_000, "--repeats 3"),  # timed repeats per side
     "batch_size": Rule(1, 4_096, "--batch-size 8"),  # images per batch in every row
     "epoch_images": Rule(10, 50_000, "--epoch-images 200"),  # train+val images of the epoch row (CIFAR-100: 50,000)
 }
 # argparse types: each count checked against its rule as it is parsed (a one-line VitlabError).
 COUNT_TYPES = {name: number_flag(name, rule) for name, rule in RULES.items()}
-
-
-class FlagParser(argparse.ArgumentParser):
-    """An ArgumentParser whose own errors (an unknown flag, a missing value, a bad choice) raise one-line
-    VitlabErrors, with what the flag takes."""
-
-    def error(self, message: str) -> NoReturn:
-        flag = re.match(r"argument (--[\w-]+)", message)
-        name = flag.group(1) if flag else ""
-        rule = RULES.get(name.lstrip("-").replace("-", "_"))
-        if rule is not None:
-            hint = f"{name} takes {allowed_values(rule)}, for example {rule.example}"
-        else:
-            hint = {"--arch": "for example --arch vit_tiny"}.get(name, f"see {self.prog} --help")
-        raise VitlabError(f"{message}: {hint}.")
 
 
 def check_flags(

@@ -19,12 +19,11 @@ import torch
 
 from vitlab.bench.measure import NUM_CLASSES, Settings, as_dataset, cifar_like, row_result, throughput_row, timed
 from vitlab.bench.sides import VitlabTraining
-from vitlab.config import FinetuneConfig, make_config
-from vitlab.config_rules import TRAIN_IMAGES
 from vitlab.data import BatchTransform, batches
 from vitlab.model import build_model
-from vitlab.train import RECIPES, make_criterion, make_optimizer, make_scheduler, uses_bf16
-from vitlab.trunk_cache import TrainableTop, build_cache, frozen_blocks_for
+from vitlab.training.config import TRAIN_IMAGES, FinetuneConfig, make_config
+from vitlab.training.train import RECIPES, make_criterion, make_optimizer, make_scheduler, uses_bf16
+from vitlab.training.trunk_cache import TrainableTop, build_cache, frozen_blocks_for
 
 REFERENCE_SIZE = 224  # the notebook's input size, what the lower resolutions are compared with
 TARGETS = {160: 1.8, 112: 3.5}  # the speed-up over 224 px each size must reach (issue 15)
@@ -32,7 +31,8 @@ TRAINABLE_BLOCKS = 3  # as the notebook and the other timing rows: the last 3 bl
 
 
 def training_at(settings: Settings, image_size: int, trainable_blocks: int, total_steps: int) -> VitlabTraining:
-    """vitlab's training of `settings.arch` at `image_size` px, random weights, as `vitlab.finetune` sets it up."""
+    """vitlab's training of `settings.arch` at `image_size` px, random weights, as `vitlab.training.finetune` sets it
+    up."""
     recipe = RECIPES["default"]
     torch.manual_seed(settings.seed)
     model = build_model(settings.arch, NUM_CLASSES, pretrained=False, trainable_blocks=trainable_blocks,
@@ -87,7 +87,8 @@ def bench_resolution_step(settings: Settings, image_size: int, reference: int = 
 def measure_rates(settings: Settings, config: FinetuneConfig, probe_batches: int) -> dict[str, float]:
     """Images/s of each phase of a `--cache-trunk` run with `config`'s arch, image size, blocks and batch size.
 
-    Phases, as vitlab.finetune runs them: building the cache (the frozen trunk, per view), training the top on cached
+    Phases, as vitlab.training.finetune runs them: building the cache (the frozen trunk, per view), training the top
+    on cached
     tokens, validating the top on cached tokens, testing the full model on images. Medians over the repeats.
     """
     device, batch = settings.device, config.batch_size

@@ -24,7 +24,7 @@ from vitlab.bench.measure import (
 )
 from vitlab.bench.sides import input_size, notebook_trainer, vitlab_model, vitlab_trainer
 from vitlab.data import BatchTransform, batches
-from vitlab.train import RECIPES, evaluate, make_criterion
+from vitlab.training.train import RECIPES, evaluate, make_criterion
 
 # ---------------------------------------------------------------------------------------------------------------
 # The rows
@@ -38,7 +38,7 @@ def bench_data_pipeline(settings: Settings) -> dict:
     steps = settings.count(2, 4, 10, 20)  # batches per timed repeat
     images, labels = cifar_like(batch_size * steps, settings.seed)
     loader = notebook_loader(images, labels, batch_size, train=True, image_size=size)
-    data = as_dataset(images, labels).to(device)  # on a GPU the dataset lives there, as in vitlab.finetune
+    data = as_dataset(images, labels).to(device)  # on a GPU the dataset lives there, as in vitlab.training.finetune
     transform = BatchTransform(size, train=True).to(device)
 
     def transform_all() -> int:
@@ -82,7 +82,7 @@ def bench_train_step(settings: Settings, cpu_bf16: bool = False) -> dict:
         precision = "bf16 autocast" if RECIPES["default"].bf16_on_cuda else "fp32"
     elif cpu_bf16:
         flags = describe_device(device).get("cpu_bf16") or ["no bf16 instructions"]
-        precision = f"CPU bf16 autocast, NOT what vitlab.train does today (CPU: {', '.join(flags)})"
+        precision = f"CPU bf16 autocast, NOT what vitlab.training.train does today (CPU: {', '.join(flags)})"
     else:
         precision = "fp32 (vitlab's recipe uses bf16 on CUDA only)"
     notes = (f"{settings.arch}, random weights, last 3 blocks + head train, batch {batch_size}, {steps} steps per "

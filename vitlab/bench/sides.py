@@ -14,7 +14,15 @@ from vitlab.bench.baseline import notebook_loader, notebook_model, notebook_opti
 from vitlab.bench.measure import NUM_CLASSES, Settings, as_dataset, timed
 from vitlab.data import BatchTransform, batches
 from vitlab.model import build_model
-from vitlab.train import RECIPES, Recipe, evaluate, make_criterion, make_optimizer, make_scheduler, train_one_epoch
+from vitlab.training.train import (
+    RECIPES,
+    Recipe,
+    evaluate,
+    make_criterion,
+    make_optimizer,
+    make_scheduler,
+    train_one_epoch,
+)
 
 Batches = Iterable[tuple[Tensor, Tensor]]  # (inputs, labels (b,)) as train_one_epoch and evaluate take them
 
@@ -32,7 +40,7 @@ def input_size(arch: str) -> int:
 
 @dataclass
 class VitlabTraining:
-    """vitlab's training as `vitlab.finetune` sets it up with recipe 'default', on random weights.
+    """vitlab's training as `vitlab.training.finetune` sets it up with recipe 'default', on random weights.
 
     `train` and `evaluate` run vitlab's own loops with these pieces, without progress bars; `module` may be the
     model, its compiled form, or a `TrainableTop` over cached trunk tokens.
@@ -70,7 +78,7 @@ def vitlab_trainer(
     settings: Settings, images: np.ndarray, labels: np.ndarray, batch_size: int, total_steps: int,
     cpu_bf16: bool = False,
 ) -> tuple[Callable[[int], float], nn.Module]:
-    """vitlab's training as `vitlab.finetune` sets it up; returns (run(steps) -> images/s, model).
+    """vitlab's training as `vitlab.training.finetune` sets it up; returns (run(steps) -> images/s, model).
 
     `cpu_bf16` wraps the steps in CPU bf16 autocast, which vitlab's recipe does not do (it uses bf16 on CUDA only):
     the optional row `train_step_cpu_bf16` measures what it would give.

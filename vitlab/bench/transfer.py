@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from vitlab import finetune
 from vitlab.bench.measure import Settings, row_result
-from vitlab.config import make_config
+from vitlab.training import finetune
+from vitlab.training.config import make_config
 
 SEEDS = (42, 43, 44)
 # The comparison on the demo's 8,000 training images, and with few labels: 500 images (val and test stay whole).

@@ -29,7 +29,8 @@ One concept per module:
     export.py   downloads: a view as PNG, the raw maps as .npz, a safe file name
     live.py     head ablation and the logit lens, live on one image
 
-The analyses themselves are vitlab.attention's. Every failure is a VitlabError whose message says what to do next.
+The analyses themselves are vitlab.analysis.attention's. Every failure is a VitlabError whose message says what to do
+next.
 Timings: `python -m vitlab.explorer --bench [--arch vit_tiny] [--repeats 5]` (the benchmark is
 vitlab.bench.explorer; this package does not import it).
 """

@@ -1,8 +1,16 @@
-"""`python -m vitlab.explorer --bench`: the explorer's benchmark, which lives in vitlab.bench.explorer.
+"""`python -m vitlab.explorer`: how to open the attention explorer, and where its timings are measured.
 
-Only this entry point imports the bench; the package's __init__ does not, so the two never import each other.
+The explorer is a Streamlit page (`streamlit run streamlit_app.py` from a checkout); its timings are a row of the
+benchmark (`python -m vitlab.bench --rows explorer`), which this package does not import.
 """
 
-from vitlab.bench.explorer import main
+import sys
 
-raise SystemExit(main())
+USAGE = ("Open the attention explorer with: streamlit run streamlit_app.py (from the vitlab checkout). Its timings: "
+         "python -m vitlab.bench --rows explorer [--arch vit_tiny] [--repeats 5].")
+
+if __name__ == "__main__":
+    if sys.argv[1:]:
+        print(f"python -m vitlab.explorer takes no flags ({' '.join(sys.argv[1:])}). {USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+    print(USAGE)

@@ -4,7 +4,8 @@
     png = position_similarity_png(model)      # bytes: position-embedding similarity, a grid of grids (lesson 3)
     tokens = token_views(model, image)        # TokenViews: per-block patch norms and DINO-style PCA colours
 
-The analyses are vitlab.attention's, vitlab.norms' and vitlab.projections'; the figures are vitlab.plotting's.
+The analyses are vitlab.analysis.attention's, vitlab.analysis.norms' and vitlab.analysis.projections'; the figures are
+vitlab.plotting's.
 Each figure is rendered once per model (the page caches the bytes).
 """
 
@@ -18,12 +19,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import patch_filter_components, position_embedding_similarity
+from vitlab.analysis.norms import token_norms
+from vitlab.analysis.projections import patch_pca_rgb
+from vitlab.analysis.structure import patch_filter_components, position_embedding_similarity
 from vitlab.capture import capture_forward
 from vitlab.explorer.views import _MODEL_LOCK, model_inputs
-from vitlab.norms import token_norms
 from vitlab.plotting import plot_filter_components, plot_position_similarity
-from vitlab.projections import patch_pca_rgb
 
 FILTER_COMPONENTS = 14  # two rows of seven: enough to see the smooth first components give way to noise
 

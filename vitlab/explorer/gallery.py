@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import cls_attention, gradient_weighted_attention, rollout
+from vitlab.analysis.attention import cls_attention, gradient_weighted_attention, rollout
 from vitlab.capture import capture_forward
 from vitlab.data import BatchTransform, ImageDataset
 from vitlab.errors import VitlabError

@@ -3,7 +3,8 @@
     before, after = top_k_ablated(model, image, {3: [0, 2]})   # top-5 (class, probability) without those heads
     per_block = lens_top(model, image, k=3)                     # per block: the logit lens' top-3
 
-Each is one or two forward passes of one image (vitlab.ablation's hooks, vitlab.lens's readout), fast enough to
+Each is one or two forward passes of one image (vitlab.analysis.ablation's hooks, vitlab.analysis.lens's readout),
+fast enough to
 rerun on every click. Both hold the explorer's model lock: the ablation's hooks would otherwise change what another
 browser tab, sharing the cached model, sees in the same moment.
 """
@@ -16,9 +17,9 @@ import torch
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.ablation import ablate_heads, check_heads
+from vitlab.analysis.ablation import ablate_heads, check_heads
+from vitlab.analysis.lens import logit_lens_forward
 from vitlab.explorer.views import model_inputs, model_lock
-from vitlab.lens import logit_lens_forward
 
 Ranking = list[tuple[int, float]]  # (class index, probability), most likely first
 
@@ -29,7 +30,7 @@ def top_k_ablated(
     """The model's top-k classes on `image` uint8 (3, H, W) with every head, then with `heads` switched off.
 
     Args:
-        heads: 0-based block -> heads to ablate there (vitlab.ablation.ablate_heads); {} ablates nothing.
+        heads: 0-based block -> heads to ablate there (vitlab.analysis.ablation.ablate_heads); {} ablates nothing.
     Returns:
         (before, after): each a list of k (class index, probability), most likely first.
 

@@ -10,10 +10,10 @@ Inside the folder, a path is followed through symlinks first: a link that points
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from vitlab.cli import Parser
 from vitlab.errors import CheckpointError
 
 DEFAULT_RUNS = "runs"  # what python -m vitlab.finetune --out runs/NAME and the README use
@@ -21,7 +21,7 @@ DEFAULT_RUNS = "runs"  # what python -m vitlab.finetune --out runs/NAME and the 
 
 def runs_folder(argv: Sequence[str]) -> Path:
     """The runs folder the person starting the app named with `--runs DIR` (default: runs); other flags are left."""
-    parser = argparse.ArgumentParser(prog="streamlit run streamlit_app.py --", add_help=False, allow_abbrev=False)
+    parser = Parser(prog="streamlit run streamlit_app.py --", add_help=False, allow_abbrev=False)
     parser.add_argument("--runs", default=DEFAULT_RUNS, metavar="DIR")
     known, _ = parser.parse_known_args(list(argv))
     return Path(known.runs).expanduser()

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
-from vitlab.checkpoint import checkpoint_file, load_trained_model
-from vitlab.config import make_config
 from vitlab.data import ImageDataset, load_dataset
-from vitlab.demo import default_cache_dir, load_demo_model
 from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
 from vitlab.explorer.runs_folder import DEFAULT_RUNS, is_inside, within_runs
 from vitlab.model import build_model, weights_cache_file
 from vitlab.shipped import shipped_base_file
+from vitlab.training.checkpoint import checkpoint_file, load_trained_model
+from vitlab.training.config import make_config
+from vitlab.training.demo import default_cache_dir, load_demo_model
 
 # Where the explorer's model comes from: the sidebar's choices. "base" is the pretrained base the demo was
 # fine-tuned from, for comparing with it (its head is untrained: the page labels it so, see _load_base_source).
@@ -116,7 +116,7 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
     """Load the model for one of SOURCES.
 
     Args:
-        source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.demo), "checkpoint" (a
+        source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.training.demo), "checkpoint" (a
             vitlab run, `checkpoint_path`), "imagenet" (torchvision's ViT-B/16, only from its local cache), or
             "base" (the fractal-pretrained vit_tiny vitlab ships, the demo's starting point, with a random head:
             `head_trained` is False).

@@ -5,7 +5,8 @@
     views.rollout_map("max", discard_ratio=0.9)           # (grid, grid)
     relevance, target = class_map(model, image)           # forward + backward: why the predicted class
 
-The analyses themselves are vitlab.attention's; this module only runs the model once and selects from its output.
+The analyses themselves are vitlab.analysis.attention's; this module only runs the model once and selects from its
+output.
 Drawing the maps is vitlab.explorer.drawing's.
 """
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import (
+from vitlab.analysis.attention import (
     HeadFusion,
     cls_attention,
     gradient_weighted_attention,
@@ -72,7 +73,7 @@ class ImageViews:
         return query_attention(self.attentions[layer], self.geometry, token)[0, head]
 
     def rollout_map(self, head_fusion: HeadFusion = "mean", discard_ratio: float = 0.0) -> Tensor:
-        """(grid, grid): attention rollout through all blocks (vitlab.attention.rollout)."""
+        """(grid, grid): attention rollout through all blocks (vitlab.analysis.attention.rollout)."""
         flow = rollout(self.attentions, head_fusion, discard_ratio, self.geometry.num_prefix_tokens)  # (1, patches)
         return flow[0].reshape(self.geometry.grid_size, self.geometry.grid_size)
 
@@ -96,7 +97,7 @@ def analyse_image(model: VisionTransformer, image: Tensor) -> ImageViews:
 
 
 def class_map(model: VisionTransformer, image: Tensor, target_class: int | None = None) -> tuple[Tensor, int]:
-    """Gradient-weighted attention (vitlab.attention) for one class: which patches made the model say it.
+    """Gradient-weighted attention (vitlab.analysis.attention) for one class: which patches made the model say it.
 
     Args:
         image: uint8 (3, H, W).

@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from vitlab import explorer
+import vitlab.explorer as explorer
 from vitlab.explorer import figures
 
 # Projector mode: type large enough to read from the back of a classroom.

@@ -7,7 +7,7 @@ import sys
 import streamlit as st
 import torch
 
-from vitlab import explorer
+import vitlab.explorer as explorer
 from vitlab.explorer.pages import common
 from vitlab.explorer.pages.common import Display, show
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from vitlab import explorer
+import vitlab.explorer as explorer
 from vitlab.explorer.pages import common
 from vitlab.explorer.pages.common import Display, keep_in, show
 

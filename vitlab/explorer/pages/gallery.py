@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from vitlab import explorer
+import vitlab.explorer as explorer
 from vitlab.explorer.pages import common
 from vitlab.explorer.pages.common import Display
 

@@ -7,7 +7,7 @@ import dataclasses
 import streamlit as st
 import torch
 
-from vitlab import explorer
+import vitlab.explorer as explorer
 from vitlab.explorer.pages import common, explore
 from vitlab.explorer.pages.common import Display, show
 from vitlab.explorer.tour import TOUR, TourStep

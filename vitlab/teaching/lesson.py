@@ -13,7 +13,7 @@ A lesson's `main` uses four names from here, inside a fifth that wraps it:
 Which model `start` loads:
 - default: vitlab's demo model, the shipped fractal-pretrained vit_tiny with its last 2 blocks and a new head
   fine-tuned on the synthetic `shapes` (4 classes, 32x32 images, 4x4 patches, an 8x8 grid). It is fine-tuned once
-  (under 30 s) and cached by `vitlab.demo.load_demo_model`, so no lesson retrains what another already trained.
+  (under 30 s) and cached by `vitlab.training.demo.load_demo_model`, so no lesson retrains what another already trained.
   Its examples are shapes test images, which come with object masks.
 - `--checkpoint PATH`: the model a vitlab run saved (`best.pt`), on its own dataset's test images.
 - `--arch vit_b_16` (or vit_b_32, vit_l_16, vit_l_32, vit_h_14): torchvision's ViT with its default ImageNet
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import textwrap
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,14 +40,13 @@ from torch import Tensor
 from torchvision.models import VisionTransformer
 
 from vitlab.archs import ARCHS, weights_enum
-from vitlab.checkpoint import load_checkpoint, load_trained_model
-from vitlab.config_rules import OneLineParser
+from vitlab.cli import Parser, Rule, command, folder_to_write, number_flag
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, load_dataset
-from vitlab.demo import default_cache_dir, load_demo_model
-from vitlab.errors import DataUnavailableError, VitlabError
-from vitlab.lesson_flags import THREADS, checkpoint_flag, data_dir_flag, out_flag
+from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError
 from vitlab.model import build_model, weights_cache_file
 from vitlab.plotting import save_figure
+from vitlab.training.checkpoint import checkpoint_file, load_checkpoint, load_trained_model
+from vitlab.training.demo import default_cache_dir, load_demo_model
 
 
 @dataclass
@@ -147,15 +146,13 @@ def run_lesson(body: Callable[[Sequence[str] | None], int | None]) -> Callable[[
     Anything else, and in particular a failed `assert` of an equality the lesson demonstrates, raises with its
     traceback: that is a bug, and it must be loud. PyTorch's thread count is restored for the caller (a test).
     """
+    checked = command("vitlab")(body)  # the exit-code table every vitlab command uses
 
     @functools.wraps(body)
     def main(argv: Sequence[str] | None = None) -> int:
         threads = torch.get_num_threads()
         try:
-            return body(argv) or 0
-        except VitlabError as error:
-            print(f"vitlab: {error}", file=sys.stderr)
-            return 2
+            return checked(argv)
         finally:
             torch.set_num_threads(threads)
 
@@ -165,6 +162,41 @@ def run_lesson(body: Callable[[Sequence[str] | None], int | None]) -> Callable[[
 # ---------------------------------------------------------------------------------------------------------------
 # The flags, and the lessons that need more than `start` (lesson 8 fine-tunes rather than studies)
 # ---------------------------------------------------------------------------------------------------------------
+
+THREADS = number_flag("threads", Rule(1, 1024, "--threads 2"))  # more than 1,024 is a typo, not a machine
+LARGEST_BLOCKS = 12  # ViT-B/16's encoder blocks: the most any lesson's model has
+LARGEST_GRID = 14  # ViT-B/16's 14x14 patch grid
+
+
+def checkpoint_flag(text: str) -> str:
+    """--checkpoint: a run folder (its best.pt) or a .pt file that exists and is a torch.save archive.
+
+    The full check (a vitlab checkpoint: tensors and plain values, a known arch) is vitlab.training.checkpoint's, when
+    the lesson loads it, before anything is written; this one answers a typo before anything loads.
+    """
+    try:
+        path = checkpoint_file(text, "study")
+    except CheckpointError as error:
+        raise CheckpointError(f"--checkpoint {text}: {error}") from None
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"--checkpoint {text}: {path} is not a vitlab checkpoint (not a file torch.save "
+                              f"wrote). Give a run folder of python -m vitlab.finetune (for example --checkpoint "
+                              f"runs/demo) or its best.pt.")
+    return text
+
+
+def data_dir_flag(text: str) -> str:
+    """--data-dir: an existing folder (a lesson never downloads, so a missing folder is a typo)."""
+    if not Path(text).expanduser().is_dir():
+        raise VitlabError(f"--data-dir {text} is not a folder. Give the folder that holds CIFAR (for example "
+                          f"--data-dir ./data), or leave the flag out to use the synthetic shapes.")
+    return text
+
+
+def out_flag(text: str) -> str:
+    """--out: a folder that can be written (not empty, not a file, not under a file)."""
+    folder_to_write("out", text)
+    return text
 
 
 def parse_args(
@@ -176,7 +208,7 @@ def parse_args(
     """The flags every lesson takes, plus the lesson's own (`add_arguments`); each is checked as it is parsed."""
     name = Path(lesson_file).stem  # 'lessons/04_attention_heads.py' -> '04_attention_heads'
     first_line = (doc or name).strip().splitlines()[0]
-    parser = OneLineParser(prog=f"python lessons/{name}.py", description=first_line)
+    parser = Parser(prog=f"python lessons/{name}.py", description=first_line)
     parser.add_argument("--arch", choices=ARCHS, default=None,
                         help="vit_tiny (default): the small demo model trained on shapes; vit_b_16 (or vit_b_32, "
                         "vit_l_16, vit_l_32, vit_h_14): torchvision's ImageNet ViT (needs its cached weights file)")

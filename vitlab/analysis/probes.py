@@ -23,6 +23,7 @@ from torch import Tensor
 from torchvision.models import VisionTransformer
 
 from vitlab.capture import capture_forward
+from vitlab.capture_grad import autograd_on, grad_ready
 from vitlab.errors import VitlabError
 
 
@@ -135,23 +136,24 @@ def fit_probe(features: Tensor, labels: Tensor, num_classes: int, config: ProbeC
     if num_classes < 2 or labels.min() < 0 or labels.max() >= num_classes:
         raise VitlabError(f"fit_probe: labels must lie in 0 to num_classes - 1 with num_classes >= 2; got labels "
                           f"{int(labels.min())} to {int(labels.max())} and num_classes {num_classes}.")
-    x = features.detach().double()  # float64: the optimum is then the same on every machine to many digits
-    mean = x.mean(dim=0)  # (D,)
-    std = x.std(dim=0, correction=0)
-    std = torch.where(std > 1e-12, std, torch.ones_like(std))  # a constant dimension stays 0 after centring
-    x = (x - mean) / std  # (N, D)
-    weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=config.max_iterations,
-                                  tolerance_grad=config.tolerance, line_search_fn="strong_wolfe")
+    with autograd_on():  # callers may sit in torch.no_grad() (lessons do) or torch.inference_mode()
+        x = grad_ready(features.detach()).double()  # float64: the optimum is then the same on every machine
+        mean = x.mean(dim=0)  # (D,)
+        std = x.std(dim=0, correction=0)
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))  # a constant dimension stays 0 after centring
+        x = (x - mean) / std  # (N, D)
+        weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
+        bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=config.max_iterations,
+                                      tolerance_grad=config.tolerance, line_search_fn="strong_wolfe")
+        targets = grad_ready(labels)
 
-    def loss_and_gradient() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight.T + bias, labels) + 0.5 * config.weight_decay * weight.pow(2).sum()
-        loss.backward()
-        return loss
+        def loss_and_gradient() -> Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(x @ weight.T + bias, targets) + 0.5 * config.weight_decay * weight.pow(2).sum()
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():  # callers may sit in a no_grad block (lessons do)
         optimizer.step(loss_and_gradient)
     dtype = features.dtype
     return Probe(weight.detach().to(dtype), bias.detach().to(dtype), mean.to(dtype), std.to(dtype))

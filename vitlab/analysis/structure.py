@@ -12,10 +12,12 @@ head, like a convolution); the ViT paper finds local heads in the first blocks a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import mean_attention_distance, patch_distances, position_embedding_similarity
+from vitlab.analysis.attention import mean_attention_distance, patch_distances
 from vitlab.capture import capture, geometry
 
 
@@ -74,3 +76,40 @@ def distance_ratios(model: VisionTransformer, images: Tensor, batch_size: int = 
         distances = mean_attention_distance(cap.attentions, model.patch_size) * len(batch)  # (blocks, heads)
         total = distances if total is None else total + distances
     return total / len(images) / uniform_distance(model)
+
+
+def position_embedding_similarity(model: VisionTransformer) -> Tensor:
+    """Cosine similarity of each patch position's learned embedding with every other (ViT paper, Fig. 7 centre).
+
+    Returns:
+        (grid, grid, grid, grid): entry [r, c] is the (grid, grid) similarity map of position (r, c) with all
+        positions. The class token's embedding (index 0) is left out.
+    """
+    prefix = 1  # torchvision's ViT: one class token before the patches
+    embeddings = model.encoder.pos_embedding[0, prefix:].detach()  # (1, T, D) -> (patches, D)
+    embeddings = F.normalize(embeddings, dim=-1)
+    similarity = embeddings @ embeddings.T  # (patches, patches)
+    grid = int(round(embeddings.shape[0] ** 0.5))
+    return rearrange(similarity, "(r c) (gr gc) -> r c gr gc", r=grid, gr=grid)
+
+
+def patch_filter_components(model: VisionTransformer, num_components: int = 28) -> tuple[Tensor, Tensor]:
+    """Principal components of the patch-embedding filters, as images (ViT paper, Fig. 7 left).
+
+    The patch projection `conv_proj` has one (3, p, p) filter per hidden unit. PCA over those filters shows the
+    basis the model uses to describe a patch.
+
+    Returns:
+        components (k, 3, p, p), each scaled to [0, 1] for display, and explained_variance_ratio (k,).
+    """
+    filters = model.conv_proj.weight.detach().float()  # (D, 3, p, p)
+    flat = rearrange(filters, "d c h w -> d (c h w)")
+    flat = flat - flat.mean(dim=0, keepdim=True)
+    _, singular_values, right_vectors = torch.linalg.svd(flat, full_matrices=False)  # (3p^2, 3p^2)
+    k = min(num_components, right_vectors.shape[0])
+    components = rearrange(right_vectors[:k], "k (c h w) -> k c h w", c=3, h=filters.shape[-2])
+    low = components.amin(dim=(1, 2, 3), keepdim=True)
+    high = components.amax(dim=(1, 2, 3), keepdim=True)
+    components = (components - low) / (high - low).clamp(min=1e-12)
+    variance = singular_values**2
+    return components, (variance / variance.sum())[:k]

@@ -7,7 +7,6 @@ encoder block, softmax probabilities with the class token at index 0 (the key ax
 - `rollout`: Abnar & Zuidema (2020), "Quantifying Attention Flow in Transformers".
 - `mean_attention_distance`: Dosovitskiy et al. (2021), "An Image is Worth 16x16 Words", Fig. 7 (right).
 - `gradient_weighted_attention`: Chefer, Gur & Wolf (2021), "Generic Attention-model Explainability".
-- `pointing_game` / `attention_mass_ratio`: does a map land on the object (shapes dataset masks)?
 """
 
 from __future__ import annotations
@@ -16,12 +15,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
 from vitlab.capture import Geometry, capture
+from vitlab.capture_grad import autograd_on, grad_ready
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -150,86 +149,21 @@ def gradient_weighted_attention(
     Returns:
         relevance (B, patches) and the target classes (B,).
     """
-    with torch.enable_grad(), capture(model) as captured:
-        logits = model(images)  # (B, classes)
-    if target_class is None:
-        target = logits.argmax(dim=-1)
-    else:
-        target = torch.as_tensor(target_class, device=logits.device).expand(logits.shape[0])
-    score = logits.gather(1, target[:, None]).sum()
-    attentions = captured.attentions
-    gradients = torch.autograd.grad(score, attentions)
+    with autograd_on():  # the whole computation: callers may sit in torch.no_grad() or torch.inference_mode()
+        with capture(model) as captured:
+            logits = model(grad_ready(images))  # (B, classes)
+        if target_class is None:
+            target = logits.argmax(dim=-1)
+        else:
+            target = torch.as_tensor(target_class, device=logits.device).expand(logits.shape[0])
+        score = logits.gather(1, target[:, None]).sum()
+        attentions = captured.attentions
+        gradients = torch.autograd.grad(score, attentions)
     num_tokens = attentions[0].shape[-1]
     identity = torch.eye(num_tokens, dtype=attentions[0].dtype, device=images.device)
     relevance = identity.expand(images.shape[0], num_tokens, num_tokens)  # (B, T, T)
     for attention, gradient in zip(attentions, gradients, strict=True):
-        weighted = (gradient * attention).clamp(min=0).mean(dim=1)  # (B, heads, T, T) -> (B, T, T)
-        relevance = relevance + weighted.detach() @ relevance
+        weighted = (gradient * attention.detach()).clamp(min=0).mean(dim=1)  # (B, heads, T, T) -> (B, T, T)
+        relevance = relevance + weighted @ relevance
     prefix = captured.geometry.num_prefix_tokens
     return relevance[:, 0, prefix:], target  # (B, patches), (B,)
-
-
-def patch_coverage(masks: Tensor, patch_size: int) -> Tensor:
-    """Share of each patch's pixels that belong to the object: (B, H, W) bool -> (B, patches) in [0, 1]."""
-    coverage = F.avg_pool2d(masks[:, None].float(), patch_size)  # (B, 1, grid, grid)
-    return coverage.flatten(1)  # (B, patches)
-
-
-def pointing_game(maps: Tensor, object_patches: Tensor) -> float:
-    """Share of images whose map maximum falls on an object patch.
-
-    Args:
-        maps: (B, patches) relevance or rollout maps.
-        object_patches: (B, patches) bool, True where the patch holds object pixels.
-    """
-    hits = object_patches.gather(1, maps.argmax(dim=1, keepdim=True))  # (B, 1)
-    return hits.float().mean().item()
-
-
-def attention_mass_ratio(maps: Tensor, object_patches: Tensor) -> float:
-    """Map mass on object patches divided by the object's share of patches, averaged over images.
-
-    1.0 is what a map that ignores the object scores on average; higher means attention concentrates on it.
-    """
-    maps = maps.clamp(min=0)
-    total = maps.sum(dim=1).clamp(min=torch.finfo(maps.dtype).tiny)  # an all-zero map has no mass anywhere
-    mass_on_object = (maps * object_patches).sum(dim=1) / total  # (B,)
-    object_share = object_patches.float().mean(dim=1)  # (B,)
-    return (mass_on_object / object_share).mean().item()
-
-
-def position_embedding_similarity(model: VisionTransformer) -> Tensor:
-    """Cosine similarity of each patch position's learned embedding with every other (ViT paper, Fig. 7 centre).
-
-    Returns:
-        (grid, grid, grid, grid): entry [r, c] is the (grid, grid) similarity map of position (r, c) with all
-        positions. The class token's embedding (index 0) is left out.
-    """
-    prefix = 1  # torchvision's ViT: one class token before the patches
-    embeddings = model.encoder.pos_embedding[0, prefix:].detach()  # (1, T, D) -> (patches, D)
-    embeddings = F.normalize(embeddings, dim=-1)
-    similarity = embeddings @ embeddings.T  # (patches, patches)
-    grid = int(round(embeddings.shape[0] ** 0.5))
-    return rearrange(similarity, "(r c) (gr gc) -> r c gr gc", r=grid, gr=grid)
-
-
-def patch_filter_components(model: VisionTransformer, num_components: int = 28) -> tuple[Tensor, Tensor]:
-    """Principal components of the patch-embedding filters, as images (ViT paper, Fig. 7 left).
-
-    The patch projection `conv_proj` has one (3, p, p) filter per hidden unit. PCA over those filters shows the
-    basis the model uses to describe a patch.
-
-    Returns:
-        components (k, 3, p, p), each scaled to [0, 1] for display, and explained_variance_ratio (k,).
-    """
-    filters = model.conv_proj.weight.detach().float()  # (D, 3, p, p)
-    flat = rearrange(filters, "d c h w -> d (c h w)")
-    flat = flat - flat.mean(dim=0, keepdim=True)
-    _, singular_values, right_vectors = torch.linalg.svd(flat, full_matrices=False)  # (3p^2, 3p^2)
-    k = min(num_components, right_vectors.shape[0])
-    components = rearrange(right_vectors[:k], "k (c h w) -> k c h w", c=3, h=filters.shape[-2])
-    low = components.amin(dim=(1, 2, 3), keepdim=True)
-    high = components.amax(dim=(1, 2, 3), keepdim=True)
-    components = (components - low) / (high - low).clamp(min=1e-12)
-    variance = singular_values**2
-    return components, (variance / variance.sum())[:k]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from vitlab.data import BatchTransform
+from vitlab.errors import TrainingFailed
 from vitlab.model import train_mode
 
 
@@ -155,7 +156,8 @@ def train_step(
 ) -> tuple[Tensor, Tensor]:
     """One optimisation step on a uint8 batch (B, 3, H, W). Returns (loss, logits (B, C)), never synced to host.
 
-    With `transform=None` the batch is already the model's input (cached trunk tokens, see `vitlab.trunk_cache`).
+    With `transform=None` the batch is already the model's input (cached trunk tokens, see
+    `vitlab.training.trunk_cache`).
     """
     # (B, 3, H, W) uint8 -> (B, 3, S, S) normalised float
     inputs = images if transform is None else transform(images, generator=generator)
@@ -217,7 +219,7 @@ def train_one_epoch(
     return result
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingFailed):
     """The training loss became NaN or infinite: the run stops and keeps the last good checkpoint."""
 
 

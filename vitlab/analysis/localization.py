@@ -6,7 +6,8 @@ The synthetic shapes come with exact object masks, so "does this map point at th
     pointing_game(maps, objects)                          # share of maps whose maximum is on the object
     pointing_game(random_maps(maps.shape), objects)       # what a map that knows nothing scores
 
-The scores themselves (`pointing_game`, `attention_mass_ratio`) live in `vitlab.attention`, one paper per function.
+The scores (`pointing_game`, `attention_mass_ratio`) take any (B, patches) map: a class-token row, rollout, a
+class-specific map or a random one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.attention import attention_mass_ratio, patch_coverage, pointing_game, rollout
+from vitlab.analysis.attention import rollout
 from vitlab.capture import Geometry, capture, geometry
 from vitlab.data import BatchTransform, ImageDataset
 
@@ -85,3 +86,32 @@ def localization_scores(
         "attention_mass_ratio_no_discard": attention_mass_ratio(all_plain, all_objects),
         "rollout": dict(DEMO_ROLLOUT),
     }
+
+
+def patch_coverage(masks: Tensor, patch_size: int) -> Tensor:
+    """Share of each patch's pixels that belong to the object: (B, H, W) bool -> (B, patches) in [0, 1]."""
+    coverage = F.avg_pool2d(masks[:, None].float(), patch_size)  # (B, 1, grid, grid)
+    return coverage.flatten(1)  # (B, patches)
+
+
+def pointing_game(maps: Tensor, object_patches: Tensor) -> float:
+    """Share of images whose map maximum falls on an object patch.
+
+    Args:
+        maps: (B, patches) relevance or rollout maps.
+        object_patches: (B, patches) bool, True where the patch holds object pixels.
+    """
+    hits = object_patches.gather(1, maps.argmax(dim=1, keepdim=True))  # (B, 1)
+    return hits.float().mean().item()
+
+
+def attention_mass_ratio(maps: Tensor, object_patches: Tensor) -> float:
+    """Map mass on object patches divided by the object's share of patches, averaged over images.
+
+    1.0 is what a map that ignores the object scores on average; higher means attention concentrates on it.
+    """
+    maps = maps.clamp(min=0)
+    total = maps.sum(dim=1).clamp(min=torch.finfo(maps.dtype).tiny)  # an all-zero map has no mass anywhere
+    mass_on_object = (maps * object_patches).sum(dim=1) / total  # (B,)
+    object_share = object_patches.float().mean(dim=1)  # (B,)
+    return (mass_on_object / object_share).mean().item()

@@ -4,7 +4,7 @@ A ViT classifies from the class token after the last block: `heads(encoder.ln(x[
 (nostalgebraist 2020, for GPT-2; ViT-Prisma for vision) applies that same readout to the class token after every
 block, as if the network stopped there: where does the final prediction appear? At the last block it is the model's
 own output exactly. Early blocks were never trained to be read this way, so a lens that disagrees does not prove
-the information is absent: a linear probe (`vitlab.probes`) trained per block answers that question.
+the information is absent: a linear probe (`vitlab.analysis.probes`) trained per block answers that question.
 
     result = logit_lens_forward(model, images)     # one captured forward pass
     result.lens_logits                            # (blocks, B, classes)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from torchvision.models import VisionTransformer
 
-from vitlab import finetune
-from vitlab.checkpoint import LAST, load_trained_model
-from vitlab.config import make_config, resume_config
 from vitlab.data import DataSplits, load_dataset
+from vitlab.training import finetune
+from vitlab.training.checkpoint import LAST, load_trained_model
+from vitlab.training.config import make_config, resume_config
 
 
 def default_cache_dir() -> Path:

@@ -1,6 +1,7 @@
 """One training run while it goes (`Run`) and what it writes to its run folder after every epoch.
 
-`vitlab.finetune` builds a `Run` in `setup`, advances it in `fit` and closes it in `finish`; this module holds the
+`vitlab.training.finetune` builds a `Run` in `setup`, advances it in `fit` and closes it in `finish`; this module
+holds the
 object and the bookkeeping around the loop: the run folder is never overwritten (`prepare_out`), a checkpoint's
 training state is put back on resume (`restore`), and each epoch becomes one history record, a checkpoint.pt (every
 epoch) and a best.pt (when validation accuracy improved) (`record_epoch`). Only rank 0 writes files.
@@ -17,16 +18,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
-from vitlab import distributed
 from vitlab.atomic import remove_stale_temporaries
-from vitlab.checkpoint import BEST, CONFIG, LAST, save_checkpoint, save_json
-from vitlab.config import FinetuneConfig
 from vitlab.data import BatchTransform, DataSplits
 from vitlab.errors import VitlabError
-from vitlab.train import Recipe
-from vitlab.trunk_cache import CachedTrunk
+from vitlab.training import distributed
+from vitlab.training.checkpoint import BEST, CONFIG, LAST, save_checkpoint, save_json
+from vitlab.training.config import FinetuneConfig
+from vitlab.training.train import Recipe
+from vitlab.training.trunk_cache import CachedTrunk
 
-# Every file a run folder holds (vitlab.finetune writes them all through vitlab.atomic.atomic_write).
+# Every file a run folder holds (vitlab.training.finetune writes them all through vitlab.atomic.atomic_write).
 RUN_FILES = (CONFIG, "history.json", "summary.json", LAST, BEST, "curves.png", "predictions.png")
 
 
@@ -34,7 +35,7 @@ RUN_FILES = (CONFIG, "history.json", "summary.json", LAST, BEST, "curves.png", "
 class Run:
     """Everything one training run holds while it goes. The code calls it `job`, as `run` is the function."""
 
-    config: FinetuneConfig  # complete (see vitlab.config.make_config), never changed during the run
+    config: FinetuneConfig  # complete (see vitlab.training.config.make_config), never changed during the run
     out: Path  # the run folder
     process: distributed.Process
     device: torch.device
@@ -84,7 +85,7 @@ def prepare_out(config: FinetuneConfig, resuming: bool, clean: bool = True) -> P
 def restore(job: Run, checkpoint: dict) -> None:
     """Put a checkpoint.pt's training state back: optimizer, schedule, RNG, history and the epoch to start from.
 
-    The model's weights are loaded when it is built (vitlab.finetune), before anything wraps or caches it.
+    The model's weights are loaded when it is built (vitlab.training.finetune), before anything wraps or caches it.
     """
     job.optimizer.load_state_dict(checkpoint["optimizer"])
     job.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -99,7 +100,7 @@ def restore(job: Run, checkpoint: dict) -> None:
 def record_epoch(job: Run, epoch: int, train: dict, val: dict) -> None:
     """Append epoch `epoch` (1-based) to the history, save checkpoint.pt (and best.pt if better), print its line.
 
-    `train` and `val` are the dicts of vitlab.train.train_one_epoch and vitlab.train.evaluate.
+    `train` and `val` are the dicts of vitlab.training.train.train_one_epoch and vitlab.training.train.evaluate.
     """
     record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
               "val_loss": val["loss"], "val_acc": val["acc"],

@@ -10,14 +10,38 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
-from vitlab.archs import ARCHS, PRETRAINED, default_weights, native_image_size, num_blocks
-from vitlab.checkpoint import saved_run
-from vitlab.config_rules import RULES, OneLineParser, check_config, check_weights, number_flag
+from vitlab.archs import (
+    ARCHS,
+    PRETRAINED,
+    check_image_size,
+    check_weights,
+    default_weights,
+    native_image_size,
+    num_blocks,
+)
+from vitlab.cli import LARGEST_SEED, Parser, Rule, check_rules, number_flag, refuse
 from vitlab.data import DATASETS
 from vitlab.errors import CheckpointError, VitlabError
-from vitlab.train import RECIPES
+from vitlab.training.checkpoint import saved_run
+from vitlab.training.train import RECIPES
+
+# Training images before validation is held out (CIFAR; shapes has its own split, a folder is known once read).
+TRAIN_IMAGES = {"cifar100": 50_000, "cifar10": 50_000}
+
+# One rule per number a user types: the allowed range and an example (the arch's block count is checked later).
+RULES: dict[str, Rule] = {
+    "epochs": Rule(1, 10_000, "--epochs 5"),
+    "batch_size": Rule(1, 65_536, "--batch-size 64"),
+    "lr": Rule(1e-8, 10.0, "--lr 1e-3", optional=True, whole=False),
+    "trainable_blocks": Rule(0, 10_000, "--trainable-blocks 3"),
+    "seed": Rule(0, LARGEST_SEED, "--seed 42"),
+    "subset": Rule(1, 10**9, "--subset 512", optional=True),
+    "val_size": Rule(1, 10**9, "--val-size 5000"),
+    "max_rotation": Rule(0.0, 180.0, "--max-rotation 10", whole=False),
+}
 
 # Settings a checkpoint's weights depend on: resuming with a different value would load mismatched weights.
 FIXED_ON_RESUME = ("arch", "trainable_blocks", "dataset", "image_size")
@@ -137,7 +161,8 @@ def _blocks(value: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
+    parser = Parser(
+        rules=RULES,
         argument_default=argparse.SUPPRESS,  # an untyped flag stays out of the namespace: "all" (None) is kept
         prog="python -m vitlab.finetune",
         description="Fine-tune a Vision Transformer (by default the notebook's job: ImageNet ViT-B/16 on CIFAR-100, "
@@ -171,7 +196,7 @@ def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> Fi
     Complete: `pretrained` None becomes the arch's own base ("imagenet" for vit_b_16, "fractal" for vit_tiny),
     `weights` None the arch's default torchvision weights, `image_size` None those weights' native size (224 for
     IMAGENET1K_V1), `trainable_blocks` None ("all") the arch's block count, and `--cache-trunk` without
-    `--max-rotation` sets it to 0. Every setting is then checked (`vitlab.config_rules`): a bad one is a VitlabError
+    `--max-rotation` sets it to 0. Every setting is then checked (`vitlab.cli`): a bad one is a VitlabError
     (exit 2).
     """
     values = vars(base if base is not None else FinetuneConfig()).copy()
@@ -180,7 +205,7 @@ def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> Fi
         values.update(PRESETS[preset])
     values.update(flags)
     if values["cache_trunk"] and "max_rotation" not in flags:
-        values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.trunk_cache)
+        values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.training.trunk_cache)
     if values["pretrained"] is None:
         values["pretrained"] = PRETRAINED[values["arch"]]
     named = {name for name in PRETRAINED.values() if name != PRETRAINED[values["arch"]]}
@@ -236,3 +261,33 @@ def resume_config(flags: dict[str, Any]) -> tuple[FinetuneConfig, dict | None]:
             )
     config = make_config({**flags, "out": flags["resume"]}, base=saved)
     return config, checkpoint
+
+
+def check_config(config: FinetuneConfig) -> FinetuneConfig:
+    """Check every setting of a complete config (after defaults, preset, flags and a resumed run's settings are
+    merged); return it unchanged, or raise a VitlabError naming the flag, the value, what is allowed and an example.
+    """
+    check_rules(config, RULES)
+    check_weights(config.arch, config.weights)
+    check_image_size(config.arch, config.image_size)
+    blocks = num_blocks(config.arch)
+    if config.trainable_blocks > blocks:
+        raise refuse("trainable_blocks", config.trainable_blocks, f"from 0 to {blocks} ({config.arch} has {blocks}"
+                     " blocks) or 'all'", "--trainable-blocks 3")
+    total = TRAIN_IMAGES.get(config.dataset)
+    if total is not None and config.val_size >= total:
+        raise refuse("val_size", config.val_size, f"less than CIFAR's {total:,} training images",
+                     "--val-size 5000")
+    _check_paths(config)
+    return config
+
+
+def _check_paths(config: FinetuneConfig) -> None:
+    """Files the run must read exist now, not after minutes of loading."""
+    named = {"imagenet", "fractal", "none"}
+    if config.pretrained not in named and not Path(config.pretrained).expanduser().is_file():
+        raise VitlabError(f"--pretrained {config.pretrained} is not a file. Pass a state-dict file (.pth), or one "
+                          f"of: imagenet (vit_b_16), fractal (vit_tiny), none (for example --pretrained none).")
+    if config.dataset == "folder" and not Path(config.data_dir).expanduser().is_dir():
+        raise VitlabError(f"--data-dir {config.data_dir} is not a folder. --dataset folder reads one subfolder per "
+                          f"class from it (for example --data-dir ~/pictures/pets).")
