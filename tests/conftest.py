@@ -8,6 +8,17 @@ from pathlib import Path
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-screenshots", action="store_true",
+                     help="tests/test_browser.py: copy its screenshots into docs/ (the README's); without it the "
+                     "suite writes only under temporary folders")
+
+
+@pytest.fixture
+def update_screenshots(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-screenshots"))
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A VITLAB_CACHE folder holding the trained demo run (`<cache>/demo`), trained on first use.
@@ -17,7 +28,7 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     cache = Path(os.environ.get("VITLAB_TEST_CACHE") or tmp_path_factory.mktemp("vitlab_cache"))
     os.environ["VITLAB_CACHE"] = str(cache)
-    from vitlab.demo import load_demo_model
+    from vitlab.training.demo import load_demo_model
 
     load_demo_model(cache)
     return cache
@@ -26,7 +37,7 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_model(demo_cache: Path):
     """(model, splits): the trained demo vit_tiny in eval mode and the shapes splits."""
-    from vitlab.demo import load_demo_model
+    from vitlab.training.demo import load_demo_model
 
     return load_demo_model(demo_cache)
 

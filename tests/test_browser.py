@@ -1,9 +1,10 @@
 """The explorer end to end in a real browser: `streamlit run` on a loopback port, driven by headless Chromium.
 
 Chromium is Debian's package (`apt-get install -y chromium`), driven through Playwright's Python package with
-`executable_path`: Playwright's own browser download is not used. The test saves the screenshot the README shows,
-docs/explorer.png, and the modes' screenshots (docs/explorer-tour.png, -projector, -gallery, -compare), each with
-a copy in the test's temporary folder. One server and one Chromium serve every test of the module; each test opens
+`executable_path`: Playwright's own browser download is not used. The tests save the screenshots the README shows
+(explorer.png, explorer-tour.png, -projector, -gallery, -compare) in their temporary folders; only
+`python -m pytest tests/test_browser.py --update-screenshots` copies them into docs/, on purpose, so running the suite
+never changes the checkout. One server and one Chromium serve every test of the module; each test opens
 its own pages, so each is its own session. The slider's end-to-end time is printed (run with -s to see it), not
 asserted: speed targets are bench rows.
 """
@@ -36,7 +37,7 @@ CHROMIUM_FLAGS = [
 ]
 STARTUP_SECONDS = 120  # streamlit answering its health check
 RUN_SECONDS = 300  # one script run in the browser: the first loads the model, and the CPU may be shared
-SCREENSHOT = ROOT / "docs" / "explorer.png"
+SCREENSHOT = ROOT / "docs" / "explorer.png"  # the README's; the modes' lie beside it
 
 pytestmark = [
     pytest.mark.browser,
@@ -149,16 +150,37 @@ def choose_mode(page, mode: str, images: int) -> None:
     wait_until_done(page, images=images)
 
 
-def save_screenshot(page, tmp_path: Path, name: str) -> None:
-    """The README's screenshot docs/<name>, and a copy in the test's temporary folder, once every image has loaded."""
+def save_screenshot(page, tmp_path: Path, name: str, update: bool) -> None:
+    """A screenshot in the test's temporary folder once every image has loaded; with `update`
+    (--update-screenshots) also the README's docs/<name>."""
     page.wait_for_function(
         """() => Array.from(document.querySelectorAll('[data-testid="stImage"] img'))
                       .every(i => i.complete && i.naturalWidth > 0)""",
         timeout=RUN_SECONDS * 1000,
     )
     page.screenshot(path=str(tmp_path / name))
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(tmp_path / name, SCREENSHOT.parent / name)
+    if update:
+        shutil.copyfile(tmp_path / name, SCREENSHOT.parent / name)
+
+
+class _FakePage:
+    """What save_screenshot needs of a Playwright page: a wait that returns and a screenshot that writes bytes."""
+
+    def wait_for_function(self, script: str, timeout: float) -> None:
+        pass
+
+    def screenshot(self, path: str) -> None:
+        Path(path).write_bytes(b"png")
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_screenshots_reach_docs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update: bool):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    monkeypatch.setattr(sys.modules[__name__], "SCREENSHOT", docs / "explorer.png")
+    save_screenshot(_FakePage(), tmp_path, "explorer-tour.png", update)
+    assert (tmp_path / "explorer-tour.png").read_bytes() == b"png"
+    assert (docs / "explorer-tour.png").exists() == update
 
 
 def slider_seconds(page, moves: int = 6, block: int = 4) -> list[float]:
@@ -183,7 +205,8 @@ def slider_seconds(page, moves: int = 6, block: int = 4) -> list[float]:
     return seconds
 
 
-def test_explorer_renders_and_follows_a_slider_in_chromium(browser, app_url: str, tmp_path: Path):
+def test_explorer_renders_and_follows_a_slider_in_chromium(browser, app_url: str, tmp_path: Path,
+                                                           update_screenshots: bool):
     from playwright.sync_api import expect
 
     page = open_page(browser, app_url)  # 5 views, 4 heads, the distance plot
@@ -204,7 +227,7 @@ def test_explorer_renders_and_follows_a_slider_in_chromium(browser, app_url: str
     assert len(widths) >= 10 and all(width > 0 for width in widths), widths
     assert_healthy(page)
     page.screenshot(path=str(tmp_path / "explorer_full_page.png"), full_page=True)
-    save_screenshot(page, tmp_path, SCREENSHOT.name)
+    save_screenshot(page, tmp_path, SCREENSHOT.name, update_screenshots)
 
     seconds = sorted(slider_seconds(page))
     print(f"\nslider move, end to end in headless Chromium: median {seconds[len(seconds) // 2]:.3f} s "
@@ -233,7 +256,8 @@ def test_a_slider_move_on_vit_b_16_in_chromium(browser, app_url: str):
     page.close()
 
 
-def test_the_tour_walks_every_step_in_chromium(browser, app_url: str, tmp_path: Path):
+def test_the_tour_walks_every_step_in_chromium(browser, app_url: str, tmp_path: Path,
+                                               update_screenshots: bool):
     from playwright.sync_api import expect
 
     from vitlab.explorer.tour import TOUR
@@ -249,14 +273,15 @@ def test_the_tour_walks_every_step_in_chromium(browser, app_url: str, tmp_path: 
         wait_until_done(page, images=0)
         assert_healthy(page)
         if step.key == "rollout":
-            save_screenshot(page, tmp_path, "explorer-tour.png")
+            save_screenshot(page, tmp_path, "explorer-tour.png", update_screenshots)
         if index < len(TOUR) - 1:
             page.get_by_role("button", name="Next").click()
     assert page.get_by_role("button", name="Next").is_disabled()
     page.close()
 
 
-def test_projector_mode_in_chromium(browser, app_url: str, tmp_path: Path):
+def test_projector_mode_in_chromium(browser, app_url: str, tmp_path: Path,
+                                    update_screenshots: bool):
     page = open_page(browser, app_url)
     sidebar = page.locator('[data-testid="stSidebar"]')
     for label in ("Projector mode", "Show the patch grid"):
@@ -267,7 +292,7 @@ def test_projector_mode_in_chromium(browser, app_url: str, tmp_path: Path):
     size = page.locator("h1").first.evaluate("h => parseFloat(getComputedStyle(h).fontSize)")
     assert size >= 47, size  # 3rem: the projector's title
     assert_healthy(page)
-    save_screenshot(page, tmp_path, "explorer-projector.png")
+    save_screenshot(page, tmp_path, "explorer-projector.png", update_screenshots)
     page.close()
 
 
@@ -288,13 +313,14 @@ def test_five_students_at_once_all_see_the_views(browser, app_url: str):
         page.close()
 
 
-def test_gallery_opens_an_image_in_chromium(browser, app_url: str, tmp_path: Path):
+def test_gallery_opens_an_image_in_chromium(browser, app_url: str, tmp_path: Path,
+                                            update_screenshots: bool):
     from playwright.sync_api import expect
 
     page = open_page(browser, app_url)
     choose_mode(page, "Gallery", images=16)
     assert_healthy(page)
-    save_screenshot(page, tmp_path, "explorer-gallery.png")
+    save_screenshot(page, tmp_path, "explorer-gallery.png", update_screenshots)
     caption = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="predicted").nth(3).inner_text()
     index = int(caption.split(":")[0].lstrip("#"))
     page.get_by_role("button", name="Open in Explore").nth(3).click()
@@ -328,7 +354,8 @@ def test_downloads_are_a_png_and_the_raw_maps_in_chromium(browser, app_url: str,
     page.close()
 
 
-def test_compare_side_by_side_in_chromium(browser, app_url: str, tmp_path: Path):
+def test_compare_side_by_side_in_chromium(browser, app_url: str, tmp_path: Path,
+                                          update_screenshots: bool):
     from playwright.sync_api import expect
 
     page = open_page(browser, app_url)
@@ -336,5 +363,5 @@ def test_compare_side_by_side_in_chromium(browser, app_url: str, tmp_path: Path)
     wait_until_done(page, images=3)  # the three aligned views: first, second (the base), difference
     expect(page.get_by_role("heading", name="Difference (second - first)")).to_be_visible()
     assert_healthy(page)
-    save_screenshot(page, tmp_path, "explorer-compare.png")
+    save_screenshot(page, tmp_path, "explorer-compare.png", update_screenshots)
     page.close()
