@@ -20,12 +20,14 @@ from vitlab.attention import (
 )
 from vitlab.capture import Captured, Geometry, capture, capture_forward, geometry
 from vitlab.errors import VitlabError
+from vitlab.external import ImportedViT, import_vit
 from vitlab.model import ARCHS, build_model, count_parameters
 
 __all__ = [
     "ARCHS",
     "Captured",
     "Geometry",
+    "ImportedViT",
     "VitlabError",
     "attention_mass_ratio",
     "build_model",
@@ -34,6 +36,7 @@ __all__ = [
     "cls_attention",
     "count_parameters",
     "geometry",
+    "import_vit",
     "gradient_weighted_attention",
     "mean_attention_distance",
     "patch_filter_components",
