@@ -1,8 +1,8 @@
-"""Tests for vitlab.external: timm ViTs imported as torchvision ViTs with the same function.
+"""Tests for vitlab.external: timm and Hugging Face ViTs imported as torchvision ViTs with the same function.
 
-Every model here is built by timm itself with random weights (no download), saved in timm's own formats (state
-dicts as .pth / .bin / .safetensors, timm's save_for_hf folder), imported, and compared with timm's own forward on
-random inputs within 1e-5.
+Every model here is built by timm or transformers themselves with random weights (no download), saved in the
+library's own formats (state dicts as .pth / .bin / .safetensors, timm's save_for_hf folder, transformers'
+save_pretrained folder), imported, and compared with the library's own forward on random inputs within 1e-5.
 timm initialises biases to 0, LayerNorms to 1 and the class token near 0, so `randomise` redraws every parameter
 first: a mapping that swapped two norms or dropped a bias would otherwise still match.
 """
@@ -25,6 +25,7 @@ from vitlab.external_timm import FAMILY, HALF, TAG_STATISTICS
 from vitlab.model import build_model
 
 timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
 save_for_hf = pytest.importorskip("timm.models._hub").save_for_hf
 save_safetensors = pytest.importorskip("safetensors.torch").save_file
 
@@ -215,6 +216,91 @@ def test_the_tag_table_agrees_with_timms_pretrained_configs() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Hugging Face
+# ---------------------------------------------------------------------------------------------------------------
+
+LABELS = {0: "cat", 1: "dog", 2: "eel"}
+
+
+def hf_config(**overrides) -> transformers.ViTConfig:
+    """A small ViTConfig: 2 layers of width 32, 4 heads, 8-px patches on 32-px images; layer_norm_eps left 1e-12."""
+    settings = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+                "image_size": 32, "patch_size": 8, "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()}}
+    return transformers.ViTConfig(**{**settings, **overrides})
+
+
+def as_pytorch_model_bin(folder: Path) -> None:
+    """The folder as transformers 4 wrote it with safe_serialization=False (transformers 5 writes safetensors only)."""
+    from safetensors.torch import load_file
+
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+
+@pytest.mark.parametrize(("qkv_bias", "layout"), [(True, "safetensors"), (False, "bin"), (True, "shards")])
+def test_a_hugging_face_classifier_imports_with_the_same_logits(tmp_path: Path, qkv_bias: bool, layout: str):
+    model = randomise(transformers.ViTForImageClassification(hf_config(qkv_bias=qkv_bias)))
+    folder = tmp_path / "vit-small-test"
+    model.save_pretrained(folder, **({"max_shard_size": "20KB"} if layout == "shards" else {}))
+    if layout == "bin":
+        as_pytorch_model_bin(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3],
+                                   image_std=[0.4, 0.5, 0.6]).save_pretrained(folder)
+
+    imported = import_vit(folder)
+
+    assert_same_function(imported, lambda x: model(pixel_values=x).logits, images(32))
+    assert (imported.source, imported.name, imported.image_size) == ("huggingface", "vit-small-test", 32)
+    assert (imported.classes, imported.mean, imported.std) == (["cat", "dog", "eel"], (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert imported.model.encoder.ln.eps == 1e-12 and imported.model.encoder.layers[0].ln_1.eps == 1e-12
+    assert detect_format(folder) == "huggingface"
+    if layout == "shards":
+        assert len(list(folder.glob("model-*.safetensors"))) > 1
+
+
+@pytest.mark.parametrize("pooler", [True, False])
+def test_a_hugging_face_vit_model_gives_the_same_features(tmp_path: Path, pooler: bool) -> None:
+    model = randomise(transformers.ViTModel(hf_config(), add_pooling_layer=pooler))
+    model.save_pretrained(tmp_path / "vit")
+
+    imported = import_vit(tmp_path / "vit")
+
+    reference = (lambda x: model(pixel_values=x).pooler_output) if pooler else \
+        (lambda x: model(pixel_values=x).last_hidden_state[:, 0])  # (B, D): the class token's final features
+    assert_same_function(imported, reference, images(32))
+    assert (imported.classes, imported.num_classes, imported.mean) == (None, 0, HALF)
+    assert hasattr(imported.model.heads, "pre_logits") == pooler  # torchvision's representation layer + Tanh
+    assert "ViTImageProcessor" in imported.notes[0]  # no preprocessor_config.json: the default, said
+
+
+def test_transformers_5_in_memory_names_import_too(tmp_path: Path) -> None:
+    model = randomise(transformers.ViTForImageClassification(hf_config()))
+    model.save_pretrained(tmp_path / "vit", save_original_format=False)
+    imported = import_vit(tmp_path / "vit" / "model.safetensors")  # the weights file, config.json beside it
+    assert_same_function(imported, lambda x: model(pixel_values=x).logits, images(32))
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "relu"])
+def test_a_hugging_face_activation_other_than_exact_gelu_is_refused(tmp_path: Path, activation: str) -> None:
+    transformers.ViTModel(hf_config(hidden_act=activation)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(VitlabError, match=f"hidden_act='{activation}', not the exact GELU"):
+        import_vit(tmp_path / "vit")
+
+
+def test_hugging_face_misfits_and_missing_configs_are_refused(tmp_path: Path) -> None:
+    transformers.ViTModel(hf_config()).save_pretrained(tmp_path / "vit")
+    config = json.loads((tmp_path / "vit" / "config.json").read_text())
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({**config, "model_type": "dinov2"}))
+    with pytest.raises(VitlabError, match="Hugging Face 'dinov2' model"):
+        import_vit(tmp_path / "vit")
+    with pytest.raises(VitlabError, match="model_name=.* names a timm model"):
+        import_vit(tmp_path / "vit", model_name="vit_base_patch16_224")
+    (tmp_path / "vit" / "config.json").unlink()
+    with pytest.raises(VitlabError, match="without their config.json"):
+        import_vit(tmp_path / "vit" / "model.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Paths, routing, and studying the imported model
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -224,10 +310,10 @@ def test_paths_in_neither_format_are_refused_and_not_routed(tmp_path: Path) -> N
         import_vit(tmp_path / "missing")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps({"arch": "vit_tiny"}))  # a vitlab run's settings
-    with pytest.raises(VitlabError, match="without a timm config.json"):
+    with pytest.raises(VitlabError, match="without a timm or Hugging Face config.json"):
         import_vit(tmp_path / "run")
     torch.save(build_model("vit_tiny", 4, pretrained=False).state_dict(), tmp_path / "run" / "tv.pth")
-    with pytest.raises(VitlabError, match="does not hold timm's ViT names.*build_model"):
+    with pytest.raises(VitlabError, match="neither timm's nor Hugging Face's.*build_model"):
         import_vit(tmp_path / "run" / "tv.pth")
     torch.save({"format": "vitlab-checkpoint-v1", "model": {"conv_proj.weight": torch.zeros(1)}}, tmp_path / "c.pt")
     for path in ("missing", "run", "run/tv.pth", "c.pt"):
@@ -261,7 +347,7 @@ def test_batch_transform_normalises_with_the_imported_statistics() -> None:
         BatchTransform(32, train=False, std=(0.5, 0.0, 0.5))
 
 
-def test_damaged_files_are_refused_and_half_precision_is_said(vit_tiny, tmp_path: Path) -> None:
+def test_damaged_files_and_statistics_are_refused_and_half_precision_is_said(vit_tiny, tmp_path: Path) -> None:
     save_safetensors(vit_tiny.state_dict(), tmp_path / "tiny.safetensors")
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "tiny.safetensors").read_bytes()[:5000])
     with pytest.raises(VitlabError, match="not a readable safetensors file"):
@@ -270,3 +356,8 @@ def test_damaged_files_are_refused_and_half_precision_is_said(vit_tiny, tmp_path
     half = import_vit(tmp_path / "half.pth", model_name="vit_tiny_patch16_224")
     assert "Weights stored as float16: converted to float32." in half.notes
     assert {p.dtype for p in half.model.parameters()} == {torch.float32}
+    folder = tmp_path / "hf"
+    transformers.ViTModel(hf_config()).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5], "image_std": 0.5}))
+    with pytest.raises(VitlabError, match="preprocessor_config.json gives mean"):
+        import_vit(folder)

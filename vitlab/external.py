@@ -1,6 +1,6 @@
-"""Bring your own ViT: a timm checkpoint as the torchvision VisionTransformer vitlab studies.
+"""Bring your own ViT: a timm or Hugging Face checkpoint as the torchvision VisionTransformer vitlab studies.
 
-    imported = import_vit("vit_base_patch16_224.augreg2_in21k_ft_in1k")   # timm's hub folder (save_for_hf)
+    imported = import_vit("vit-base-patch16-224")             # a Hugging Face save_pretrained folder
     imported = import_vit("dino.safetensors", model_name="vit_small_patch16_224.dino")   # a timm state dict
     imported.model                                            # torchvision VisionTransformer, eval mode, float32
     inputs = imported.batch_transform()(images)               # uint8 (B, 3, H, W) -> (B, 3, S, S), its normalisation
@@ -12,11 +12,14 @@ What it reads:
   (AugReg, original, DINO, MAE, SAM weights alike) with `model_name`, or timm's hub folder (`save_for_hf` /
   `push_to_hub`: config.json with architecture, model_args and pretrained_cfg, beside model.safetensors or
   pytorch_model.bin). Mapping: `vitlab.external_timm`.
+- Hugging Face: a `save_pretrained` folder of ViTForImageClassification or ViTModel (config.json, model.safetensors
+  or pytorch_model.bin, optionally sharded; preprocessor_config.json for the normalisation). Mapping:
+  `vitlab.external_hf`.
 
 Safetensors files are read with the safetensors library, .pth/.bin with `torch.load(weights_only=True)`: opening
 someone's checkpoint never runs their code. A model whose function torchvision's ViT cannot compute (distillation
-or register tokens, average pooling, layer scale, qk-norm, a pre-norm, attention pooling, relative positions, ...)
-is refused with a VitlabError that names what does not fit.
+or register tokens, average pooling, layer scale, qk-norm, a pre-norm, attention pooling, relative positions, an
+activation other than exact GELU, ...) is refused with a VitlabError that names what does not fit.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ from torchvision.models import VisionTransformer
 from vitlab.data.transforms import BatchTransform
 from vitlab.errors import VitlabError
 from vitlab.external_build import Triple, build_vit, read_tensors
+from vitlab.external_hf import translate as from_huggingface
 from vitlab.external_timm import translate as from_timm
 
-Source = Literal["timm"]
+Source = Literal["timm", "huggingface"]
 SUFFIXES = (".safetensors", ".pth", ".bin", ".pt")  # state-dict files import_vit reads
 # A folder's weights, by preference: safetensors (no pickle at all) first; sharded checkpoints through their index.
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
-WHAT_IT_READS = ("Give a timm ViT: a .safetensors/.pth/.bin state dict with model_name, or timm's hub folder "
-                 "(config.json + model.safetensors).")
+WHAT_IT_READS = ("Give a timm ViT (a .safetensors/.pth/.bin state dict with model_name, or timm's hub folder: "
+                 "config.json + model.safetensors) or a Hugging Face ViT (a save_pretrained folder).")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class ImportedViT:
 
     model: VisionTransformer  # eval mode, float32; heads.head is nn.Identity() for a headless model
     source: Source  # the library the checkpoint came from
-    name: str  # "vit_small_patch16_224.dino": timm's name and tag
+    name: str  # "vit_small_patch16_224.dino" (timm's name and tag), or the Hugging Face folder's name
     path: Path  # what was imported: the file or folder given
     image_size: int  # pixels per side the position embeddings were made for
     mean: Triple  # per-channel normalisation of pixels in [0, 1], as the model was trained
@@ -71,11 +75,12 @@ class ImportedViT:
 
 
 def import_vit(path: str | os.PathLike, model_name: str | None = None) -> ImportedViT:
-    """Import a timm ViT checkpoint as a torchvision VisionTransformer with the same function.
+    """Import a timm or Hugging Face ViT checkpoint as a torchvision VisionTransformer with the same function.
 
     Args:
-        path: a timm state-dict file, or timm's hub folder (or its weights file, with config.json beside it).
-        model_name: the name the weights were made with ("vit_base_patch16_224", with or without a
+        path: a timm state-dict file, timm's hub folder, or a Hugging Face save_pretrained folder (or its weights
+            file, with config.json beside it).
+        model_name: timm only: the name the weights were made with ("vit_base_patch16_224", with or without a
             pretrained tag like ".dino"); needed when no timm config.json lies beside the file.
 
     Returns:
@@ -85,8 +90,15 @@ def import_vit(path: str | os.PathLike, model_name: str | None = None) -> Import
         VitlabError: a missing path, files in neither format, an unknown timm name, or a model that does not map.
     """
     path = Path(path).expanduser()
-    source, _, config, tensors = _open(path)
-    translation = from_timm(tensors, config, model_name)
+    source, folder, config, tensors = _open(path)
+    if source == "timm":
+        translation = from_timm(tensors, config, model_name)
+    elif model_name is not None:
+        raise VitlabError(f"model_name={model_name!r} names a timm model, but {path} is a Hugging Face ViT, which its "
+                          f"config.json describes. Drop model_name.")
+    else:
+        preprocessor = _read_json(folder / "preprocessor_config.json")
+        translation = from_huggingface(tensors, config, preprocessor, name=folder.resolve().name)
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
                     - {"float32"})
     dtype_notes = (f"Weights stored as {', '.join(stored)}: converted to float32.",) if stored else ()
@@ -98,7 +110,7 @@ def import_vit(path: str | os.PathLike, model_name: str | None = None) -> Import
 
 
 def detect_format(path: str | os.PathLike) -> Source | None:
-    """"timm", or None (a torchvision or vitlab file, a vitlab run folder, anything else or nothing).
+    """"timm", "huggingface", or None (a torchvision or vitlab file, a vitlab run folder, anything else or nothing).
 
     Cheap, for routing a path before loading it: a folder by its config.json alone, a file by its tensor names
     alone (a safetensors header, or torch.load's memory map: no tensor is read). Never raises.
@@ -120,7 +132,7 @@ def _open(path: Path) -> tuple[Source, Path, dict[str, Any] | None, dict[str, Te
         config = _read_json(path / "config.json")
         source = _config_format(config)
         if source is None:
-            raise VitlabError(f"{path} is a folder without a timm config.json (a vitlab run folder "
+            raise VitlabError(f"{path} is a folder without a timm or Hugging Face config.json (a vitlab run folder "
                               f"loads with --checkpoint / load_trained_model). {WHAT_IT_READS}")
         return source, path, config, _read_folder_weights(path)
     if not path.is_file():
@@ -130,11 +142,14 @@ def _open(path: Path) -> tuple[Source, Path, dict[str, Any] | None, dict[str, Te
     tensors = read_tensors(path)
     source = _keys_format(set(tensors))
     if source is None:
-        raise VitlabError(f"{path} does not hold timm's ViT names (its first: "
+        raise VitlabError(f"{path} holds neither timm's nor Hugging Face's ViT names (its first: "
                           f"{', '.join(list(tensors)[:3])}). A torchvision or vitlab state dict loads with "
                           f"build_model(pretrained=PATH) (--pretrained PATH). {WHAT_IT_READS}")
     config = _read_json(path.parent / "config.json")
     config = config if _config_format(config) == source else None
+    if source == "huggingface" and config is None:
+        raise VitlabError(f"{path} holds a Hugging Face ViT's weights without their config.json beside them: the head "
+                          f"count, LayerNorm eps and activation are only there. Import the save_pretrained folder.")
     return source, path.parent, config, tensors
 
 
@@ -169,14 +184,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _config_format(config: dict[str, Any] | None) -> Source | None:
-    """timm's config.json names its architecture; a vitlab run's config.json does not."""
+    """Hugging Face's config.json has model_type; timm's has architecture; a vitlab run's config.json neither."""
     if config is None:
         return None
+    if isinstance(config.get("model_type"), str):
+        return "huggingface"
     return "timm" if isinstance(config.get("architecture"), str) else None
 
 
 def _keys_format(names: set[str]) -> Source | None:
-    return "timm" if "patch_embed.proj.weight" in names else None
+    if "patch_embed.proj.weight" in names:
+        return "timm"
+    hf = "embeddings.patch_embeddings.projection.weight"
+    return "huggingface" if hf in names or f"vit.{hf}" in names else None
 
 
 def _tensor_names(path: Path) -> set[str]:
