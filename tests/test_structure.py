@@ -96,7 +96,7 @@ def test_no_import_cycle_inside_vitlab() -> None:
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("vitlab.errors", "vitlab.cli", "vitlab.archs", "vitlab.integrity", "vitlab.faults", "vitlab.atomic",
               "vitlab.shipped", "vitlab.model", "vitlab.device", "vitlab.capture_grad", "vitlab.capture",
-              "vitlab.data", "vitlab.plotting")),
+              "vitlab.data", "vitlab.plotting", "vitlab.external")),
     ("analysis", ("vitlab.analysis",)),
     ("training", ("vitlab.training",)),
     ("teaching", ("vitlab.teaching", "vitlab.explorer")),

@@ -13,10 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vitlab.training.config import RULES
 from vitlab.errors import VitlabError
 from vitlab.training import finetune
-from vitlab.training.config import make_config
+from vitlab.training.config import RULES, make_config
 
 ISSUE_CASES = [
     (["--batch-size", "-5"], "--batch-size -5", "1 to 65,536"),

@@ -47,6 +47,7 @@ from vitlab.analysis.structure import (
 from vitlab.capture import Captured, Geometry, capture, capture_forward, geometry
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.errors import VitlabError
+from vitlab.external import ImportedViT, import_vit
 from vitlab.model import ARCHS, build_model, count_parameters
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "BatchTransform",
     "Captured",
     "Geometry",
+    "ImportedViT",
     "VitlabError",
     "ablate_heads",
     "ablation_table",
@@ -68,6 +70,7 @@ __all__ = [
     "fit_probe",
     "fuse_heads",
     "geometry",
+    "import_vit",
     "gradient_weighted_attention",
     "high_norm_tokens",
     "load_dataset",

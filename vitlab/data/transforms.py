@@ -25,7 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BatchTransform(nn.Module):
     """uint8 images -> normalised float ViT inputs, for a whole batch on its own device.
 
-    Eval (`train=False`): ImageNet normalisation and a bilinear resize to `image_size` x `image_size`.
+    Eval (`train=False`): normalisation ((pixel - mean) / std per channel; ImageNet's statistics unless `mean` and
+    `std` are given) and a bilinear resize to `image_size` x `image_size`.
     Train (`train=True`): first a random horizontal flip (p=0.5) and a random rotation in
     [-max_rotation_degrees, +max_rotation_degrees], as one bilinear resampling at the images' own resolution;
     then the same normalisation and resize. Corners that rotate in from outside the image are black, as with
@@ -38,17 +39,23 @@ class BatchTransform(nn.Module):
 
     The switch between the two modes is the module's own `training` flag, like Dropout: `transform.eval()` turns
     the augmentation off.
+
+    `mean` and `std` are the per-channel statistics the model was trained with, on pixels scaled to [0, 1]:
+    torchvision's ViTs and vitlab's own used ImageNet's (the default); many timm and Hugging Face ViTs used
+    (0.5, 0.5, 0.5) for both (`vitlab.external.ImportedViT` carries each imported model's own).
     """
 
-    def __init__(self, image_size: int, train: bool, *, max_rotation_degrees: float = 10.0, flip: bool = True):
+    def __init__(self, image_size: int, train: bool, *, max_rotation_degrees: float = 10.0, flip: bool = True,
+                 mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
         super().__init__()
+        _check_statistics(mean, std)
         self.image_size = image_size
         self.max_rotation_degrees = max_rotation_degrees
         self.flip = flip
         self.train(train)  # sets self.training, the flag nn.Module.train()/.eval() toggle
         # Buffers follow `transform.to(device)`; persistent=False keeps them out of any state_dict.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Transform a batch.
@@ -59,7 +66,7 @@ class BatchTransform(nn.Module):
                 None uses torch's global generator for that device.
 
         Returns:
-            float32 (B, 3, S, S) with S = image_size, ImageNet-normalised, on the images' device.
+            float32 (B, 3, S, S) with S = image_size, normalised with `mean` and `std`, on the images' device.
         """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images of shape (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -68,7 +75,7 @@ class BatchTransform(nn.Module):
         x = images.float() / (255.0 * std)  # (B, 3, H, W) uint8 0..255 -> float 0..1/std
         if self.training:
             x = self._augment(x, generator)  # (B, 3, H, W), same size
-        x = x - mean / std  # now (pixel - mean) / std: the ImageNet normalisation, still at the source size
+        x = x - mean / std  # now (pixel - mean) / std: the normalisation, still at the source size
         return resize(x, self.image_size)  # (B, 3, H, W) -> (B, 3, S, S)
 
     def _augment(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -136,13 +143,24 @@ def rotate_flip(x: Tensor, angles: Tensor, flip_signs: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C, H, W)
 
 
-def denormalize(x: Tensor) -> Tensor:
-    """Undo the ImageNet normalisation for display: (B, 3, H, W) or (3, H, W) -> same shape, clamped to [0, 1].
+def denormalize(x: Tensor, *, mean: tuple[float, float, float] = IMAGENET_MEAN,
+                std: tuple[float, float, float] = IMAGENET_STD) -> Tensor:
+    """Undo the normalisation for display: (B, 3, H, W) or (3, H, W) -> same shape, clamped to [0, 1].
 
-    This is `x * std + mean`, the exact inverse of `(x - mean) / std`. (The notebook's `img / 2 + 0.5` inverted
-    a (0.5, 0.5) normalisation that was never applied: its previews had off colours and clipping warnings.)
+    This is `x * std + mean`, the exact inverse of `(x - mean) / std`, with the statistics the images were
+    normalised with (ImageNet's by default, as `BatchTransform`'s). (The notebook's `img / 2 + 0.5` inverted a
+    (0.5, 0.5) normalisation that was never applied: its previews had off colours and clipping warnings.)
     """
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(3, 1, 1)  # broadcasts over B too
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
+    mean_ = torch.tensor(mean, device=x.device, dtype=x.dtype).view(3, 1, 1)  # broadcasts over B too
+    std_ = torch.tensor(std, device=x.device, dtype=x.dtype).view(3, 1, 1)
+    return (x * std_ + mean_).clamp(0, 1)
+
+
+def _check_statistics(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Refuse statistics that would not normalise three channels: 3 finite means, 3 finite positive stds."""
+    values = [*mean, *std]
+    if len(mean) != 3 or len(std) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) \
+            or min(std) <= 0:
+        raise ValueError(f"mean and std must be 3 finite numbers each (RGB, for pixels in [0, 1]) and std positive, "
+                         f"got mean={mean!r} std={std!r}")
 
