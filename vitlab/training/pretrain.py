@@ -13,9 +13,10 @@ The optimiser and schedule are fine-tuning's (`vitlab.training.train.make_optimi
 decay on weight matrices and the patch projection (not on biases, norms, the position embedding or the class and
 mask tokens), the position embedding at `--position-lr-scale` times the rate, and 5% linear warmup then cosine. The
 shipped base (vitlab/weights/) was made by an earlier optimiser of its own that differed in two ways, so the same
-settings no longer reproduce its bytes: the patch projection's kernel was not decayed, and the warmup lasted
-max(1, round(5% of the steps)) steps with the cosine already applied inside it (at most a 1e-6 relative difference
-in the learning rate, on the last warmup step; no warmup at all for runs under 10 steps now).
+settings do not reproduce its bytes: its patch projection's kernel was not decayed, and its warmup lasted
+max(1, round(5% of the steps)) steps with the cosine applied inside it, where make_scheduler's lasts round(5% of the
+steps) (none for runs under 10 steps) at exactly linear rates (at most a 1e-6 relative difference in the learning
+rate, on the last warmup step).
 
 The run folder: config.json, history.json (one record per epoch), checkpoint.pt (last epoch: everything needed to
 resume, written atomically), and at the end base.pt (the ViT's weights without its pretraining head and decoder:

@@ -36,7 +36,7 @@ ON_RESUME: dict[str, str] = {
     "out": "folder", "resume": "folder", "preset": "refused",
 }
 
-# Recipe names a saved config.json may hold that are now spelled differently.
+# Recipe names a saved config.json may hold, mapped to the recipe they name ("seed": the notebook's recipe).
 RENAMED_RECIPES = {"seed": "notebook"}
 
 WHY = {
