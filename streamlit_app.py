@@ -139,6 +139,12 @@ def main() -> None:
     # Less empty space above the title: on a projector every row counts.
     st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem}</style>")
     st.title("Where does the Vision Transformer look?")
+    try:  # the app's own flags (`-- --runs DIR`): a mistake there stops the page before anything loads
+        explorer.runs_folder(sys.argv[1:])
+    except explorer.VitlabError as error:
+        print(f"vitlab: {error}", file=sys.stderr)  # for whoever started the app, in their terminal
+        st.error(str(error))
+        st.stop()
     keep_in("mode", MODES, MODES[0])
     mode = st.sidebar.radio("Mode", MODES, key="mode")
     loaded = choose_model()

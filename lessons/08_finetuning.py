@@ -47,6 +47,7 @@ from vitlab.plotting import plot_curves
 from vitlab.teaching.lesson import demo_run, explain, parse_args, print_questions, run_lesson, save, use_threads
 from vitlab.training import finetune
 from vitlab.training.checkpoint import load_checkpoint
+from vitlab.training.config import DATASETS_FLAGS
 
 FIGURES = ("parameters.png", "curves.png")
 NOTEBOOK_COUNTS = (21_340_516, 85_875_556)  # trainable, total: ViT-B/16, 100 classes, last 3 blocks + head
@@ -131,7 +132,8 @@ def finetune_plan(args, run_dir: Path) -> tuple[list[str], str]:
         small = config["arch"] == "vit_tiny"
         refuse_vit_b_16_on_shapes(config["arch"], config["dataset"])
         start = with_fresh_head(checkpoint["model"], run_dir.parent / "start_weights.pt")
-        argv = ["--arch", config["arch"], "--dataset", config["dataset"], "--data-dir", data_dir,
+        on_disk = ["--data-dir", data_dir] if DATASETS_FLAGS[config["dataset"]].data_dir else []  # shapes: none
+        argv = ["--arch", config["arch"], "--dataset", config["dataset"], *on_disk,
                 "--pretrained", str(start), *(SMALL_RUN if small else LARGE_RUN)]
         return argv, f"the model of {args.checkpoint} with a fresh head, on {config['dataset']}"
     if args.arch == "vit_b_16":

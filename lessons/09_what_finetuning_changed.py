@@ -69,7 +69,7 @@ def fine_tune(subject: Subject, trainable_blocks: int, images: Tensor, batch_siz
     torch.manual_seed(0)
     model.heads.head = nn.Linear(model.hidden_dim, len(TASK))
     freeze_all_but_last(model, trainable_blocks)
-    recipe = RECIPES["seed"]  # the notebook's recipe: Adam, lr 1e-3 for every trainable parameter
+    recipe = RECIPES["notebook"]  # the notebook's recipe: Adam, lr 1e-3 for every trainable parameter
     optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=False)
     criterion = make_criterion(recipe)
     transform = subject.transform  # no augmentation: a few seconds of training, kept simple

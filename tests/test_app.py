@@ -28,6 +28,13 @@ APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 TIMEOUT = 300  # seconds per AppTest run (its default is 3): a first run loads the model, and the CPU may be shared
 
 
+@pytest.fixture(autouse=True)
+def app_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app reads its own flags from sys.argv (`streamlit run streamlit_app.py -- --runs DIR`); under pytest
+    sys.argv is pytest's, which the app would refuse: give it none, as a plain `streamlit run` does."""
+    monkeypatch.setattr(sys, "argv", [str(APP)])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Files to upload
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,13 @@ from vitlab.explorer.tour import TOUR, step_index
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "streamlit_app.py"
 TIMEOUT = 300  # seconds per AppTest run: a first run loads the model, and the CPU may be shared
+
+
+@pytest.fixture(autouse=True)
+def app_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app reads its own flags from sys.argv (`streamlit run streamlit_app.py -- --runs DIR`); under pytest
+    sys.argv is pytest's, which the app would refuse: give it none, as a plain `streamlit run` does."""
+    monkeypatch.setattr(sys, "argv", [str(APP)])
 
 
 # ---------------------------------------------------------------------------------------------------------------

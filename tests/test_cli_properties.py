@@ -156,13 +156,14 @@ FINETUNE_FLAGS = {
     "--recipe": choices(tuple(RECIPES)), "--preset": choices(("demo",)),
     "--pretrained": (st.just("none"), st.sampled_from(("/no/such/weights.pth", "imagenet.pth", ""))),
     "--quiet": None, "--compile": None, "--cache-trunk": None,
+    "--no-quiet": None, "--no-compile": None, "--no-cache-trunk": None,  # any preset's choice can be undone
 }
 
 
 @FAST
 @given(data=st.data())
 def test_finetune_command_lines_exit_2_in_one_line_or_pass_the_checks(data, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(finetune, "run", reached)
+    monkeypatch.setattr(finetune, "train_and_test", reached)
     argv, named = command_line(data, FINETUNE_FLAGS)
     out = tmp_path / "run"
     code, err = outcome(finetune.main, [*argv, "--out", str(out)], capsys)
@@ -181,7 +182,7 @@ PRETRAIN_FLAGS = {
     "--position-lr-scale": numbers(0, 1000, whole=False, low_open=True),
     "--mask-ratio": numbers(1 / 64, 63 / 64, whole=False),  # one hidden patch of the 8x8 grid, and one visible
     "--class-weight": numbers(0, 1000, whole=False), "--threads": numbers(1, 1024),
-    "--mask-block": MASK_BLOCKS, "--quiet": None, "--ship": None,
+    "--mask-block": MASK_BLOCKS, "--quiet": None, "--ship": None, "--no-quiet": None, "--no-ship": None,
 }
 
 

@@ -49,12 +49,13 @@ def test_a_state_dict_with_another_head_size_keeps_the_body(tmp_path: Path) -> N
     assert torch.equal(two_classes.state_dict()[body], four_classes.state_dict()[body])
 
 
-def test_the_demo_trains_through_finetune_run_and_resumes_an_interrupted_run(
+def test_the_demo_trains_through_train_and_test_and_resumes_an_interrupted_run(
     demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
     monkeypatch.setattr(finetune, "main", lambda argv=None: pytest.fail("the demo must not build a command line"))
-    monkeypatch.setattr(finetune, "run", lambda config, checkpoint=None: calls.append((config, checkpoint)) or {})
+    monkeypatch.setattr(finetune, "train_and_test",
+                        lambda config, checkpoint=None: calls.append((config, checkpoint)) or {})
     fresh = tmp_path / "fresh"
     demo.train_demo(fresh)
     assert calls.pop() == (make_config({"preset": "demo", "out": str(fresh), "quiet": True}), None)

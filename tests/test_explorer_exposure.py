@@ -13,7 +13,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from vitlab import explorer
-from vitlab.errors import CheckpointError
+from vitlab.errors import CheckpointError, UsageError
+from vitlab.explorer import __main__ as explorer_command
 from vitlab.explorer.uploads import MAX_UPLOAD_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +72,40 @@ def test_without_a_runs_folder_the_library_reads_any_path(places):
 
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], "runs"), (["--runs", "/srv/vit-runs"], "/srv/vit-runs"), (["--runs=class"], "class"),
-    (["-q", "tests/test_app.py", "--runs", "other"], "other"), (["--run", "x"], "runs"),  # no abbreviations
 ])
 def test_the_runs_folder_comes_from_the_apps_own_arguments(argv, expected):
     assert explorer.runs_folder(argv) == Path(expected)
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--run", "x"], "does not take --run x"),  # no abbreviations: a typo is refused, not the default folder served
+    (["-q", "tests/test_app.py", "--runs", "other"], "does not take -q tests/test_app.py"),
+    (["--runs", ""], "--runs is empty"), (["--runs", "  "], "--runs is empty"),  # it would fence the whole folder
+    (["--runs"], "expected one argument; for example --runs runs"),
+])
+def test_anything_but_runs_dir_is_refused_in_one_line(argv, named):
+    with pytest.raises(UsageError, match=named) as refused:
+        explorer.runs_folder(argv)
+    assert "\n" not in str(refused.value)
+
+
+def test_the_app_started_with_a_wrong_flag_says_so_and_loads_nothing(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--run", "class_runs"])
+    app = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run()
+    assert not app.exception and len(app.error) == 1 and "does not take --run class_runs" in app.error[0].value
+    assert not app.sidebar.caption  # stopped before the model was chosen or loaded
+
+
+def test_python_m_vitlab_explorer_says_how_to_open_the_page_and_takes_only_help(capsys):
+    assert explorer_command.main([]) == 0
+    assert "streamlit run streamlit_app.py" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        explorer_command.main(["--help"])
+    assert done.value.code == 0 and "streamlit run streamlit_app.py" in capsys.readouterr().out
+    assert explorer_command.main(["--bench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["vitlab: unrecognized arguments: --bench; see python -m vitlab.explorer --help for "
+                                "every flag."]
 
 
 def test_streamlit_started_from_the_repository_reads_the_projects_config(tmp_path):

@@ -17,7 +17,9 @@ from vitlab.errors import CheckpointError, VitlabError
 from vitlab.model import build_model, num_blocks
 from vitlab.training import finetune
 from vitlab.training.checkpoint import BEST, LAST, checkpoint_file, load_checkpoint, load_trained_model, save_checkpoint
-from vitlab.training.config import explicit_flags, make_config, resolve_config, resume_config
+from vitlab.training.config import make_config
+from vitlab.training.flags import explicit_flags, resolve_config
+from vitlab.training.resume import resume_config
 
 # A few hundred shapes, two epochs: seconds on a laptop CPU, yet every part of the job runs.
 # The demo preset trained from scratch (every block, no trunk cache), as a short smoke run: the demo preset itself,
@@ -161,7 +163,7 @@ def test_resume_refuses_a_dataset_with_another_class_count(smoke_run: Path, tmp_
     save_checkpoint(run / "checkpoint.pt", {k: v for k, v in checkpoint.items() if k != "format"})
     with pytest.raises(CheckpointError, match="10 classes"):
         config, saved = resolve_config(["--resume", str(run), "--quiet"])
-        finetune.run(config, saved)
+        finetune.train_and_test(config, saved)
 
 
 def test_an_existing_run_is_never_overwritten(smoke_run: Path, capsys: pytest.CaptureFixture) -> None:
@@ -171,9 +173,9 @@ def test_an_existing_run_is_never_overwritten(smoke_run: Path, capsys: pytest.Ca
     assert (smoke_run / "checkpoint.pt").read_bytes() == before
 
 
-def test_seed_recipe_is_the_notebooks_adam(tmp_path: Path) -> None:
-    out = tmp_path / "seed"
-    assert finetune.main([*SMOKE, "--epochs", "1", "--recipe", "seed", "--out", str(out)]) == 0
+def test_the_notebook_recipe_is_the_notebooks_adam(tmp_path: Path) -> None:
+    out = tmp_path / "notebook"
+    assert finetune.main([*SMOKE, "--epochs", "1", "--recipe", "notebook", "--out", str(out)]) == 0
     optimizer = load_checkpoint(out)["optimizer"]
     assert all(group["lr"] == 1e-3 and group["weight_decay"] == 0 for group in optimizer["param_groups"])
     assert "decoupled_weight_decay" not in optimizer["param_groups"][0] or \
@@ -313,7 +315,7 @@ def test_resume_resolves_a_checkpoint_saved_before_the_config_was_complete(smoke
     save_checkpoint(old / LAST, {k: v for k, v in checkpoint.items() if k != "format"})
     config, saved = resume_config(explicit_flags(["--resume", str(old), "--trainable-blocks", "all", "--quiet"]))
     assert (config.trainable_blocks, config.pretrained, config.out) == (4, "none", str(old))
-    summary = finetune.run(config, saved)  # both epochs are done: straight to the test pass
+    summary = finetune.train_and_test(config, saved)  # both epochs are done: straight to the test pass
     assert summary["epochs"] == 2 and summary["test_images"] == 192
 
 

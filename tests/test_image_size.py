@@ -22,7 +22,8 @@ from vitlab.model import build_model, load_state_dict_file
 from vitlab.shipped import shipped_base_file
 from vitlab.training import finetune
 from vitlab.training.checkpoint import load_checkpoint, load_trained_model
-from vitlab.training.config import FIXED_ON_RESUME, make_config
+from vitlab.training.config import make_config
+from vitlab.training.resume import ON_RESUME
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
@@ -114,7 +115,7 @@ def test_the_size_left_out_resolves_to_the_weights_native_size():
     assert make_config({"arch": "vit_h_14"}).image_size == 518  # its default weights are SWAG_E2E
     assert make_config({"arch": "vit_tiny"}).image_size == 32
     assert make_config({"image_size": 112}).image_size == 112
-    assert "image_size" in FIXED_ON_RESUME
+    assert ON_RESUME["image_size"] == "weights"
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_resume_with_another_size_is_refused(run_at_16_px: Path, capsys):
 
 @pytest.mark.slow  # the run at 16 px: about 20 s on a busy 2-core CPU
 def test_resume_without_the_flag_keeps_the_saved_size(run_at_16_px: Path):
-    from vitlab.training.config import resume_config
+    from vitlab.training.resume import resume_config
 
     config, _ = resume_config({"resume": str(run_at_16_px)})
     assert config.image_size == 16

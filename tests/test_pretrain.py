@@ -17,6 +17,8 @@ from vitlab.errors import WeightsUnavailableError
 from vitlab.model import build_model
 from vitlab.shipped import CARD_NAME, shipped_base_file, shipped_card, shipped_weights_dir
 from vitlab.training import pretrain
+from vitlab.training.checkpoint import load_checkpoint, save_checkpoint
+from vitlab.training.train import make_scheduler
 
 TINY = ["--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--num-classes", "5", "--quiet"]
 
@@ -146,3 +148,38 @@ def test_ship_writes_a_base_and_card_that_pass_the_hash_check(tmp_path: Path, mo
     shipped = shipped_base_file(target)
     assert shipped.read_bytes() == (tmp_path / "run" / "base.pt").read_bytes()
     assert [p.name for p in target.glob("*.pt")] == [shipped.name]
+
+
+def test_pretraining_uses_fine_tunings_optimiser_and_schedule(tmp_path: Path) -> None:
+    """One optimiser and one schedule (vitlab.training.train): the position embedding learns 10x faster, undecayed."""
+    config, _ = pretrain.make_config([*TINY, "--lr", "2e-3", "--weight-decay", "0.1"])
+    run = pretrain.setup(config, None, tmp_path)
+    rates = {}
+    for group in run.optimizer.param_groups:
+        for param in group["params"]:
+            rates[id(param)] = (group["lr"], group["weight_decay"])
+    named = dict(run.objective.named_parameters())
+    assert rates[id(named["vit.encoder.pos_embedding"])] == pytest.approx((2e-2, 0.0))
+    assert rates[id(named["vit.conv_proj.weight"])] == pytest.approx((2e-3, 0.1))
+    for token in ("vit.class_token", "mask_token"):
+        assert rates[id(named[token])] == pytest.approx((2e-3, 0.0))
+    assert isinstance(run.optimizer, torch.optim.AdamW) and run.recipe.grad_clip == 1.0
+    expected = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), run.recipe, 4)
+    for _ in range(4):  # 2 epochs x 2 steps: under 10 steps, round(5%) is no warmup at all
+        assert run.scheduler.get_last_lr()[0] / 2e-3 == pytest.approx(expected.get_last_lr()[0])
+        run.optimizer.step()
+        run.scheduler.step()
+        expected.optimizer.step()
+        expected.step()
+
+
+def test_a_pretraining_checkpoint_whose_optimiser_does_not_fit_is_a_clear_exit_2(pretrained_run: Path, tmp_path,
+                                                                                  capsys) -> None:
+    checkpoint = load_checkpoint(pretrained_run / "checkpoint.pt")
+    groups = checkpoint["optimizer"]["param_groups"]
+    groups[0]["params"], groups[1]["params"] = groups[0]["params"][:-1], groups[1]["params"] + groups[0]["params"][-1:]
+    old = tmp_path / "old"
+    save_checkpoint(old / "checkpoint.pt", {k: v for k, v in checkpoint.items() if k != "format"})
+    assert pretrain.main(["--resume", str(old), "--epochs", "2"]) == 2  # as one saved by an optimiser grouped otherwise
+    err = capsys.readouterr().err
+    assert "does not fit this run's optimizer" in err and "Traceback" not in err

@@ -8,7 +8,9 @@ TorchFunctionMode sees every tensor method call and notes those that vitlab's ow
 
 from __future__ import annotations
 
+import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,15 @@ from torch.overrides import TorchFunctionMode
 
 from vitlab.data import BatchTransform, ImageDataset, batches
 from vitlab.model import build_model, train_mode
-from vitlab.training.train import RECIPES, make_criterion, make_optimizer, make_scheduler, train_one_epoch, train_step
+from vitlab.training.train import (
+    RECIPES,
+    Recipe,
+    make_criterion,
+    make_optimizer,
+    make_scheduler,
+    train_one_epoch,
+    train_step,
+)
 
 HOST_READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
 VITLAB = str(Path(__file__).resolve().parents[1] / "vitlab")
@@ -112,3 +122,50 @@ def test_a_step_in_train_mode_equals_a_step_in_plain_training_mode() -> None:
         states.append(model.state_dict())
     for name, value in states[0].items():
         torch.testing.assert_close(states[1][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One optimiser and one schedule for fine-tuning and pretraining
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, tuple[float, float]]:
+    """Each parameter's (learning rate, weight decay), by name."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return {names[id(param)]: (group["lr"], group["weight_decay"])
+            for group in optimizer.param_groups for param in group["params"]}
+
+
+def test_the_optimiser_decays_weight_matrices_only_and_scales_named_parameters() -> None:
+    model = build_model("vit_tiny", 4, pretrained=False, trainable_blocks=4, progress=False)
+    optimizer = make_optimizer(model, RECIPES["default"], 1e-3, pretrained=True,
+                               lr_scales={"encoder.pos_embedding": 10.0})
+    groups = _groups(optimizer, model)
+    assert groups["heads.head.weight"] == (1e-3, 0.05)  # the new head at --lr
+    assert groups["encoder.layers.encoder_layer_0.mlp.0.weight"] == pytest.approx((1e-4, 0.05))  # pretrained: lr/10
+    assert groups["conv_proj.weight"] == pytest.approx((1e-4, 0.05))  # a convolution kernel is a weight: decayed
+    assert groups["encoder.pos_embedding"] == pytest.approx((1e-3, 0.0))  # scaled 10x, never decayed
+    assert groups["class_token"] == pytest.approx((1e-4, 0.0))  # a learned input, not a weight: never decayed
+    assert groups["encoder.layers.encoder_layer_0.ln_1.weight"][1] == 0.0  # norms and biases: no decay
+    with pytest.raises(ValueError, match="no_such_parameter"):
+        make_optimizer(model, RECIPES["default"], 1e-3, pretrained=True, lr_scales={"no_such_parameter": 2.0})
+
+
+def test_the_schedule_warms_up_linearly_then_follows_a_half_cosine() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_scheduler(optimizer, RECIPES["default"], total_steps=100)  # 5% warmup: 5 steps
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert rates[5] == 1.0 and rates[50] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 95)))
+    notebook = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), RECIPES["notebook"], 9)
+    assert notebook.get_last_lr() == [1.0]  # the notebook's constant rate
+
+
+def test_a_recipe_is_built_by_keyword() -> None:
+    with pytest.raises(TypeError):
+        Recipe("x", "adam", 1e-3, 1.0, 0.0, 0.0, False, 0.0, None, False)  # ten values in a row: which is which?
+    assert replace(RECIPES["notebook"], lr=0.5).optimizer == "adam"

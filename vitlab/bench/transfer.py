@@ -34,7 +34,7 @@ def transfer_runs(seed: int, device: str, extra: dict, folder: Path) -> dict[str
         config = make_config({"preset": "demo", "seed": seed, "device": device, "quiet": True,
                               "out": str(folder / f"{name}-{seed}"), **changes, **extra})
         started = time.perf_counter()
-        summary = finetune.run(config)
+        summary = finetune.train_and_test(config)
         results[name] = {"test_acc": summary["test_acc"], "seconds": time.perf_counter() - started}
     return results
 

@@ -31,7 +31,7 @@ One concept per module:
 
 The analyses themselves are vitlab.analysis.attention's. Every failure is a VitlabError whose message says what to do
 next.
-Timings: `python -m vitlab.explorer --bench [--arch vit_tiny] [--repeats 5]` (the benchmark is
+Timings: `python -m vitlab.bench --rows explorer [--arch vit_tiny] [--repeats 5]` (the benchmark is
 vitlab.bench.explorer; this package does not import it).
 """
 

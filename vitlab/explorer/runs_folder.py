@@ -14,16 +14,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vitlab.cli import Parser
-from vitlab.errors import CheckpointError
+from vitlab.errors import CheckpointError, UsageError
 
 DEFAULT_RUNS = "runs"  # what python -m vitlab.finetune --out runs/NAME and the README use
 
 
 def runs_folder(argv: Sequence[str]) -> Path:
-    """The runs folder the person starting the app named with `--runs DIR` (default: runs); other flags are left."""
-    parser = Parser(prog="streamlit run streamlit_app.py --", add_help=False, allow_abbrev=False)
+    """The runs folder the person starting the app named with `--runs DIR` (default: runs).
+
+    The app's arguments are its own (streamlit keeps those before its "--"), so anything else is a mistake, such as
+    `--run DIR`, which would otherwise leave the page on the default folder unnoticed: a UsageError naming it. An
+    empty DIR (an unset shell variable) would fence the whole working folder: refused too.
+    """
+    parser = Parser(prog="streamlit run streamlit_app.py --", add_help=False, allow_abbrev=False,
+                    examples={"runs": "--runs runs"})
     parser.add_argument("--runs", default=DEFAULT_RUNS, metavar="DIR")
-    known, _ = parser.parse_known_args(list(argv))
+    known, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise UsageError(f"streamlit_app.py does not take {' '.join(unknown)}: its one flag, after streamlit's "
+                         f"own --, is --runs DIR, the folder whose checkpoints the page may read (for example "
+                         f"streamlit run streamlit_app.py -- --runs runs).")
+    if not known.runs.strip():
+        raise UsageError("--runs is empty: it must name the folder whose checkpoints the page may read (for example "
+                         "streamlit run streamlit_app.py -- --runs runs).")
     return Path(known.runs).expanduser()
 
 

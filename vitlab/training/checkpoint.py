@@ -112,6 +112,18 @@ def saved_run(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
     return checkpoint["config"], checkpoint
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, folder: Path) -> None:
+    """Put a checkpoint's optimizer state back, or say why it does not fit this optimizer (a CheckpointError)."""
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as error:  # another grouping of the parameters than the one this vitlab builds
+        raise CheckpointError(
+            f"The optimizer state in {folder} does not fit this run's optimizer ({error}): it was saved by a vitlab "
+            f"that grouped the parameters differently. Start a new run with --out; the weights in its best.pt "
+            f"can still be studied."
+        ) from None
+
+
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
     """The message for a checkpoint torch cannot read: what failed, the likely causes, and what to do."""
     detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""

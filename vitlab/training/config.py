@@ -1,35 +1,36 @@
-"""The fine-tuning job's settings: one dataclass, its presets, and the command line that fills it.
+"""The fine-tuning job's settings: one dataclass, its presets, which flag applies to what, and their checks.
 
 Precedence, lowest first: the dataclass defaults (the notebook's setting), then `--preset`, then the flags a user
-typed. When resuming, the saved run's settings take the place of the defaults and preset. The config is complete
-when `make_config` returns: the settings whose default depends on others (`pretrained`, `trainable_blocks`) are
-resolved there, so config.json and the checkpoints hold the values the run used, and nothing changes them later.
+typed. When resuming, the saved run's settings take the place of the defaults and preset (`vitlab.training.resume`).
+The config is complete when `make_config` returns: the settings whose default depends on others (`pretrained`,
+`weights`, `image_size`, `trainable_blocks`) are resolved there, so config.json and the checkpoints hold the values
+the run used, and nothing changes them later.
+
+Every flag is used or refused. A setting a preset chose yields where it cannot apply (the demo preset's trunk cache
+under torchrun, its fractal base on another arch), with a one-line note; a flag the user typed that cannot apply is
+refused (a VitlabError: exit 2) with a line naming the flag and what it applies to. `DATASETS_FLAGS` says which
+dataset takes which data flag: a new dataset is one row there.
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitlab.archs import (
-    ARCHS,
     PRETRAINED,
     check_image_size,
     check_weights,
     default_weights,
     native_image_size,
     num_blocks,
+    weights_names,
 )
-from vitlab.cli import LARGEST_SEED, Parser, Rule, check_rules, number_flag, refuse
-from vitlab.data import DATASETS
-from vitlab.errors import CheckpointError, VitlabError
-from vitlab.training.checkpoint import saved_run
-from vitlab.training.train import RECIPES
-
-# Training images before validation is held out (CIFAR; shapes has its own split, a folder is known once read).
-TRAIN_IMAGES = {"cifar100": 50_000, "cifar10": 50_000}
+from vitlab.cli import LARGEST_SEED, Rule, check_rules, refuse
+from vitlab.errors import VitlabError
+from vitlab.training import trunk_cache
+from vitlab.training.distributed import launched_by_torchrun
 
 # One rule per number a user types: the allowed range and an example (the arch's block count is checked later).
 RULES: dict[str, Rule] = {
@@ -43,9 +44,30 @@ RULES: dict[str, Rule] = {
     "max_rotation": Rule(0.0, 180.0, "--max-rotation 10", whole=False),
 }
 
-# Settings a checkpoint's weights depend on: resuming with a different value would load mismatched weights.
-FIXED_ON_RESUME = ("arch", "trainable_blocks", "dataset", "image_size")
 
+@dataclass(frozen=True)
+class DataFlags:
+    """What one dataset makes of the data flags: whether --data-dir and --val-size mean anything for it."""
+
+    data_dir: bool  # read from --data-dir (and downloaded there when missing)
+    val_size: bool  # validation is --val-size images held out of the training images; else a split of its own
+    images: tuple[int | None, int | None, int | None]  # (train, val, test) known before loading, for --subset; with
+    # `val_size`, train counts the images before validation is held out and val is None; None: known once read
+    source: str  # where the images come from, in the words of a message
+
+
+# Which dataset takes which data flag. A new dataset is one row; tests check every name of vitlab.data.DATASETS has one.
+DATASETS_FLAGS: dict[str, DataFlags] = {
+    "cifar100": DataFlags(True, True, (50_000, None, 10_000), "is read from --data-dir"),
+    "cifar10": DataFlags(True, True, (50_000, None, 10_000), "is read from --data-dir"),
+    "fashion_mnist": DataFlags(True, True, (60_000, None, 10_000), "is read from --data-dir"),
+    "shapes": DataFlags(False, False, (8_000, 1_000, 1_000), "is generated in memory"),
+    "fashion": DataFlags(False, False, (18_000, 1_000, 2_000), "ships inside vitlab"),
+    "folder": DataFlags(True, False, (None, None, None), "is read from --data-dir"),
+}
+
+# Training images before validation is held out, for the datasets that hold it out (the others have fixed splits).
+TRAIN_IMAGES = {name: row.images[0] for name, row in DATASETS_FLAGS.items() if row.val_size}
 
 @dataclass
 class FinetuneConfig:
@@ -53,8 +75,8 @@ class FinetuneConfig:
     weights: str | None = None  # torchvision's weights member, e.g. IMAGENET1K_SWAG_E2E_V1; make_config turns None
     # into the arch's default (IMAGENET1K_V1; ViT-H/14: IMAGENET1K_SWAG_E2E_V1); vit_tiny keeps None
     image_size: int | None = None  # input side in pixels; make_config turns None into the weights' native size
-    dataset: str = "cifar100"  # cifar100, cifar10, shapes (synthetic, offline) or folder (your ImageFolder)
-    data_dir: str = "./data"  # where datasets are read from (and downloaded to)
+    dataset: str = "cifar100"  # one of vitlab.data.DATASETS, e.g. shapes (synthetic, offline) or folder (yours)
+    data_dir: str = "./data"  # where datasets are read from (and downloaded to): DATASETS_FLAGS says which
     pretrained: str | None = None  # "imagenet", "fractal", "none" or a state-dict path; make_config turns None into
     # the arch's own base: imagenet for vit_b_16 (the notebook's start), fractal for vit_tiny (shipped in vitlab)
     epochs: int = 5  # the notebook trained 5 epochs
@@ -62,13 +84,13 @@ class FinetuneConfig:
     lr: float | None = None  # head learning rate; None takes the recipe's (1e-3 for both recipes)
     trainable_blocks: int | None = 3  # last encoder blocks that train; None ("all", resolved by make_config to the
     # arch's block count) trains every block and the embeddings, as training from scratch needs
-    recipe: str = "default"  # "default" (AdamW, warmup+cosine, smoothing, clipping, bf16 on CUDA) or "seed"
+    recipe: str = "default"  # "default" (AdamW, warmup+cosine, smoothing, clipping, bf16 on CUDA) or "notebook"
     seed: int = 42  # seeds the init, the validation split, the shuffling and the augmentation
     device: str = "auto"  # auto picks CUDA, then Apple's MPS, then the CPU
     out: str | None = None  # run folder; None makes runs/<timestamp>
     resume: str | None = None  # a run folder to continue from its last completed epoch
     subset: int | None = None  # use only the first N images of each split (smoke runs)
-    val_size: int = 5000  # images held out of the training set for validation (CIFAR)
+    val_size: int = 5000  # images held out of the training set for validation (DATASETS_FLAGS says which)
     max_rotation: float = 10.0  # degrees of random rotation in training, as the notebook
     compile: bool = False  # torch.compile the model: faster steps after a compile that costs tens of seconds
     cache_trunk: bool = False  # train the last blocks on cached outputs of the frozen trunk (flip-only augmentation)
@@ -113,154 +135,117 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-HELP = {
-    "arch": f"model architecture: {', '.join(ARCHS)} (default: vit_b_16; vit_l_* and vit_h_14 are 300M and 630M "
-    "parameters)",
-    "weights": "torchvision's weights for --arch, by name: IMAGENET1K_V1 (default), IMAGENET1K_SWAG_E2E_V1 or "
-    "IMAGENET1K_SWAG_LINEAR_V1 where torchvision has them (ViT-H/14: SWAG only, default IMAGENET1K_SWAG_E2E_V1)",
-    "image_size": "input side in pixels, a multiple of the patch size (e.g. 112 for vit_b_16: 7x7 patches, 4x fewer "
-    "tokens than 224); the position embeddings are interpolated to the new grid (default: the weights' own size, "
-    "224, 384 for SWAG_E2E on vit_b_16, 32 for vit_tiny)",
-    "dataset": f"dataset: {', '.join(DATASETS)} (default: cifar100)",
-    "data_dir": "folder holding (or receiving) the dataset (default: ./data)",
-    "pretrained": "'imagenet' (torchvision's archs: the --weights file), 'fractal' (vit_tiny: the base vitlab "
-    "ships, pretrained on generated fractals), 'none' (random init) or PATH to a state-dict file (default: the "
-    "arch's own base)",
-    "epochs": "epochs to train (default: 5)",
-    "batch_size": "global batch size; with torchrun it is split across processes (default: 64)",
-    "lr": "learning rate of the new head; pretrained blocks use a tenth in the default recipe (default: 1e-3)",
-    "trainable_blocks": "how many of the last encoder blocks train, or 'all' (default: 3)",
-    "recipe": "'default': AdamW, warmup + cosine, label smoothing 0.1, clipping, bf16 on CUDA; "
-    "'seed': the notebook's Adam at a constant 1e-3 (default: default)",
-    "seed": "random seed for init, validation split, shuffling and augmentation (default: 42)",
-    "device": "auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)",
-    "out": "run folder for config, history, plots and checkpoints (default: runs/<timestamp>)",
-    "resume": "continue the run in this folder from its last completed epoch",
-    "subset": "use only the first N images of each split, for a quick smoke run",
-    "val_size": "training images held out for validation (default: 5000)",
-    "max_rotation": "largest random rotation in degrees during training (default: 10)",
-    "compile": "torch.compile the model (pays off on a GPU for long runs)",
-    "cache_trunk": "compute the frozen blocks' output once (each image as is and mirrored) and train the last "
-    "blocks on that cache: faster epochs, more memory, flip as the only augmentation (sets --max-rotation 0)",
-    "preset": "named settings: 'demo' fine-tunes vit_tiny's shipped pretrained base on synthetic shapes, offline, "
-    "in under 30 s; 'laptop' fine-tunes ImageNet ViT-B/16 at 112 px on a CIFAR-100 subset with the trunk cached, "
-    "sized for 30 minutes of a laptop CPU",
-    "quiet": "no progress bars or per-epoch lines",
-}
-
-
-METAVARS = {"data_dir": "DIR", "out": "DIR", "resume": "DIR", "pretrained": "WEIGHTS", "epochs": "N",
-            "batch_size": "N", "subset": "N", "val_size": "N", "seed": "N", "lr": "LR", "device": "DEVICE",
-            "trainable_blocks": "N|all", "max_rotation": "DEGREES", "weights": "NAME",
-            "image_size": "PIXELS"}
-
-
-def _blocks(value: str) -> int | None:
-    # None: make_config resolves it to the arch's block count
-    return None if value == "all" else number_flag("trainable_blocks", RULES["trainable_blocks"])(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        rules=RULES,
-        argument_default=argparse.SUPPRESS,  # an untyped flag stays out of the namespace: "all" (None) is kept
-        prog="python -m vitlab.finetune",
-        description="Fine-tune a Vision Transformer (by default the notebook's job: ImageNet ViT-B/16 on CIFAR-100, "
-        "last 3 blocks and a new head) and write a run folder with curves, predictions and checkpoints.",
-        epilog="Offline first run: python -m vitlab.finetune --preset demo",
-    )
-    # Each number is checked against its rule as it is parsed (a VitlabError: one line, exit 2), and again by
-    # make_config once presets and a resumed run's settings are merged in.
-    types = {name: number_flag(name, rule) for name, rule in RULES.items() if name != "trainable_blocks"}
-    types["trainable_blocks"] = _blocks
-    types["image_size"] = int  # its rule depends on the arch: check_config checks it
-    choices = {"arch": ARCHS, "dataset": DATASETS, "recipe": tuple(RECIPES), "preset": tuple(PRESETS)}
-    for field in fields(FinetuneConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=HELP[field.name])
-        else:
-            parser.add_argument(flag, type=types.get(field.name, str), choices=choices.get(field.name),
-                                help=HELP[field.name], metavar=METAVARS.get(field.name))
-    return parser
-
-
-def explicit_flags(argv: list[str] | None) -> dict[str, Any]:
-    """The settings the user actually typed, by field name (untyped flags are absent, not None)."""
-    return vars(build_parser().parse_args(argv))
-
-
-def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None) -> FinetuneConfig:
-    """Defaults (or `base`), then the preset, then the typed flags; returns the complete config.
+def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None,
+                notes: list[str] | None = None) -> FinetuneConfig:
+    """Defaults (or `base`), then the preset, then the typed `flags`; returns the complete, checked config.
 
     Complete: `pretrained` None becomes the arch's own base ("imagenet" for vit_b_16, "fractal" for vit_tiny),
     `weights` None the arch's default torchvision weights, `image_size` None those weights' native size (224 for
-    IMAGENET1K_V1), `trainable_blocks` None ("all") the arch's block count, and `--cache-trunk` without
-    `--max-rotation` sets it to 0. Every setting is then checked (`vitlab.cli`): a bad one is a VitlabError
-    (exit 2).
+    IMAGENET1K_V1), `trainable_blocks` None ("all") the arch's block count, and a trunk cache without a typed
+    `--max-rotation` sets it to 0. A preset's setting that cannot apply yields, and says so in `notes` when given; a
+    typed flag that cannot apply, or any bad value, is a VitlabError (exit 2) naming the flag.
     """
     values = vars(base if base is not None else FinetuneConfig()).copy()
     preset = flags.get("preset")
-    if preset is not None:
-        values.update(PRESETS[preset])
+    chosen = {name: value for name, value in PRESETS.get(preset, {}).items() if name not in flags}
+    values.update(chosen)
     values.update(flags)
-    if values["cache_trunk"] and "max_rotation" not in flags:
-        values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.training.trunk_cache)
+    yielded = _resolve(values, chosen, flags)
+    config = check_config(FinetuneConfig(**values))  # each value alone first: a bad one is named before any mix
+    _refuse_typed(config, flags)
+    if notes is not None:
+        notes.extend(f"--preset {preset}'s {_flag(name, chosen[name])} yields: {why}." for name, why in yielded)
+    return config
+
+
+def _flag(name: str, value: Any) -> str:
+    """A setting as typed on the command line: "--cache-trunk", "--pretrained fractal"."""
+    flag = "--" + name.replace("_", "-")
+    return flag if value is True else f"{flag} {value}"
+
+
+def _resolve(values: dict[str, Any], chosen: dict[str, Any], typed: dict[str, Any]) -> list[tuple[str, str]]:
+    """Fill in place the settings whose default depends on others; a preset's (`chosen`) setting that cannot apply
+    yields to what would apply without it. Returns (setting, why) for each one that yielded."""
+    arch, yielded = values["arch"], []
+    if values["pretrained"] in set(PRETRAINED.values()) - {PRETRAINED[arch]} and "pretrained" in chosen:
+        yielded.append(("pretrained", f"{arch}'s own base is {PRETRAINED[arch]}"))
+        values["pretrained"] = None
     if values["pretrained"] is None:
-        values["pretrained"] = PRETRAINED[values["arch"]]
-    named = {name for name in PRETRAINED.values() if name != PRETRAINED[values["arch"]]}
-    if values["pretrained"] in named:
-        raise VitlabError(
-            f"--pretrained {values['pretrained']} is not a base for --arch {values['arch']}: its own is "
-            f"'{PRETRAINED[values['arch']]}'. Use --pretrained {PRETRAINED[values['arch']]}, none, or PATH."
-        )
+        values["pretrained"] = PRETRAINED[arch]
+    if values["weights"] is not None and values["weights"] not in weights_names(arch) and "weights" in chosen:
+        yielded.append(("weights", f"{arch} has no torchvision weights of that name"))
+        values["weights"] = None
     if values["weights"] is None:
-        values["weights"] = default_weights(values["arch"])
-    check_weights(values["arch"], values["weights"])  # the native size below needs weights that exist
+        values["weights"] = default_weights(arch)
+    if "image_size" in chosen and not _fits(arch, values["image_size"]):
+        yielded.append(("image_size", f"{arch}'s patches do not tile it, so it runs at its native size"))
+        values["image_size"] = None
     if values["image_size"] is None:
-        values["image_size"] = native_image_size(values["arch"], values["weights"])
+        check_weights(arch, values["weights"])  # the native size needs weights that exist
+        values["image_size"] = native_image_size(arch, values["weights"])
     if values["trainable_blocks"] is None:
-        values["trainable_blocks"] = num_blocks(values["arch"])
-    if values["trainable_blocks"] == num_blocks(values["arch"]) and "cache_trunk" not in flags:
-        values["cache_trunk"] = False  # nothing is frozen, so there is no trunk to cache: a preset's cache yields
-    return check_config(FinetuneConfig(**values))
+        values["trainable_blocks"] = num_blocks(arch)
+    if values["cache_trunk"] and "cache_trunk" in chosen and (why := _cache_cannot_apply(values, typed)):
+        yielded.append(("cache_trunk", why))
+        values["cache_trunk"] = False
+    if values["cache_trunk"] and "max_rotation" not in typed:
+        values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.training.trunk_cache)
+    return yielded
 
 
-def resolve_config(argv: list[str] | None) -> tuple[FinetuneConfig, dict | None]:
-    """The run's settings from the command line, and with `--resume` also the checkpoint to continue from."""
-    flags = explicit_flags(argv)
-    if "resume" in flags:
-        return resume_config(flags)
-    return make_config(flags), None
+def _fits(arch: str, image_size: int | None) -> bool:
+    try:
+        check_image_size(arch, image_size)
+    except VitlabError:
+        return False
+    return True
 
 
-def resume_config(flags: dict[str, Any]) -> tuple[FinetuneConfig, dict | None]:
-    """The settings of the run in `flags["resume"]` with the typed `flags` on top, and its checkpoint.pt.
+def _cache_cannot_apply(values: dict[str, Any], typed: dict[str, Any]) -> str | None:
+    """Why a preset's trunk cache cannot serve these settings, in words; None when it can."""
+    if values["trainable_blocks"] == num_blocks(values["arch"]):
+        return "every block trains, so no frozen trunk is left to cache"
+    if launched_by_torchrun():
+        return "a cached trunk runs in one process and torchrun started several, so each step runs the whole model"
+    if typed.get("max_rotation", 0) != 0:
+        return f"--max-rotation {typed['max_rotation']:g} needs the whole model, as cached tokens cannot be rotated"
+    return None
 
-    A run stopped before its first checkpoint.pt gives None: it starts again from epoch 1 with its config.json.
 
-    The saved settings go through make_config too: a run saved before the config was resolved there may hold
-    `pretrained` or `trainable_blocks` None. `--preset` is ignored (the saved run replaces it), and a flag that would
-    change what the saved weights fit (FIXED_ON_RESUME) is a CheckpointError.
-    """
-    settings, checkpoint = saved_run(flags["resume"])  # checkpoint None: stopped before epoch 1 completed
-    stored = FinetuneConfig(**settings)
-    if stored.pretrained is None and stored.arch == "vit_tiny":
-        stored.pretrained = "none"  # saved before vit_tiny had a base: None meant a random init then
-    saved = make_config({}, base=stored)
-    flags = {name: value for name, value in flags.items() if name != "preset"}
-    for name in FIXED_ON_RESUME:  # checked on the typed values, before they meet the saved settings
-        typed = flags.get(name, getattr(saved, name))
-        if name == "trainable_blocks" and typed is None:
-            typed = num_blocks(saved.arch)  # "all"
-        if typed != getattr(saved, name):
-            raise CheckpointError(
-                f"Cannot resume {flags['resume']} with --{name.replace('_', '-')} {typed}: that run was made with "
-                f"{name}={getattr(saved, name)!r}, and its weights only fit that setting. Drop the flag, or start "
-                f"a new run with --out."
-            )
-    config = make_config({**flags, "out": flags["resume"]}, base=saved)
-    return config, checkpoint
+def _refuse_typed(config: FinetuneConfig, typed: dict[str, Any]) -> None:
+    """Refuse a typed flag that cannot apply to these settings: one line naming the flag and what it applies to."""
+    row, dataset = DATASETS_FLAGS[config.dataset], config.dataset
+    if "data_dir" in typed and not row.data_dir:
+        readers = ", ".join(name for name, other in DATASETS_FLAGS.items() if other.data_dir)
+        raise VitlabError(f"--data-dir applies only to the datasets read from disk ({readers}), and {dataset} "
+                          f"{row.source}: drop --data-dir.")
+    if "weights" in typed and config.pretrained != "imagenet":
+        raise VitlabError(f"--weights applies only to runs that start from torchvision's weights (--pretrained "
+                          f"imagenet), and this one starts from {config.pretrained}: drop --weights (--image-size "
+                          f"sets the input size).")
+    if "val_size" in typed and not row.val_size:
+        holders = ", ".join(name for name, other in DATASETS_FLAGS.items() if other.val_size)
+        raise VitlabError(f"--val-size applies only to the datasets whose validation images are held out of their "
+                          f"training images ({holders}), and {dataset} has a validation split of its own: drop "
+                          f"--val-size.")
+    sizes = _split_sizes(row, config.val_size)
+    if typed.get("subset") is not None and sizes is not None and typed["subset"] >= max(sizes):
+        raise VitlabError(f"--subset {typed['subset']} would keep every image of {dataset} ({sizes[0]:,} train, "
+                          f"{sizes[1]:,} val, {sizes[2]:,} test), so it changes nothing: choose fewer (for example "
+                          f"--subset 512), or drop --subset.")
+    if config.cache_trunk and ("cache_trunk" in typed or "max_rotation" in typed):
+        every = config.trainable_blocks == num_blocks(config.arch)
+        trunk_cache.check_settings(config.max_rotation, None if every else config.trainable_blocks,
+                                   launched_by_torchrun())
+
+
+def _split_sizes(row: DataFlags, val_size: int) -> tuple[int, int, int] | None:
+    """(train, val, test) images of a dataset before --subset, when known without loading it."""
+    train, val, test = row.images
+    if train is None or test is None:
+        return None
+    return (train - val_size, val_size, test) if row.val_size else (train, val, test)
 
 
 def check_config(config: FinetuneConfig) -> FinetuneConfig:
@@ -268,6 +253,10 @@ def check_config(config: FinetuneConfig) -> FinetuneConfig:
     merged); return it unchanged, or raise a VitlabError naming the flag, the value, what is allowed and an example.
     """
     check_rules(config, RULES)
+    own = PRETRAINED[config.arch]
+    if config.pretrained in set(PRETRAINED.values()) - {own}:
+        raise VitlabError(f"--pretrained {config.pretrained} is not a base for --arch {config.arch}: its own is "
+                          f"'{own}'. Use --pretrained {own}, none, or PATH.")
     check_weights(config.arch, config.weights)
     check_image_size(config.arch, config.image_size)
     blocks = num_blocks(config.arch)
@@ -276,7 +265,7 @@ def check_config(config: FinetuneConfig) -> FinetuneConfig:
                      " blocks) or 'all'", "--trainable-blocks 3")
     total = TRAIN_IMAGES.get(config.dataset)
     if total is not None and config.val_size >= total:
-        raise refuse("val_size", config.val_size, f"less than CIFAR's {total:,} training images",
+        raise refuse("val_size", config.val_size, f"less than {config.dataset}'s {total:,} training images",
                      "--val-size 5000")
     _check_paths(config)
     return config

@@ -15,7 +15,8 @@ from torchvision.models import VisionTransformer
 from vitlab.data import DataSplits, load_dataset
 from vitlab.training import finetune
 from vitlab.training.checkpoint import LAST, load_trained_model
-from vitlab.training.config import make_config, resume_config
+from vitlab.training.config import make_config
+from vitlab.training.resume import resume_config
 
 
 def default_cache_dir() -> Path:
@@ -49,4 +50,4 @@ def train_demo(run_dir: Path, quiet: bool = True) -> dict:
         config, checkpoint = resume_config({"resume": str(run_dir), "quiet": quiet})
     else:
         config, checkpoint = make_config({"preset": "demo", "out": str(run_dir), "quiet": quiet}), None
-    return finetune.run(config, checkpoint)
+    return finetune.train_and_test(config, checkpoint)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its launch (or the only process): read before the process group starts."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def start(device: torch.device) -> tuple[Process, torch.device]:
     """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU) and pick this rank's device."""
     if not launched_by_torchrun():
@@ -46,6 +52,19 @@ def start(device: torch.device) -> tuple[Process, torch.device]:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return process, device
+
+
+def share_from_main(value: Any, process: Process) -> Any:
+    """Rank 0's `value` on every process (a picklable object; itself when not distributed).
+
+    What one rank decides alone (the run folder, whether its lock was taken) reaches the others this way, so that
+    every rank goes on, or stops, together instead of waiting for a rank that has left.
+    """
+    if not process.distributed:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def stop() -> None:

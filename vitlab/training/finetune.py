@@ -1,12 +1,13 @@
-"""The main job: fine-tune a ViT and write a run folder. `python -m vitlab.finetune --help` lists the flags.
+"""The main run: fine-tune a ViT and write a run folder. `python -m vitlab.finetune --help` lists the flags.
 
     python -m vitlab.finetune --preset demo                 # offline: vit_tiny on synthetic shapes, ~1 minute
-    python -m vitlab.finetune                               # the notebook's job: ViT-B/16 on CIFAR-100, 5 epochs
+    python -m vitlab.finetune                               # the notebook's run: ViT-B/16 on CIFAR-100, 5 epochs
     torchrun --nproc_per_node=4 -m vitlab.finetune          # the same on 4 GPUs
 
-In three steps, as torchvision's reference train.py: `setup(config)` builds the `Run` (device, data on the device,
-model, optimizer, schedule, transforms, the trainer wrapper, the resume state), `fit(job)` is the epoch loop
-(train, validate, record, save) and `finish(job)` tests once and writes the summary. `run(config)` does all three.
+In three steps, as torchvision's reference train.py: `setup` builds the `Run` (data on the device, model,
+optimizer, schedule, transforms, the trainer wrapper, the resume state), `fit(run)` is the epoch loop (train,
+validate, record, save) and `finish(run)` tests once and writes the summary. `train_and_test(config)` does all three
+with the run folder locked (`vitlab.training.folder_lock`): a second run into a folder in use is refused.
 
 The run folder holds config.json, history.json (one record per epoch), summary.json (test accuracy, measured once at
 the end on the best-validation weights), curves.png, predictions.png, checkpoint.pt (last epoch) and best.pt. Which
@@ -18,7 +19,10 @@ the test pass at the end, the lessons' `--checkpoint DIR` and the explorer read 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -33,8 +37,10 @@ from vitlab.model import build_model, count_parameters, num_blocks
 from vitlab.plotting import plot_curves, plot_predictions, save_figure
 from vitlab.training import distributed, trunk_cache
 from vitlab.training.checkpoint import BEST, LAST, load_checkpoint, save_json
-from vitlab.training.config import FinetuneConfig, resolve_config
-from vitlab.training.run_folder import Run, prepare_out, record_epoch, restore
+from vitlab.training.config import FinetuneConfig
+from vitlab.training.flags import resolve_config
+from vitlab.training.folder_lock import lock_folder
+from vitlab.training.run_folder import Run, prepare_out, record_epoch, restore, run_folder_path
 from vitlab.training.train import (
     RECIPES,
     NonFiniteLossError,
@@ -48,30 +54,59 @@ from vitlab.training.train import (
 )
 
 
-def run(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
+def train_and_test(config: FinetuneConfig, checkpoint: dict | None = None) -> dict:
     """Train, validate every epoch, test once at the end; returns the summary written to summary.json.
 
     `config` comes from vitlab.training.config.make_config; to continue a run, pass
-    vitlab.training.config.resume_config's pair.
+    vitlab.training.resume.resume_config's pair. The run folder is locked from before any data is loaded until
+    this returns or raises: a folder another run holds is a FolderInUse error (exit 2) and nothing is done.
     """
+    process, device = distributed.start(pick_device(config.device))
     try:
-        job = setup(config, checkpoint)
-        try:
-            fit(job)
-        except NonFiniteLossError as error:  # say where the last good epoch is, or that there is none
-            kept = (f"The last good checkpoint (last completed epoch) is kept in {job.out / LAST}."
-                    if (job.out / LAST).exists() else "No epoch completed, so no checkpoint was written.")
-            raise NonFiniteLossError(f"{error} {kept}") from None
-        return finish(job)
+        _refuse_early(config, process)
+        with _hold_run_folder(config, process) as out:
+            run = setup(config, checkpoint, process, device, out)
+            try:
+                fit(run)
+            except NonFiniteLossError as error:  # say where the last good epoch is, or that there is none
+                kept = (f"The last good checkpoint (last completed epoch) is kept in {out / LAST}."
+                        if (out / LAST).exists() else "No epoch completed, so no checkpoint was written.")
+                raise NonFiniteLossError(f"{error} {kept}") from None
+            return finish(run)
     finally:
         distributed.stop()
 
 
-def setup(config: FinetuneConfig, checkpoint: dict | None = None) -> Run:
-    """Everything the epoch loop needs, in the order that keeps a seed's numbers: data, model, optimizer, trainer."""
-    process, device = distributed.start(pick_device(config.device))
-    _refuse_early(config, process)
-    out = prepare_out(config, resuming=checkpoint is not None, clean=process.is_main)
+@contextmanager
+def _hold_run_folder(config: FinetuneConfig, process: distributed.Process) -> Iterator[Path]:
+    """The run folder, locked by rank 0 while the block runs. Under torchrun rank 0 alone decides the folder and
+    takes the lock, and tells the other ranks: if it is refused, every rank raises the same error at once instead of
+    waiting for a rank 0 that has left."""
+    lock, refusal = None, None
+    if process.is_main:
+        try:
+            lock = lock_folder(run_folder_path(config))
+        except VitlabError as error:
+            refusal = error
+    out, refusal = distributed.share_from_main((None if lock is None else lock.folder, refusal), process)
+    if refusal is not None:
+        raise refusal
+    try:
+        if lock is not None and lock.note and not config.quiet:
+            print(f"vitlab: note: {lock.note}", flush=True)
+        yield out
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def setup(config: FinetuneConfig, checkpoint: dict | None, process: distributed.Process, device: torch.device,
+          out: Path) -> Run:
+    """Everything the epoch loop needs, in the order that keeps a seed's numbers: data, model, optimizer, trainer.
+
+    `out` is the run folder, already locked by this run (`train_and_test`).
+    """
+    prepare_out(out, resuming=checkpoint is not None, clean=process.is_main)
     torch.manual_seed(config.seed)
     splits = load_dataset(config.dataset, config.data_dir, val_size=config.val_size, seed=config.seed,
                           subset=config.subset, progress=process.is_main and not config.quiet)
@@ -83,7 +118,7 @@ def setup(config: FinetuneConfig, checkpoint: dict | None = None) -> Run:
     steps_per_epoch = -(-(len(splits.train) // process.world_size) // local_batch)
     optimizer = make_optimizer(model, recipe, config.lr or recipe.lr, pretrained=config.pretrained != "none",
                                fused=device.type == "cuda")
-    job = Run(
+    run = Run(
         config, out, process, device, splits, model, recipe, optimizer,
         scheduler=make_scheduler(optimizer, recipe, total_steps=config.epochs * steps_per_epoch),
         criterion=make_criterion(recipe),
@@ -93,15 +128,15 @@ def setup(config: FinetuneConfig, checkpoint: dict | None = None) -> Run:
         local_batch=local_batch,
     )
     trainable, total = count_parameters(model)
-    job.say(f"vitlab: {config.arch} at {model.image_size} px on {config.dataset} ({len(splits.train)} train / "
+    run.say(f"vitlab: {config.arch} at {model.image_size} px on {config.dataset} ({len(splits.train)} train / "
             f"{len(splits.val)} val / {len(splits.test)} test) on {device}; training {trainable:,} of {total:,} "
             f"parameters; run folder {out}")
     if process.is_main:
         save_json(out / "config.json", asdict(config))
-    job.trainer = _trainer(job)
+    run.trainer = _trainer(run)
     if checkpoint is not None:
-        restore(job, checkpoint)
-    return job
+        restore(run, checkpoint)
+    return run
 
 
 def _refuse_early(config: FinetuneConfig, process: distributed.Process) -> None:
@@ -131,120 +166,124 @@ def _build_model(config: FinetuneConfig, splits: DataSplits, checkpoint: dict | 
     return model
 
 
-def _trainer(job: Run) -> torch.nn.Module:
+def _trainer(run: Run) -> torch.nn.Module:
     """What the training steps call: the model, in DDP under torchrun, or the cached trunk's top; compiled if asked.
 
     Every wrapper shares the model's parameters, so the optimizer and the checkpoints need no change.
     """
-    device = job.device
-    trainer = job.model
-    if job.process.distributed:
+    device = run.device
+    trainer = run.model
+    if run.process.distributed:
         trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
-    if job.config.cache_trunk:
-        job.cached = _cache_trunk(job)
-        trainer = job.cached.top
-    return torch.compile(trainer) if job.config.compile else trainer
+    if run.config.cache_trunk:
+        run.cached = _cache_trunk(run)
+        trainer = run.cached.top
+    return torch.compile(trainer) if run.config.compile else trainer
 
 
-def _cache_trunk(job: Run) -> trunk_cache.CachedTrunk:
+def _cache_trunk(run: Run) -> trunk_cache.CachedTrunk:
     """`--cache-trunk`: run the frozen trunk once over train (as is and mirrored) and val, before epoch 1."""
     started = time.perf_counter()
     cached = trunk_cache.cache_trunk(
-        job.model, job.splits.train, job.splits.val, job.config.trainable_blocks, job.eval_transform,
-        batch_size=2 * job.local_batch, bf16=uses_bf16(job.device, job.recipe), show_progress=job.show,
+        run.model, run.splits.train, run.splits.val, run.config.trainable_blocks, run.eval_transform,
+        batch_size=2 * run.local_batch, bf16=uses_bf16(run.device, run.recipe), show_progress=run.show,
     )
-    seconds = job.trunk_cache_seconds = time.perf_counter() - started
-    job.say(f"cached the frozen trunk's output for {len(cached.train)} train images (2 views) and "
+    seconds = run.trunk_cache_seconds = time.perf_counter() - started
+    run.say(f"cached the frozen trunk's output for {len(cached.train)} train images (2 views) and "
             f"{len(cached.val)} val images: {cached.nbytes / 2**20:,.0f} MiB, {seconds:.1f} s")
     return cached
 
 
-def fit(job: Run) -> None:
+def fit(run: Run) -> None:
     """The epoch loop, from the first epoch not yet done: train, validate, record and save each epoch."""
-    config, device = job.config, job.device
-    for epoch in range(job.start_epoch, config.epochs):
+    config, device = run.config, run.device
+    for epoch in range(run.start_epoch, config.epochs):
         name = f"epoch {epoch + 1}/{config.epochs}"
-        augment = torch.Generator(device=device).manual_seed(config.seed * 1000 + epoch * 10 + job.process.rank)
-        data, count = _train_batches(job, epoch, augment)
+        augment = torch.Generator(device=device).manual_seed(config.seed * 1000 + epoch * 10 + run.process.rank)
+        data, count = _train_batches(run, epoch, augment)
         train = train_one_epoch(
-            job.trainer, data, count, job.train_transform if job.cached is None else None, job.optimizer,
-            job.scheduler, job.criterion, device, job.recipe, generator=augment, description=f"{name} train",
-            show_progress=job.show,
+            run.trainer, data, count, run.train_transform if run.cached is None else None, run.optimizer,
+            run.scheduler, run.criterion, device, run.recipe, generator=augment, description=f"{name} train",
+            show_progress=run.show,
         )
-        if job.cached is None:
-            val = _evaluate_split(job, job.splits.val, f"{name} val")
+        if run.cached is None:
+            val = _evaluate_split(run, run.splits.val, f"{name} val")
         else:  # the cached val tokens are the trunk's output for the val images: the same numbers, a shorter path
-            val = evaluate(job.cached.top, job.cached.val.batches(2 * job.local_batch), len(job.cached.val), None,
-                           job.criterion, device, job.recipe, description=f"{name} val", show_progress=job.show)
-        record_epoch(job, epoch + 1, train, val)
+            val = evaluate(run.cached.top, run.cached.val.batches(2 * run.local_batch), len(run.cached.val), None,
+                           run.criterion, device, run.recipe, description=f"{name} val", show_progress=run.show)
+        record_epoch(run, epoch + 1, train, val)
 
 
-def _train_batches(job: Run, epoch: int, generator: torch.Generator):
+def _train_batches(run: Run, epoch: int, generator: torch.Generator):
     """This process's share of the training set, reshuffled per epoch: (batches, image count).
 
     The batches hold uint8 images, or with `--cache-trunk` the trunk's tokens, each image in a random view (the flip).
     """
-    train = job.splits.train
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(job.config.seed + epoch))
-    mine = distributed.shard(order.to(train.images.device), job.process, equal=True)  # (M,) indices into train
-    if job.cached is None:
-        return batches(train.subset(mine), job.local_batch, shuffle=False, device=job.device), len(mine)
-    return job.cached.train.batches(job.local_batch, mine, generator=generator), len(mine)
+    train = run.splits.train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.config.seed + epoch))
+    mine = distributed.shard(order.to(train.images.device), run.process, equal=True)  # (M,) indices into train
+    if run.cached is None:
+        return batches(train.subset(mine), run.local_batch, shuffle=False, device=run.device), len(mine)
+    return run.cached.train.batches(run.local_batch, mine, generator=generator), len(mine)
 
 
-def _evaluate_split(job: Run, dataset: ImageDataset, description: str) -> dict:
+def _evaluate_split(run: Run, dataset: ImageDataset, description: str) -> dict:
     """Evaluate this process's shard of `dataset` (no padding, so nothing counts twice); metrics summed over ranks."""
-    indices = distributed.shard(torch.arange(len(dataset), device=dataset.images.device), job.process, equal=False)
+    indices = distributed.shard(torch.arange(len(dataset), device=dataset.images.device), run.process, equal=False)
     mine = dataset.subset(indices)
-    return evaluate(job.model, batches(mine, 2 * job.local_batch, shuffle=False, device=job.device), len(mine),
-                    job.eval_transform, job.criterion, job.device, job.recipe, description=description,
-                    show_progress=job.show)
+    return evaluate(run.model, batches(mine, 2 * run.local_batch, shuffle=False, device=run.device), len(mine),
+                    run.eval_transform, run.criterion, run.device, run.recipe, description=description,
+                    show_progress=run.show)
 
 
-def finish(job: Run) -> dict:
+def finish(run: Run) -> dict:
     """Test once, on best.pt's weights; draw the curves and predictions; score attention on shapes; summary.json."""
-    out, splits = job.out, job.splits
+    out, splits = run.out, run.splits
     best = load_checkpoint(out / BEST) if (out / BEST).is_file() else None  # none only when no epoch ran
     if best is not None:
-        job.model.load_state_dict(best["model"])
-    test = _evaluate_split(job, splits.test, "test")
-    trainable, total = count_parameters(job.model)
+        run.model.load_state_dict(best["model"])
+    test = _evaluate_split(run, splits.test, "test")
+    trainable, total = count_parameters(run.model)
     summary = {"test_acc": test["acc"], "test_loss": test["loss"], "test_images": test["count"],
-               "best_epoch": best["epoch"] if best else None, "best_val_acc": job.best_val_acc,
-               "epochs": len(job.history), "device": str(job.device),
+               "best_epoch": best["epoch"] if best else None, "best_val_acc": run.best_val_acc,
+               "epochs": len(run.history), "device": str(run.device),
                "trainable_parameters": trainable, "total_parameters": total}
-    if job.trunk_cache_seconds is not None:
-        summary["trunk_cache_seconds"] = job.trunk_cache_seconds
-    if job.process.is_main:
+    if run.trunk_cache_seconds is not None:
+        summary["trunk_cache_seconds"] = run.trunk_cache_seconds
+    if run.process.is_main:
         if splits.test.masks is not None:
-            summary.update(localization_scores(job.model, splits.test, device=job.device))
-        _draw(job)
-        job.say(f"test accuracy {summary['test_acc']:.2%} (best epoch {summary['best_epoch']}), "
+            summary.update(localization_scores(run.model, splits.test, device=run.device))
+        _draw(run)
+        run.say(f"test accuracy {summary['test_acc']:.2%} (best epoch {summary['best_epoch']}), "
                 + (f"pointing game {summary['pointing_game']:.2f}, attention mass ratio "
                    f"{summary['attention_mass_ratio']:.2f}, " if "pointing_game" in summary else "")
                 + f"written to {out}")
-    summary["wall_seconds"] = time.perf_counter() - job.started
-    if job.process.is_main:
+    summary["wall_seconds"] = time.perf_counter() - run.started
+    if run.process.is_main:
         save_json(out / "summary.json", summary)
     return summary
 
 
-def _draw(job: Run) -> None:
+def _draw(run: Run) -> None:
     """predictions.png (16 test images, true and predicted labels) and curves.png (loss and accuracy per epoch)."""
-    shown = job.splits.test.take(16)
-    predictions = predict(job.model, shown.images, job.eval_transform)
-    save_figure(plot_predictions(shown.images, shown.labels, predictions, job.splits.classes),
-                job.out / "predictions.png")
-    save_figure(plot_curves(job.history), job.out / "curves.png")
+    shown = run.splits.test.take(16)
+    predictions = predict(run.model, shown.images, run.eval_transform)
+    save_figure(plot_predictions(shown.images, shown.labels, predictions, run.splits.classes),
+                run.out / "predictions.png")
+    save_figure(plot_curves(run.history), run.out / "curves.png")
 
 
 @command("vitlab")
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point. Returns the exit code (`vitlab.cli.EXIT_CODES`): 0 done, 1 training or writing
     failed, 2 bad input, 130 interrupted."""
-    config, checkpoint = resolve_config(argv)
+    notes: list[str] = []
+    config, checkpoint = resolve_config(argv, notes)
+    if distributed.launched_as_main() and not config.quiet:  # one note per preset setting that yielded
+        for note in notes:
+            print(f"vitlab: note: {note}", flush=True)
     try:
-        run(config, checkpoint)
+        train_and_test(config, checkpoint)
     except KeyboardInterrupt:
         where = f" Resume with: python -m vitlab.finetune --resume {config.out}" if config.out else ""
         raise Interrupted(f"interrupted. Checkpoints of completed epochs are intact.{where}") from None

@@ -1,13 +1,22 @@
 """Pretrain vitlab's small ViT on generated fractals, offline: the base that the demo fine-tunes.
 
-    python -m vitlab.pretrain                       # the shipped base's recipe (see vitlab/weights/*.json)
+    python -m vitlab.pretrain                       # the shipped base's settings (see vitlab/weights/*.json)
     python -m vitlab.pretrain --epochs 1 --steps-per-epoch 5 --out /tmp/smoke      # a smoke run
     python -m vitlab.pretrain --resume runs/pretrain-20261202-120000               # continue a stopped run
 
 Every step draws a fresh batch of IFS fractals (`vitlab.data.fractals`), hides half of each image's patches and
 trains `vitlab.training.simmim.MaskedImageModel` to predict the hidden pixels. After each epoch it measures what the
-lessons
-look for (`vitlab.analysis.structure`): position-embedding locality and how far each head looks, on shapes test images.
+lessons look for (`vitlab.analysis.structure`): position-embedding locality and how far each head looks, on shapes
+test images.
+
+The optimiser and schedule are fine-tuning's (`vitlab.training.train.make_optimizer`, `make_scheduler`): AdamW with
+decay on weight matrices and the patch projection (not on biases, norms, the position embedding or the class and
+mask tokens), the position embedding at `--position-lr-scale` times the rate, and 5% linear warmup then cosine. The
+shipped base (vitlab/weights/) was made by an earlier optimiser of its own that differed in two ways, so the same
+settings do not reproduce its bytes: its patch projection's kernel was not decayed, and its warmup lasted
+max(1, round(5% of the steps)) steps with the cosine applied inside it, where make_scheduler's lasts round(5% of the
+steps) (none for runs under 10 steps) at exactly linear rates (at most a 1e-6 relative difference in the learning
+rate, on the last warmup step).
 
 The run folder: config.json, history.json (one record per epoch), checkpoint.pt (last epoch: everything needed to
 resume, written atomically), and at the end base.pt (the ViT's weights without its pretraining head and decoder:
@@ -17,12 +26,12 @@ device, metrics and base.pt's SHA-256). `--ship` then copies both into the packa
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -33,11 +42,13 @@ from vitlab.atomic import atomic_write
 from vitlab.cli import LARGEST_SEED, Parser, Rule, check_rules, command, folder_to_write, number_flag
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.data.fractals import make_systems, render
-from vitlab.errors import Interrupted, VitlabError
+from vitlab.errors import CheckpointError, Interrupted, VitlabError
 from vitlab.model import VIT_TINY_CONFIG, build_model
 from vitlab.shipped import shipped_weights_dir
-from vitlab.training.checkpoint import load_checkpoint, save_checkpoint, save_json
+from vitlab.training.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint, save_json
+from vitlab.training.folder_lock import lock_folder
 from vitlab.training.simmim import MaskedImageModel
+from vitlab.training.train import NonFiniteLossError, Recipe, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -86,24 +97,49 @@ def build_parser() -> Parser:
     parser = Parser(rules=RULES, prog="python -m vitlab.pretrain", description=__doc__.splitlines()[0])
     for field in fields(PretrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, action="store_true", default=None)
+        if field.type == "bool":  # --ship and --no-ship, --quiet and --no-quiet
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             kind = number_flag(field.name, RULES[field.name]) if field.name in RULES else str
             parser.add_argument(flag, type=kind, default=None)
     return parser
 
 
+# What a flag typed with --resume may do: these change how the run is carried out and apply; --out may only name
+# the folder being resumed; every other setting is the saved run's (its schedule, images and masks follow from them).
+FREE_ON_RESUME = ("threads", "ship", "quiet")
+
+
 def make_config(argv: list[str] | None) -> tuple[PretrainConfig, dict | None]:
-    """The settings from the command line, or the stopped run's own when resuming (plus --ship/--quiet)."""
+    """The settings from the command line, or the stopped run's own when resuming (with FREE_ON_RESUME typed)."""
     flags = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     if "resume" not in flags:
         return check_config(PretrainConfig(**flags)), None
-    checkpoint = load_checkpoint(Path(flags["resume"]) / "checkpoint.pt")
+    folder = flags["resume"]
+    checkpoint = load_checkpoint(Path(folder).expanduser() / "checkpoint.pt")
     saved = PretrainConfig(**checkpoint["config"])
-    saved.out, saved.resume = flags["resume"], flags["resume"]
-    saved.ship, saved.quiet = flags.get("ship", saved.ship), flags.get("quiet", saved.quiet)
-    return saved, checkpoint
+    for name, value in flags.items():
+        _refuse_change(name, value, saved, folder)
+    saved.out, saved.resume = folder, folder
+    for name in FREE_ON_RESUME:
+        setattr(saved, name, flags.get(name, getattr(saved, name)))
+    return check_config(saved), checkpoint
+
+
+def _refuse_change(name: str, typed: object, saved: PretrainConfig, folder: str) -> None:
+    """Raise a CheckpointError if `--name typed` cannot be given when resuming the run `saved` in `folder`."""
+    if name in FREE_ON_RESUME or name == "resume":
+        return
+    flag = "--" + name.replace("_", "-")
+    if name == "out":
+        if Path(str(typed)).expanduser().resolve() != Path(folder).expanduser().resolve():
+            raise CheckpointError(f"--out {typed} cannot be used with --resume {folder}: a resumed run writes into "
+                                  f"its own folder. Drop --out.")
+        return
+    if typed != getattr(saved, name):
+        raise CheckpointError(f"Cannot resume {folder} with {flag} {typed}: that run was made with "
+                              f"{name}={getattr(saved, name)!r}, and a resumed run continues with the settings it "
+                              f"began with. Drop the flag, or start a new run with --out.")
 
 
 def check_config(config: PretrainConfig) -> PretrainConfig:
@@ -117,13 +153,21 @@ def check_config(config: PretrainConfig) -> PretrainConfig:
     return config
 
 
+# Pretraining's optimiser and schedule: train.make_optimizer and make_scheduler, with this recipe (no head is
+# pretrained, so everything learns at --lr, and --position-lr-scale speeds up the position embedding).
+PRETRAIN_RECIPE = Recipe(name="pretrain", optimizer="adamw", lr=1e-3, pretrained_lr_scale=1.0, weight_decay=0.05,
+                         warmup_fraction=0.05, cosine=True, label_smoothing=0.0, grad_clip=1.0, bf16_on_cuda=False)
+POSITION = "vit.encoder.pos_embedding"  # the position embedding's name among the objective's parameters
+
+
 @dataclass
-class Pretraining:
-    """One pretraining run while it goes."""
+class PretrainRun:
+    """One pretraining run while it goes (variables holding one are called `run`)."""
 
     config: PretrainConfig
     out: Path
     objective: MaskedImageModel
+    recipe: Recipe
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     generator: torch.Generator  # draws the images, labels and masks: saved in checkpoints, so resuming is exact
@@ -135,9 +179,13 @@ class Pretraining:
             print(message, flush=True)
 
 
-def setup(config: PretrainConfig, checkpoint: dict | None) -> Pretraining:
-    """Model, objective, optimiser and schedule; restored from `checkpoint` when resuming."""
-    out = Path(config.out or Path("runs") / time.strftime("pretrain-%Y%m%d-%H%M%S"))
+def run_folder_path(config: PretrainConfig) -> Path:
+    """Where the run writes: `config.out`, or runs/pretrain-<timestamp> for a new run given none."""
+    return Path(config.out or Path("runs") / time.strftime("pretrain-%Y%m%d-%H%M%S")).expanduser()
+
+
+def setup(config: PretrainConfig, checkpoint: dict | None, out: Path) -> PretrainRun:
+    """Model, objective, optimiser and schedule; restored from `checkpoint` when resuming. `out` is locked."""
     if checkpoint is None and (out / "checkpoint.pt").exists():
         raise VitlabError(f"{out} already holds a pretraining run. Continue it with --resume {out}, or choose "
                           f"another --out; vitlab never overwrites a run.")
@@ -147,29 +195,22 @@ def setup(config: PretrainConfig, checkpoint: dict | None) -> Pretraining:
     vit = build_model("vit_tiny", num_classes=config.num_classes, pretrained=False,
                       trainable_blocks=VIT_TINY_CONFIG["num_layers"])
     objective = MaskedImageModel(vit, config.mask_ratio, config.mask_block, config.class_weight)
-    named = dict(objective.named_parameters())
-    position = named.pop("vit.encoder.pos_embedding")
-    decay = [p for p in named.values() if p.ndim == 2]  # weight matrices; not biases, norms or tokens
-    no_decay = [p for p in named.values() if p.ndim != 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0},
-                                   {"params": [position], "weight_decay": 0.0,
-                                    "lr": config.lr * config.position_lr_scale}], lr=config.lr)
-    total = config.epochs * config.steps_per_epoch
-    warmup = max(1, round(0.05 * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
-        (step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))))
-    run = Pretraining(config, out, objective, optimizer, scheduler, torch.Generator().manual_seed(config.seed), [])
+    recipe = replace(PRETRAIN_RECIPE, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(objective, recipe, config.lr, pretrained=False,
+                               lr_scales={POSITION: config.position_lr_scale})
+    scheduler = make_scheduler(optimizer, recipe, total_steps=config.epochs * config.steps_per_epoch)
+    run = PretrainRun(config, out, objective, recipe, optimizer, scheduler,
+                      torch.Generator().manual_seed(config.seed), [])
     if checkpoint is not None:
         objective.load_state_dict(checkpoint["objective"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"], out)
         scheduler.load_state_dict(checkpoint["scheduler"])
         run.generator.set_state(checkpoint["generator"])
         run.history, run.seconds = checkpoint["history"], checkpoint["seconds"]
     return run
 
 
-def train_epoch(run: Pretraining, systems, transform: BatchTransform, epoch: int) -> dict[str, float]:
+def train_epoch(run: PretrainRun, systems, transform: BatchTransform, epoch: int) -> dict[str, float]:
     """`steps_per_epoch` steps, each on a fresh batch of fractals. Returns the epoch's mean losses."""
     config, objective = run.config, run.objective
     objective.train()
@@ -181,11 +222,11 @@ def train_epoch(run: Pretraining, systems, transform: BatchTransform, epoch: int
         mask = objective.random_mask(config.batch_size, run.generator)  # (B, patches)
         loss, parts = objective.loss(transform(images), labels, mask)
         if not torch.isfinite(loss):
-            raise VitlabError(f"The pretraining loss became {loss.item()} in epoch {epoch}; lower --lr. The last "
-                              f"completed epoch is kept in {run.out}/checkpoint.pt.")
+            raise NonFiniteLossError(f"The pretraining loss became {loss.item()} in epoch {epoch}; lower --lr. The "
+                                     f"last completed epoch is kept in {run.out}/checkpoint.pt.")
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), run.recipe.grad_clip)
         run.optimizer.step()
         run.scheduler.step()
         for name, value in parts.items():
@@ -194,7 +235,7 @@ def train_epoch(run: Pretraining, systems, transform: BatchTransform, epoch: int
     return {name: total / config.steps_per_epoch for name, total in sums.items()}
 
 
-def measure(run: Pretraining, probe_images: torch.Tensor) -> dict[str, float]:
+def measure(run: PretrainRun, probe_images: torch.Tensor) -> dict[str, float]:
     """The structure the lessons look for, on the model as it is now (see vitlab.analysis.structure)."""
     vit = run.objective.vit
     ratios = distance_ratios(vit, probe_images)  # (blocks, heads)
@@ -204,7 +245,7 @@ def measure(run: Pretraining, probe_images: torch.Tensor) -> dict[str, float]:
             "distance_ratios": [[round(float(r), 4) for r in row] for row in ratios]}
 
 
-def fit(run: Pretraining) -> None:
+def fit(run: PretrainRun) -> None:
     """The epoch loop: train, measure, save a resumable checkpoint."""
     config = run.config
     systems = make_systems(config.num_classes, config.system_seed)
@@ -228,7 +269,7 @@ def fit(run: Pretraining) -> None:
                 f"{record['last_block_mean_distance_ratio']:.2f}x | {run.seconds:.0f}s")
 
 
-def finish(run: Pretraining, argv: list[str] | None) -> Path:
+def finish(run: PretrainRun, argv: list[str] | None) -> Path:
     """Write base.pt (the ViT body) and card.json; with --ship, copy both into the package."""
     state = {k: v for k, v in run.objective.vit.state_dict().items() if not k.startswith("heads.")}
     base = save_checkpoint(run.out / "base.pt", {"model": state})
@@ -255,18 +296,21 @@ def finish(run: Pretraining, argv: list[str] | None) -> Path:
 
 @command("vitlab")
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: 0 done, 1 a file could not be written, 2 bad input, 130 interrupted (the last
-    completed epoch is kept)."""
+    """Command-line entry point: 0 done, 1 a file could not be written or the loss failed, 2 bad input or a run
+    folder in use, 130 interrupted (the last completed epoch is kept)."""
     config, checkpoint = make_config(argv)
-    run = setup(config, checkpoint)
-    save_json(run.out / "config.json", asdict(config))
-    run.say(f"vitlab: pretraining vit_tiny on {config.num_classes} fractal classes, {config.epochs} epochs of "
-            f"{config.steps_per_epoch} x {config.batch_size} fresh images; run folder {run.out}")
-    try:
-        fit(run)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; completed epochs are kept. Continue with --resume {run.out}") from None
-    finish(run, argv)
+    with lock_folder(run_folder_path(config)) as lock:  # held until the run ends: one run per folder
+        if lock.note and not config.quiet:
+            print(f"vitlab: note: {lock.note}", flush=True)
+        run = setup(config, checkpoint, lock.folder)
+        save_json(run.out / "config.json", asdict(config))
+        run.say(f"vitlab: pretraining vit_tiny on {config.num_classes} fractal classes, {config.epochs} epochs of "
+                f"{config.steps_per_epoch} x {config.batch_size} fresh images; run folder {run.out}")
+        try:
+            fit(run)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; completed epochs are kept. Continue with --resume {run.out}") from None
+        finish(run, argv)
     return 0
 
 

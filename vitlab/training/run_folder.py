@@ -1,10 +1,13 @@
 """One training run while it goes (`Run`) and what it writes to its run folder after every epoch.
 
 `vitlab.training.finetune` builds a `Run` in `setup`, advances it in `fit` and closes it in `finish`; this module
-holds the
-object and the bookkeeping around the loop: the run folder is never overwritten (`prepare_out`), a checkpoint's
-training state is put back on resume (`restore`), and each epoch becomes one history record, a checkpoint.pt (every
-epoch) and a best.pt (when validation accuracy improved) (`record_epoch`). Only rank 0 writes files.
+holds the object and the bookkeeping around the loop: where the run folder is (`run_folder_path`), that it is never
+overwritten (`prepare_out`), a checkpoint's training state put back on resume (`restore`), and each epoch as one
+history record, a checkpoint.pt (every epoch) and a best.pt (when validation accuracy improved) (`record_epoch`).
+Only rank 0 writes files.
+
+Besides RUN_FILES, a folder holds `.vitlab-lock` while a run uses it (`vitlab.training.folder_lock`): hidden, removed
+when the run ends, never taken for a run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from vitlab.atomic import remove_stale_temporaries
 from vitlab.data import BatchTransform, DataSplits
 from vitlab.errors import VitlabError
 from vitlab.training import distributed
-from vitlab.training.checkpoint import BEST, CONFIG, LAST, save_checkpoint, save_json
+from vitlab.training.checkpoint import BEST, CONFIG, LAST, load_optimizer_state, save_checkpoint, save_json
 from vitlab.training.config import FinetuneConfig
 from vitlab.training.train import Recipe
 from vitlab.training.trunk_cache import CachedTrunk
@@ -33,7 +36,7 @@ RUN_FILES = (CONFIG, "history.json", "summary.json", LAST, BEST, "curves.png", "
 
 @dataclass
 class Run:
-    """Everything one training run holds while it goes. The code calls it `job`, as `run` is the function."""
+    """Everything one training run holds while it goes (variables holding one are called `run`)."""
 
     config: FinetuneConfig  # complete (see vitlab.training.config.make_config), never changed during the run
     out: Path  # the run folder
@@ -66,12 +69,14 @@ class Run:
             print(message, flush=True)
 
 
-def prepare_out(config: FinetuneConfig, resuming: bool, clean: bool = True) -> Path:
-    """The run folder: `config.out`, or runs/<timestamp>. A new run refuses a folder that already holds one.
+def run_folder_path(config: FinetuneConfig) -> Path:
+    """Where the run writes: `config.out`, or runs/<timestamp> for a new run given none."""
+    return Path(config.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).expanduser()
 
-    `clean` (rank 0 only, before it writes anything): remove the temporary files a killed run left behind.
-    """
-    out = Path(config.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+def prepare_out(out: Path, resuming: bool, clean: bool = True) -> None:
+    """Refuse a folder that already holds a run when starting a new one; with `clean` (rank 0 only, holding the
+    folder's lock, before it writes anything) remove the temporary files a killed run left behind."""
     if not resuming and (out / LAST).exists():
         raise VitlabError(
             f"{out} already holds a run ({LAST}). Continue it with --resume {out}, or choose another --out; "
@@ -79,25 +84,24 @@ def prepare_out(config: FinetuneConfig, resuming: bool, clean: bool = True) -> P
         )
     if clean and out.is_dir():
         remove_stale_temporaries(out, RUN_FILES)
-    return out
 
 
-def restore(job: Run, checkpoint: dict) -> None:
+def restore(run: Run, checkpoint: dict) -> None:
     """Put a checkpoint.pt's training state back: optimizer, schedule, RNG, history and the epoch to start from.
 
     The model's weights are loaded when it is built (vitlab.training.finetune), before anything wraps or caches it.
     """
-    job.optimizer.load_state_dict(checkpoint["optimizer"])
-    job.scheduler.load_state_dict(checkpoint["scheduler"])
+    load_optimizer_state(run.optimizer, checkpoint["optimizer"], run.out)
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
-    job.history = checkpoint["history"]
-    job.best_val_acc = checkpoint["best_val_acc"]
-    job.start_epoch = checkpoint["epoch"]
-    if job.process.is_main:  # a kill between checkpoint.pt and history.json leaves the history one epoch behind
-        save_json(job.out / "history.json", job.history)
+    run.history = checkpoint["history"]
+    run.best_val_acc = checkpoint["best_val_acc"]
+    run.start_epoch = checkpoint["epoch"]
+    if run.process.is_main:  # a kill between checkpoint.pt and history.json leaves the history one epoch behind
+        save_json(run.out / "history.json", run.history)
 
 
-def record_epoch(job: Run, epoch: int, train: dict, val: dict) -> None:
+def record_epoch(run: Run, epoch: int, train: dict, val: dict) -> None:
     """Append epoch `epoch` (1-based) to the history, save checkpoint.pt (and best.pt if better), print its line.
 
     `train` and `val` are the dicts of vitlab.training.train.train_one_epoch and vitlab.training.train.evaluate.
@@ -105,26 +109,26 @@ def record_epoch(job: Run, epoch: int, train: dict, val: dict) -> None:
     record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
               "val_loss": val["loss"], "val_acc": val["acc"],
               "seconds": train["seconds"] + val["seconds"], "images_per_second": train["images_per_second"]}
-    job.history.append(record)
-    improved = val["acc"] > job.best_val_acc
-    job.best_val_acc = max(job.best_val_acc, val["acc"])
-    if job.process.is_main:
-        _save_epoch(job, epoch, improved)
-    job.say(f"epoch {epoch}/{job.config.epochs}: train loss {train['loss']:.3f} acc {train['acc']:.2%} | "
+    run.history.append(record)
+    improved = val["acc"] > run.best_val_acc
+    run.best_val_acc = max(run.best_val_acc, val["acc"])
+    if run.process.is_main:
+        _save_epoch(run, epoch, improved)
+    run.say(f"epoch {epoch}/{run.config.epochs}: train loss {train['loss']:.3f} acc {train['acc']:.2%} | "
             f"val loss {val['loss']:.3f} acc {val['acc']:.2%} | {record['seconds']:.1f}s, "
             f"{train['images_per_second']:.0f} img/s" + (" | best so far" if improved else ""))
 
 
-def _save_epoch(job: Run, epoch: int, improved: bool) -> None:
+def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
     """checkpoint.pt every epoch (everything needed to resume), best.pt when validation accuracy improved."""
-    config = job.config
-    common = {"model": job.model.state_dict(), "config": asdict(config), "classes": job.splits.classes,
-              "epoch": epoch, "arch": config.arch, "num_classes": job.splits.num_classes,
-              "trainable_blocks": config.trainable_blocks, "image_size": job.model.image_size}
+    config = run.config
+    common = {"model": run.model.state_dict(), "config": asdict(config), "classes": run.splits.classes,
+              "epoch": epoch, "arch": config.arch, "num_classes": run.splits.num_classes,
+              "trainable_blocks": config.trainable_blocks, "image_size": run.model.image_size}
     if improved:
-        save_checkpoint(job.out / BEST, {**common, "val_acc": job.history[-1]["val_acc"]})
-    save_checkpoint(job.out / LAST, {
-        **common, "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state()}, "history": job.history, "best_val_acc": job.best_val_acc,
+        save_checkpoint(run.out / BEST, {**common, "val_acc": run.history[-1]["val_acc"]})
+    save_checkpoint(run.out / LAST, {
+        **common, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state()}, "history": run.history, "best_val_acc": run.best_val_acc,
     })
-    save_json(job.out / "history.json", job.history)
+    save_json(run.out / "history.json", run.history)

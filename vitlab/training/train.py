@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -21,15 +21,15 @@ from vitlab.errors import TrainingFailed
 from vitlab.model import train_mode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """How the trainable parameters are optimised."""
+    """How the trainable parameters are optimised (built by keyword: ten numbers in a row cannot be read)."""
 
     name: str
     optimizer: str  # "adamw" or "adam"
     lr: float  # learning rate of the new head (and of everything, when nothing is pretrained)
     pretrained_lr_scale: float  # pretrained blocks learn at lr * this: they start good, so move them gently
-    weight_decay: float  # AdamW's decoupled decay, on weight matrices only (not biases, norms, embeddings)
+    weight_decay: float  # AdamW's decoupled decay, on weight matrices only (not biases, norms, embeddings, tokens)
     warmup_fraction: float  # share of all steps spent ramping the learning rate up from 0
     cosine: bool  # decay the learning rate to 0 along a half cosine after warmup; False keeps it constant
     label_smoothing: float  # soften the one-hot targets: the head stops chasing over-confident logits
@@ -39,29 +39,46 @@ class Recipe:
 
 RECIPES = {
     # The fine-tuning literature's defaults (e.g. DeiT / timm fine-tuning): AdamW, warmup + cosine, label smoothing.
-    "default": Recipe("default", "adamw", 1e-3, 0.1, 0.05, 0.05, True, 0.1, 1.0, True),
+    "default": Recipe(name="default", optimizer="adamw", lr=1e-3, pretrained_lr_scale=0.1, weight_decay=0.05,
+                      warmup_fraction=0.05, cosine=True, label_smoothing=0.1, grad_clip=1.0, bf16_on_cuda=True),
     # The notebook exactly: Adam, lr 1e-3 for every trainable parameter, constant, plain cross-entropy, fp32.
-    "seed": Recipe("seed", "adam", 1e-3, 1.0, 0.0, 0.0, False, 0.0, None, False),
+    "notebook": Recipe(name="notebook", optimizer="adam", lr=1e-3, pretrained_lr_scale=1.0, weight_decay=0.0,
+                       warmup_fraction=0.0, cosine=False, label_smoothing=0.0, grad_clip=None, bf16_on_cuda=False),
 }
+
+# Words in a parameter's name that keep it out of weight decay although it has 2 or more dimensions: the position
+# embedding and the class (or mask) token are learned inputs, not weight matrices, and decay would pull them to 0.
+NO_DECAY_WORDS = ("embedding", "token")
+
+
+def decays(name: str, param: Tensor) -> bool:
+    """Whether AdamW's weight decay applies to `param`: weight matrices and convolution kernels only."""
+    return param.ndim >= 2 and not any(word in name for word in NO_DECAY_WORDS)
 
 
 def make_optimizer(
-    model: nn.Module, recipe: Recipe, lr: float, pretrained: bool, fused: bool = False
+    model: nn.Module, recipe: Recipe, lr: float, pretrained: bool, fused: bool = False,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the recipe's optimiser over the trainable parameters, the head in its own group.
 
     Parameter groups: the classification head at `lr`; the other trainable parameters at
-    `lr * recipe.pretrained_lr_scale` when they hold pretrained weights (else at `lr`). With AdamW, weight decay
-    applies to matrices only.
+    `lr * recipe.pretrained_lr_scale` when they hold pretrained weights (else at `lr`); a parameter named in
+    `lr_scales` (its name in `model.named_parameters()`) learns that many times faster than its group would. With
+    AdamW, weight decay applies to weight matrices only (`decays`).
     """
     body_lr = lr * recipe.pretrained_lr_scale if pretrained else lr
+    scales = dict(lr_scales or {})
+    unknown = set(scales) - {name for name, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(f"lr_scales names parameters the model does not have: {sorted(unknown)}")
     groups: dict[tuple[float, float], list[Tensor]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        group_lr = lr if name.startswith("heads.") else body_lr
-        decays = recipe.optimizer == "adamw" and param.ndim >= 2 and "embedding" not in name
-        groups.setdefault((group_lr, recipe.weight_decay if decays else 0.0), []).append(param)
+        group_lr = (lr if name.startswith("heads.") else body_lr) * scales.get(name, 1.0)
+        decay = recipe.weight_decay if recipe.optimizer == "adamw" and decays(name, param) else 0.0
+        groups.setdefault((group_lr, decay), []).append(param)
     param_groups = [{"params": params, "lr": glr, "weight_decay": wd} for (glr, wd), params in groups.items()]
     extra = {"fused": True} if fused else {}
     if recipe.optimizer == "adamw":
@@ -72,7 +89,8 @@ def make_optimizer(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step learning-rate multiplier: linear warmup, then half-cosine to 0 (or constant for the seed recipe)."""
+    """Per-step learning-rate multiplier: linear warmup over round(warmup_fraction * total_steps) steps (none when
+    that rounds to 0), then half-cosine to 0 at `total_steps` (or constant for the notebook recipe)."""
     warmup_steps = round(recipe.warmup_fraction * total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _LearningRateShape(warmup_steps, total_steps, recipe.cosine))
 

@@ -119,9 +119,8 @@ def check_settings(max_rotation: float, trainable_blocks: int | None, distribute
         )
     if trainable_blocks is None:
         raise VitlabError(
-            "--cache-trunk needs a frozen trunk, but --trainable-blocks is 'all' (also the demo preset's setting), "
-            "which trains the whole model: there is nothing to cache. Choose a number of blocks, e.g. "
-            "--trainable-blocks 2, or drop --cache-trunk."
+            "--cache-trunk needs a frozen trunk, but --trainable-blocks is 'all', which trains the whole model: "
+            "there is nothing to cache. Choose a number of blocks, e.g. --trainable-blocks 2, or drop --cache-trunk."
         )
 
 
