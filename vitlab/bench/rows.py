@@ -1,156 +1,147 @@
-"""The benchmark rows that compare vitlab with the notebook's way (`vitlab.bench.baseline`) on any device."""
+"""The rows that time steps of work, the notebook's way (`vitlab.bench.baseline`) against vitlab's, or vitlab's
+forward without and with capturing attention."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
+import contextlib
+import resource
+import statistics
 from pathlib import Path
 
-from vitlab.bench.baseline import notebook_eval_steps, notebook_load_batches, notebook_loader
-from vitlab.bench.machine import describe_device
-from vitlab.bench.measure import (
-    Settings,
-    as_dataset,
-    cifar_like,
-    count_host_syncs,
-    not_measured,
-    row_result,
-    throughput_row,
-    timed,
-)
-from vitlab.bench.sides import input_size, notebook_trainer, vitlab_model, vitlab_trainer
-from vitlab.data import BatchTransform, batches
-from vitlab.training.train import RECIPES, evaluate, make_criterion
+import torch
 
-# ---------------------------------------------------------------------------------------------------------------
-# The rows
-# ---------------------------------------------------------------------------------------------------------------
+from vitlab.bench import measure
+from vitlab.bench.baseline import notebook_eval_steps, notebook_load_batches, notebook_loader
+from vitlab.bench.measure import Settings, as_dataset, cifar_like, paired_row, row_result, timed
+from vitlab.bench.sides import images_per_second, notebook_trainer, vitlab_trainer, vitlab_training
+from vitlab.capture import capture
+from vitlab.data import BatchTransform, batches
 
 
 def bench_data_pipeline(settings: Settings) -> dict:
     """Training-time preprocessing alone: the notebook's PIL DataLoader against BatchTransform, images/s."""
-    device, size = settings.device, input_size(settings.arch)
-    batch_size = settings.batch(64, 256)
-    steps = settings.count(2, 4, 10, 20)  # batches per timed repeat
+    device, size = settings.device, settings.image_size
+    batch_size, steps = settings.batch(64, 256), settings.count(2, 4, 10, 20)  # steps: batches per timed repeat
     images, labels = cifar_like(batch_size * steps, settings.seed)
     loader = notebook_loader(images, labels, batch_size, train=True, image_size=size)
     data = as_dataset(images, labels).to(device)  # on a GPU the dataset lives there, as in vitlab.training.finetune
     transform = BatchTransform(size, train=True).to(device)
 
-    def transform_all() -> int:
-        count = 0
-        for images_batch, labels_batch in batches(data, batch_size, shuffle=True, device=device):
+    def transform_all() -> None:
+        for images_batch, _ in batches(data, batch_size, shuffle=True, device=device):
             transform(images_batch)  # (B, 3, 32, 32) uint8 -> (B, 3, S, S) normalised float
-            count += labels_batch.shape[0]
-        return count
 
-    def vitlab() -> float:
-        count, seconds = timed(device, transform_all)
-        return count / seconds
-
-    where = "on the GPU, dataset resident there" if settings.cuda else "on the CPU"
-    return throughput_row(
-        "data_pipeline", settings, (lambda: notebook_load_batches(loader, steps), vitlab), settings.reps(5, 9),
-        at_least=4.0, target=">= 4x", batch_size=batch_size, steps=steps,
-        notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL per image, DataLoader(num_workers=0) "
-        f"on the CPU; vitlab: BatchTransform {where}",
-    )
+    sides = (lambda: notebook_load_batches(loader, steps), lambda: len(data) / timed(device, transform_all)[1])
+    return paired_row("data_pipeline", settings, sides, settings.reps(5, 9), target=">= 4x", batch_size=batch_size,
+                      steps=steps, notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL per image "
+                      f"on the CPU; vitlab: BatchTransform on the {device.type}, the data resident there")
 
 
-def bench_train_step(settings: Settings, cpu_bf16: bool = False) -> dict:
+def bench_train_step(settings: Settings) -> dict:
     """The training loop, data included: the notebook's (fp32, PIL, Adam) against vitlab's, images/s."""
-    device = settings.device
-    row = "train_step_cpu_bf16" if cpu_bf16 else "train_step"
-    if cpu_bf16 and settings.cuda:
-        return not_measured(row, settings, "a CPU row: on CUDA, train_step already uses bf16")
-    batch_size = settings.batch(8, 64)
-    steps = settings.count(2, 3, 10, 25)  # optimisation steps per timed repeat
-    repeats = settings.reps(3, 5)
+    batch_size, steps, repeats = settings.batch(8, 64), settings.count(2, 3, 10, 25), settings.reps(3, 5)
     images, labels = cifar_like(batch_size * steps, settings.seed)
-    notebook_run, _ = notebook_trainer(settings, images, labels, batch_size)
-    vitlab_run, _ = vitlab_trainer(settings, images, labels, batch_size, total_steps=4 * steps * (repeats + 2),
-                                    cpu_bf16=cpu_bf16)
-
-    notebook_run(1)  # warm-up, one step each: allocates Adam's state, primes the kernels
-    vitlab_run(1)
-    syncs = count_host_syncs(lambda: vitlab_run(steps), device)  # CUDA only; None (and nothing run) elsewhere
-    if settings.cuda:
-        precision = "bf16 autocast" if RECIPES["default"].bf16_on_cuda else "fp32"
-    elif cpu_bf16:
-        flags = describe_device(device).get("cpu_bf16") or ["no bf16 instructions"]
-        precision = f"CPU bf16 autocast, NOT what vitlab.training.train does today (CPU: {', '.join(flags)})"
-    else:
-        precision = "fp32 (vitlab's recipe uses bf16 on CUDA only)"
-    notes = (f"{settings.arch}, random weights, last 3 blocks + head train, batch {batch_size}, {steps} steps per "
-             f"repeat; vitlab: recipe 'default' (AdamW{', fused' if settings.cuda else ''}, warmup+cosine, label "
-             f"smoothing, clipping), {precision}")
-    if syncs is not None:
-        notes += (f"; host syncs in {steps} vitlab steps: {syncs} (expected: train_one_epoch reads its metrics "
-                  f"every 25 steps and at the end, never inside a step)")
-    return throughput_row(
-        row, settings, (lambda: notebook_run(steps), lambda: vitlab_run(steps)), repeats, warmup=0,
-        at_least=None if cpu_bf16 else 1.0, target="report" if cpu_bf16 else ">= 1x",
-        batch_size=batch_size, steps=steps, host_syncs=syncs, notes=notes,
+    notebook, _ = notebook_trainer(settings, images, labels, batch_size)
+    vitlab = vitlab_trainer(settings, as_dataset(images, labels).to(settings.device), batch_size,
+                            total_steps=4 * steps * (repeats + 2))
+    notebook(1)  # warm-up, one step each: allocates Adam's state, primes the kernels
+    vitlab(1)
+    return paired_row(
+        "train_step", settings, (lambda: notebook(steps), lambda: vitlab(steps)), repeats, warmup=0, target=">= 1x",
+        batch_size=batch_size, steps=steps, notes=f"{settings.arch}, random weights, last 3 blocks + head train; "
+        f"vitlab: recipe 'default' (AdamW, warmup + cosine, label smoothing, clipping), "
+        f"{'bf16' if settings.cuda else 'fp32 (bf16 on CUDA only)'}",
     )
 
 
 def bench_eval_throughput(settings: Settings) -> dict:
     """Evaluation: the notebook's loop (PIL test transform, fp32, .item() per batch) against vitlab's `evaluate`."""
     device = settings.device
-    batch_size = settings.batch(8, 128)
-    steps = settings.count(1, 2, 10, 20)  # batches per timed repeat
+    batch_size, steps = settings.batch(8, 128), settings.count(1, 2, 10, 20)  # steps: batches per timed repeat
     images, labels = cifar_like(batch_size * steps, settings.seed)
-    model = vitlab_model(settings).to(device)  # one model for both sides: only the loops differ
-    size = model.image_size
-    loader = notebook_loader(images, labels, batch_size, train=False, image_size=size)
-    data = as_dataset(images, labels).to(device)
-    transform = BatchTransform(size, train=False).to(device)
-    recipe = RECIPES["default"]
-    criterion = make_criterion(recipe)
-
-    def evaluate_all() -> dict:
-        return evaluate(model, batches(data, batch_size, shuffle=False, device=device), len(data), transform,
-                        criterion, device, recipe, show_progress=False)
+    training = vitlab_training(settings, total_steps=1)  # one model for both sides: only the loops differ
+    loader = notebook_loader(images, labels, batch_size, train=False, image_size=settings.image_size)
+    data, transform = as_dataset(images, labels).to(device), BatchTransform(settings.image_size, train=False).to(device)
 
     def vitlab() -> float:
-        result, seconds = timed(device, evaluate_all)
-        return result["count"] / seconds
+        source = batches(data, batch_size, shuffle=False, device=device)
+        return images_per_second(device, lambda: training.evaluate(training.model, source, len(data), transform))
 
-    precision = "bf16 autocast" if settings.cuda else "fp32"
-    return throughput_row(
-        "eval_throughput", settings, (lambda: notebook_eval_steps(model, loader, steps, device), vitlab),
-        settings.reps(3, 5), batch_size=batch_size, steps=steps,
-        notes=f"{settings.arch}; notebook: weights.transforms() per image (resize {round(size * 256 / 224)}, crop "
-        f"{size}), fp32; vitlab: BatchTransform eval (resize {size}), {precision}",
+    return paired_row(
+        "eval_throughput", settings, (lambda: notebook_eval_steps(training.model, loader, steps, device), vitlab),
+        settings.reps(3, 5), batch_size=batch_size, steps=steps, notes=f"{settings.arch}; notebook: "
+        f"weights.transforms() per image, fp32; vitlab: BatchTransform eval, {'bf16' if settings.cuda else 'fp32'}",
     )
 
 
-def bench_demo(settings: Settings) -> dict:
-    """The offline demo end to end, in a fresh process: wall seconds and test accuracy."""
-    with tempfile.TemporaryDirectory(prefix="vitlab-bench-demo-") as tmp:
-        out = Path(tmp) / "demo"
-        command = [sys.executable, "-m", "vitlab.finetune", "--preset", "demo", "--out", str(out), "--quiet",
-                   "--device", settings.device.type, *settings.demo_args]
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
-        wall = time.perf_counter() - start
-        summary_file = out / "summary.json"
-        if done.returncode != 0 or not summary_file.is_file():
-            raise RuntimeError(f"the demo run failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
-        summary = json.loads(summary_file.read_text())
-    accuracy = summary["test_acc"]
-    shrunk = f"; shrunk with {' '.join(settings.demo_args)}" if settings.demo_args else ""
+def capture_samples(arch: str, batch_size: int, forwards: int, repeats: int, device: str) -> dict:
+    """In this process, interleaved: seconds per batch of plain eval forwards ("plain") and of forwards under
+    `capture` ("captured"), and whether capturing left the logits "identical"."""
+    settings = Settings(device=torch.device(device), arch=arch)
+    model = vitlab_training(settings, total_steps=1).model.eval()
+    images = as_dataset(*cifar_like(batch_size, seed=0)).images.to(device)  # (B, 3, 32, 32) uint8
+    inputs = BatchTransform(model.image_size, train=False).to(device)(images)  # (B, 3, S, S)
+
+    def seconds(captured: bool) -> float:
+        def run() -> None:
+            for _ in range(forwards):
+                with capture(model) if captured else contextlib.nullcontext() as cap:
+                    model(inputs)
+            assert not captured or len(cap.attentions) == len(model.encoder.layers)  # every block was recorded
+
+        return timed(settings.device, run)[1] / forwards
+
+    with torch.no_grad():  # the warm-up is the check that capture changes nothing
+        logits = model(inputs)
+        with capture(model):
+            identical = bool(torch.equal(logits, model(inputs)))
+        plain, captured = measure.interleaved(lambda: seconds(False), lambda: seconds(True), repeats, warmup=0)
+    return {"plain": plain, "captured": captured, "identical": identical}
+
+
+def bench_capture_overhead(settings: Settings) -> dict:
+    """An eval forward under `vitlab.capture` against the same forward without it, seconds per batch, in several fresh
+    processes: on a CPU the plain forward's speed differs from one process to the next by more than the effect (0.53
+    to 0.60 s for one ViT-B/16 batch), so one process is one draw, and the ratio is the median process's."""
+    batch_size, processes = settings.batch(4, 64), settings.count(3, 5, 2, 3)
+    arguments = [settings.arch, batch_size, settings.count(1, 1, 5, 10), settings.reps(5, 7), str(settings.device)]
+    runs = [measure.in_fresh_process("vitlab.bench.rows", "capture_samples", arguments) for _ in range(processes)]
+    ratios = [statistics.median(r["captured"]) / statistics.median(r["plain"]) for r in runs]
+    identical = all(r["identical"] for r in runs)
     return row_result(
-        "demo", settings, None, wall, "s", ratio=None, ratio_meaning="", target=">= 97% test acc, <= 30 s",
-        met=bool(accuracy >= 0.97 and wall <= 30.0), test_acc=accuracy,
-        pointing_game=summary.get("pointing_game"), attention_mass_ratio=summary.get("attention_mass_ratio"),
-        wall_seconds_in_process=summary.get("wall_seconds"),
-        notes=f"python -m vitlab.finetune --preset demo{shrunk}: test acc {accuracy:.1%}, pointing game "
-        f"{summary.get('pointing_game', float('nan')):.2f}, attention mass ratio "
-        f"{summary.get('attention_mass_ratio', float('nan')):.2f}; wall time includes starting Python and torch "
-        f"({summary.get('wall_seconds', float('nan')):.0f} s inside the run)",
+        "capture_overhead", settings, statistics.median(statistics.median(r["plain"]) for r in runs),
+        statistics.median(statistics.median(r["captured"]) for r in runs), "s/batch", ratio=statistics.median(ratios),
+        ratio_meaning="capture / plain (time), median of per-process ratios", target="<= 1.05x",
+        batch_size=batch_size, process_ratios=ratios, logits_identical=identical,
+        samples_baseline=[t for r in runs for t in r["plain"]], samples_vitlab=[t for r in runs for t in r["captured"]],
+        notes=f"{settings.arch}, eval, no_grad, fp32; per-process ratios {', '.join(f'{x:.2f}x' for x in ratios)}; "
+        f"logits identical with and without capture: {identical}",
     )
+
+
+def memory_child(side: str, arch: str, batch_size: int, steps: int, device: str) -> float:
+    """In a fresh process: `steps` steps of one side's training; its peak memory, MiB. CUDA: max_memory_allocated;
+    the CPU: the process's peak resident set, VmHWM (`ru_maxrss` is a parent's on Linux after `fork` and `exec`)."""
+    settings = Settings(device=torch.device(device), arch=arch)
+    images, labels = cifar_like(batch_size * steps, settings.seed)
+    if side == "notebook":
+        notebook_trainer(settings, images, labels, batch_size)[0](steps)
+    else:
+        vitlab_trainer(settings, as_dataset(images, labels).to(settings.device), batch_size, total_steps=100)(steps)
+    if settings.cuda:
+        return torch.cuda.max_memory_allocated() / 2**20
+    if Path("/proc/self/status").is_file():  # Linux
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 2**10  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
+
+
+def bench_peak_memory(settings: Settings) -> dict:
+    """Peak memory of the training step, each side in a fresh process of its own, the same batch size."""
+    batch_size, steps = settings.batch(8, 64), 1 if settings.quick else 2  # Adam's state comes in the first step
+    base, ours = (measure.in_fresh_process("vitlab.bench.rows", "memory_child", [side, settings.arch, batch_size, steps,
+                                                                        str(settings.device)])
+                  for side in ("notebook", "vitlab"))
+    what = "torch.cuda.max_memory_allocated" if settings.cuda else "peak RSS of the whole process"
+    return row_result("peak_memory", settings, base, ours, "MiB", ratio=ours / base, ratio_meaning="vitlab / notebook",
+                      batch_size=batch_size, steps=steps, notes=f"{settings.arch}, {what}")

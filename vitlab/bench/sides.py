@@ -1,114 +1,80 @@
-"""The two sides every row measures, built the same way for each row: vitlab's training and the notebook's."""
+"""The two sides the rows measure, built alike: the notebook's training (`vitlab.bench.baseline`) and vitlab's."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
+from torchvision.models import VisionTransformer
 
 from vitlab.bench.baseline import notebook_loader, notebook_model, notebook_optimizer, notebook_train_steps
-from vitlab.bench.measure import NUM_CLASSES, Settings, as_dataset, timed
-from vitlab.data import BatchTransform, batches
+from vitlab.bench.measure import NUM_CLASSES, Settings, timed
+from vitlab.data import BatchTransform, ImageDataset, batches
 from vitlab.model import build_model
-from vitlab.training.train import (
-    RECIPES,
-    Recipe,
-    evaluate,
-    make_criterion,
-    make_optimizer,
-    make_scheduler,
-    train_one_epoch,
-)
+from vitlab.training import train as vitlab_train
 
-Batches = Iterable[tuple[Tensor, Tensor]]  # (inputs, labels (b,)) as train_one_epoch and evaluate take them
+TRAINABLE_BLOCKS = 3  # as the notebook: the last 3 blocks and the head train
+Trainer = Callable[[int], float]  # trains that many steps, returns images/s
 
 
-def vitlab_model(settings: Settings) -> nn.Module:
-    """vitlab's model with random weights (nothing to download): the last 3 blocks and the head train."""
+class VitlabTraining(NamedTuple):
+    """vitlab's training as `vitlab.training.finetune` sets it up with recipe 'default', on random weights, its loops
+    without progress bars: `train(module, batches, count, transform)` and `evaluate(...)` alike, `module` the model,
+    its compiled form or a `TrainableTop` over cached trunk tokens; each returns its metrics."""
+
+    model: VisionTransformer
+    train: Callable[..., dict]
+    evaluate: Callable[..., dict]
+    bf16: bool  # whether the recipe computes in bf16 on this device (CUDA)
+
+
+def vitlab_training(settings: Settings, total_steps: int, image_size: int | None = None,
+                    trainable_blocks: int = TRAINABLE_BLOCKS) -> VitlabTraining:
+    """`settings.arch` with random weights on the device, AdamW (fused on CUDA), warm-up + cosine over `total_steps`."""
+    recipe, device = vitlab_train.RECIPES["default"], settings.device
     torch.manual_seed(settings.seed)
-    return build_model(settings.arch, NUM_CLASSES, pretrained=False, trainable_blocks=3, progress=False)
+    model = build_model(settings.arch, NUM_CLASSES, pretrained=False, trainable_blocks=trainable_blocks,
+                        progress=False, image_size=image_size).to(device)
+    # pretrained=True: the real job fine-tunes pretrained weights, so its body learns at a tenth of the head's rate.
+    optimizer = vitlab_train.make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
+    scheduler = vitlab_train.make_scheduler(optimizer, recipe, total_steps=total_steps)
+    common = {"criterion": vitlab_train.make_criterion(recipe), "device": device, "recipe": recipe,
+              "show_progress": False}
+    return VitlabTraining(model, partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler,
+                                         **common),
+                          partial(vitlab_train.evaluate, **common), vitlab_train.uses_bf16(device, recipe))
 
 
-def input_size(arch: str) -> int:
-    """The side length the model takes (224 for ViT-B/16): the notebook's Resize target."""
-    return 224 if arch == "vit_b_16" else 32
+def images_per_second(device: torch.device, work: Callable[[], dict]) -> float:
+    """Images per second of `work` (a `train` or `evaluate` call), the device's queued work included."""
+    result, seconds = timed(device, work)
+    return result["count"] / seconds
 
 
-@dataclass
-class VitlabTraining:
-    """vitlab's training as `vitlab.training.finetune` sets it up with recipe 'default', on random weights.
-
-    `train` and `evaluate` run vitlab's own loops with these pieces, without progress bars; `module` may be the
-    model, its compiled form, or a `TrainableTop` over cached trunk tokens.
-    """
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    criterion: Callable[[Tensor, Tensor], Tensor]
-    device: torch.device
-    recipe: Recipe = field(default_factory=lambda: RECIPES["default"])
-
-    def train(self, module: nn.Module, source: Batches, count: int, transform: BatchTransform | None) -> dict:
-        """One pass of `train_one_epoch` over `source` (`count` images); its metrics dict."""
-        return train_one_epoch(module, source, count, transform, self.optimizer, self.scheduler, self.criterion,
-                               self.device, self.recipe, show_progress=False)
-
-    def evaluate(self, module: nn.Module, source: Batches, count: int, transform: BatchTransform | None) -> dict:
-        """vitlab's `evaluate` over `source` (`count` images); its metrics dict."""
-        return evaluate(module, source, count, transform, self.criterion, self.device, self.recipe,
-                        show_progress=False)
-
-
-def vitlab_training(settings: Settings, total_steps: int) -> VitlabTraining:
-    """The model on the device, AdamW (fused on CUDA), warm-up + cosine over `total_steps`, the recipe's loss."""
-    recipe = RECIPES["default"]
-    model = vitlab_model(settings).to(settings.device)
-    # pretrained=True: the real job fine-tunes ImageNet weights, so its body learns at a tenth of the head's rate.
-    optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
-    scheduler = make_scheduler(optimizer, recipe, total_steps=total_steps)
-    return VitlabTraining(model, optimizer, scheduler, make_criterion(recipe), settings.device, recipe)
-
-
-def vitlab_trainer(
-    settings: Settings, images: np.ndarray, labels: np.ndarray, batch_size: int, total_steps: int,
-    cpu_bf16: bool = False,
-) -> tuple[Callable[[int], float], nn.Module]:
-    """vitlab's training as `vitlab.training.finetune` sets it up; returns (run(steps) -> images/s, model).
-
-    `cpu_bf16` wraps the steps in CPU bf16 autocast, which vitlab's recipe does not do (it uses bf16 on CUDA only):
-    the optional row `train_step_cpu_bf16` measures what it would give.
-    """
-    device = settings.device
-    training = vitlab_training(settings, total_steps)
-    transform = BatchTransform(training.model.image_size, train=True).to(device)
-    data = as_dataset(images, labels).to(device)
+def vitlab_trainer(settings: Settings, data: ImageDataset, batch_size: int, total_steps: int, *,
+                   image_size: int | None = None) -> Trainer:
+    """vitlab's training loop on `data` (uint8, on the device) at `image_size` px (default: the model's), its data
+    transform (flip, rotation 10, resize) on the clock as the notebook's PIL work is on its side."""
+    training = vitlab_training(settings, total_steps, image_size)
+    transform = BatchTransform(training.model.image_size, train=True).to(settings.device)
 
     def run(steps: int) -> float:
         chunk = data.take(steps * batch_size)
+        source = batches(chunk, batch_size, shuffle=True, device=settings.device)
+        return images_per_second(settings.device, lambda: training.train(training.model, source, len(chunk), transform))
 
-        def train() -> dict:
-            with torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else contextlib.nullcontext():
-                source = batches(chunk, batch_size, shuffle=True, device=device)
-                return training.train(training.model, source, len(chunk), transform)
-
-        result, seconds = timed(device, train)
-        return result["count"] / seconds
-
-    return run, training.model
+    return run
 
 
-def notebook_trainer(
-    settings: Settings, images: np.ndarray, labels: np.ndarray, batch_size: int
-) -> tuple[Callable[[int], float], nn.Module]:
-    """The notebook's training loop; returns (run(steps) -> images/s, model)."""
-    device = settings.device
+def notebook_trainer(settings: Settings, images: np.ndarray, labels: np.ndarray,
+                     batch_size: int) -> tuple[Trainer, nn.Module]:
+    """The notebook's training loop and its model; one optimiser across calls, as in one long epoch."""
     torch.manual_seed(settings.seed)
-    model = notebook_model(settings.arch, NUM_CLASSES).to(device)
-    optimizer = notebook_optimizer(model)
-    loader = notebook_loader(images, labels, batch_size, train=True, image_size=input_size(settings.arch))
-    return (lambda steps: notebook_train_steps(model, loader, steps, device, optimizer)), model
+    model = notebook_model(settings.arch, NUM_CLASSES).to(settings.device)
+    optimizer, loader = notebook_optimizer(model), notebook_loader(images, labels, batch_size, train=True,
+                                                                   image_size=settings.image_size)
+    return (lambda steps: notebook_train_steps(model, loader, steps, settings.device, optimizer)), model
