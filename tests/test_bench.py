@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.bench import jobs
+from vitlab.bench import rows as bench_rows
 from vitlab.bench.baseline import (
     NotebookDataset,
     notebook_eval_steps,
@@ -215,7 +215,7 @@ def test_peak_memory_row_measures_fresh_processes() -> None:
 
 @pytest.mark.slow
 def test_demo_row_runs_the_demo_end_to_end() -> None:
-    result = jobs.bench_demo(tiny(demo_args=("--epochs", "1", "--subset", "32")))
+    result = bench_rows.bench_demo(tiny(demo_args=("--epochs", "1", "--subset", "32")))
     assert_well_formed(result, "demo")
     assert 0 <= result["test_acc"] <= 1 and result["ratio"] is None
     assert result["pointing_game"] is not None
@@ -229,11 +229,11 @@ def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: 
         scratch, seed = "none" in args, args[args.index("--seed") + 1]
         return {"test_acc": 0.5 if scratch or seed != "42" else 0.9, "seconds": 1.0}
 
-    monkeypatch.setattr(jobs, "finetune_job", fake_job)
-    row = jobs.bench_transfer(tiny(repeats=2), variants={"few": {"subset": 64}})
+    monkeypatch.setattr(bench_rows, "finetune_job", fake_job)
+    row = bench_rows.bench_transfer(tiny(repeats=2), variants={"few": {"subset": 64}})
     pretrained, scratch = [a for a in seen if "none" not in a], [a for a in seen if "none" in a]
     assert len(pretrained) == len(scratch) == 2 and all("--subset" in a and "64" in a for a in seen)
-    assert all(a[-len(jobs.FROM_SCRATCH) - 2:-2] == jobs.FROM_SCRATCH for a in scratch)
+    assert all(a[-len(bench_rows.FROM_SCRATCH):] == bench_rows.FROM_SCRATCH for a in scratch)
     assert [a[a.index("--seed") + 1] for a in seen] == ["42", "42", "43", "43"]
     assert ["none" in a for a in seen] == [False, True, True, False]  # the sides alternate their order
     assert row["wins"] == {"few": 1} and row["met"] is False

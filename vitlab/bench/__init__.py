@@ -1,9 +1,9 @@
 """How fast vitlab is, against the notebook's way in the same process: `python -m vitlab.bench --quick`.
 
 Each row times the notebook's way (`baseline`, its code kept as the reference) and vitlab's on the same device and
-batch size, interleaved (A B B A ...) after a warm-up, and reports the medians, their ratio and the target; the rows
-with no notebook counterpart (the demo, the laptop estimate, the explorer) report their seconds against a target.
-Data and weights are random (nothing is downloaded); targets are reported, never asserted.
+batch size, interleaved (A B B A ...) after a warm-up: the medians, their ratio, the target. Rows with no notebook
+counterpart (the demo, the laptop estimate, the explorer) report seconds against a target. Data and weights are random
+(nothing is downloaded); targets are reported, never asserted.
 
     python -m vitlab.bench --quick                                   # the default rows, small repeat counts
     python -m vitlab.bench --rows data_pipeline,train_step --json bench.json
@@ -11,6 +11,5 @@ Data and weights are random (nothing is downloaded); targets are reported, never
     python -m vitlab.bench --help                                    # every row and flag
 
 `cli` holds the registry of rows (ROWS: each row's function and the flags it reads) and the command; `measure` the
-kit (Settings, timing, one row's record); `sides` both sides' training; the rows live in `rows` (steps), `epoch`,
-`resolution`, `jobs` (whole fine-tuning runs) and `explorer`. Nothing in vitlab imports this package.
+kit; the rows live in `rows`, `epoch` and `explorer`. Nothing in vitlab imports this package.
 """

@@ -1,11 +1,7 @@
-"""The notebook's way, kept so that the bench can time vitlab against it: a reference, not a recommendation.
-
-As the seed notebook (vit-cifar100-notebook.md) does it: PIL transforms one image at a time in a `DataLoader` with
-`num_workers=0`; `vit_b_16` frozen but for the last 3 blocks and a new head; `Adam(lr=1e-3)`, fp32, and `.item()` on
-every step, which makes the host wait for the device. The departures: images come from a uint8 NHWC array (what
-torchvision's CIFAR100 holds and wraps in `Image.fromarray`, as `NotebookDataset` does), the weights are random
-(nothing is downloaded; speed does not depend on the values), and the per-100-batch print is left out.
-"""
+"""The notebook's way (vit-cifar100-notebook.md), kept so that the bench can time vitlab against it: PIL transforms
+one image at a time in a `DataLoader` (`num_workers=0`), `vit_b_16` frozen but for the last 3 blocks and a new head,
+`Adam(lr=1e-3)`, fp32, `.item()` on every step. Departures: uint8 NHWC images (what torchvision's CIFAR100 holds and
+wraps in `Image.fromarray`, as `NotebookDataset` does), random weights, and no per-100-batch print."""
 
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models import VisionTransformer, ViT_B_16_Weights, vit_b_16
 from torchvision.transforms._presets import ImageClassification
 
-from vitlab.bench.measure import timed
+from vitlab.bench.measure import NUM_CLASSES, Settings, timed
 from vitlab.model import VIT_TINY_CONFIG
 
 NOTEBOOK_MEAN, NOTEBOOK_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # its Normalize: ImageNet's statistics
@@ -48,7 +44,7 @@ class NotebookDataset(Dataset):
 
     def __init__(self, images_uint8_nhwc: np.ndarray, labels: np.ndarray | list[int], transform) -> None:
         if images_uint8_nhwc.dtype != np.uint8 or images_uint8_nhwc.ndim != 4 or images_uint8_nhwc.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images_uint8_nhwc.dtype} "
+            raise ValueError(f"expected uint8 images (N, H, W, 3), got {images_uint8_nhwc.dtype} "
                              f"{images_uint8_nhwc.shape}")
         self.data, self.targets, self.transform = images_uint8_nhwc, [int(label) for label in labels], transform
 
@@ -68,8 +64,7 @@ def notebook_loader(images_uint8_nhwc: np.ndarray, labels: np.ndarray | list[int
 
 
 def notebook_model(arch: str = "vit_b_16", num_classes: int = 100) -> VisionTransformer:
-    """The notebook's surgery on random weights: freeze all, unfreeze the last 3 blocks, a new head ("vit_tiny":
-    vitlab's small sibling, for fast tests)."""
+    """The notebook's surgery on random weights: all frozen but the last 3 blocks, a new head ("vit_tiny": tests)."""
     model = vit_b_16(weights=None) if arch == "vit_b_16" else VisionTransformer(num_classes=1000, **VIT_TINY_CONFIG)
     for param in model.parameters():
         param.requires_grad = False
@@ -87,8 +82,7 @@ def notebook_optimizer(model: nn.Module) -> optim.Optimizer:
 
 def notebook_train_steps(model: nn.Module, loader: DataLoader, steps: int, device: torch.device | str,
                          optimizer: optim.Optimizer | None = None) -> float:
-    """`steps` iterations of the notebook's training loop; images/s. Pass the same `optimizer` across calls to keep
-    Adam's state, as one long epoch would."""
+    """`steps` iterations of the notebook's training loop; images/s (one `optimizer` across calls: one long epoch)."""
     device, criterion, optimizer = torch.device(device), nn.CrossEntropyLoss(), optimizer or notebook_optimizer(model)
     model.train()
     running_loss, correct = 0.0, 0
@@ -133,8 +127,7 @@ def notebook_load_batches(loader: DataLoader, steps: int) -> float:
 
 def images_per_second(loader: DataLoader, steps: int, device: torch.device,
                       step: Callable[[Tensor, Tensor], None]) -> float:
-    """Hand the first `steps` batches of `loader` to `step`; images/s, drawing the batches (the PIL work) and the
-    device's queued work included."""
+    """Hand `loader`'s first `steps` batches to `step`; images/s, the PIL work and the device's queued work included."""
 
     def loop() -> int:
         seen = 0
@@ -147,3 +140,13 @@ def images_per_second(loader: DataLoader, steps: int, device: torch.device,
     if seen == 0:
         raise ValueError("the loader yielded no batches: give it at least one batch of images")
     return seen / seconds
+
+
+def notebook_trainer(settings: Settings, images: np.ndarray, labels: np.ndarray,
+                     batch_size: int) -> tuple[Callable[[int], float], nn.Module]:
+    """The notebook's training loop and its model; one optimiser across calls, as in one long epoch."""
+    torch.manual_seed(settings.seed)
+    model = notebook_model(settings.arch, NUM_CLASSES).to(settings.device)
+    optimizer, loader = notebook_optimizer(model), notebook_loader(images, labels, batch_size, train=True,
+                                                                   image_size=settings.image_size)
+    return (lambda steps: notebook_train_steps(model, loader, steps, settings.device, optimizer)), model

@@ -14,31 +14,29 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision
 
 from vitlab.atomic import atomic_write
-from vitlab.bench import epoch, explorer, jobs, resolution, rows
+from vitlab.bench import epoch, explorer, rows
 from vitlab.bench.measure import Settings, describe_device, row_result
 from vitlab.cli import Parser, Rule, command, flag_name, number_flag
 from vitlab.device import pick_device
 from vitlab.errors import VitlabError
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     measure: Callable[[Settings], dict]
     flags: frozenset[str]  # the flags (Settings fields) it reads: one that no row of a run reads is refused
     optional: bool = False  # runs only when named in --rows
-    gpu: bool = False  # a GPU target: without CUDA it runs only with --force-epoch
 
 
 STEPS = frozenset({"device", "quick", "repeats", "batch_size", "arch"})  # rows that time steps, interleaved
-EPOCHS = frozenset({"device", "quick", "batch_size", "arch", "force_epoch", "epoch_images", "compile"})
 RUNS = frozenset({"device", "quick", "repeats"})  # rows that train whole runs (one seed a repeat) or a preset
 ROWS: dict[str, Row] = {
     "data_pipeline": Row(rows.bench_data_pipeline, STEPS),
@@ -46,12 +44,12 @@ ROWS: dict[str, Row] = {
     "train_step": Row(rows.bench_train_step, STEPS),
     "eval_throughput": Row(rows.bench_eval_throughput, STEPS),
     "peak_memory": Row(rows.bench_peak_memory, STEPS - {"repeats"}),  # one fresh process a side
-    "demo": Row(jobs.bench_demo, frozenset({"device"})),  # the preset as it ships
-    "epoch": Row(epoch.bench_epoch, EPOCHS, gpu=True),  # without --rows, only with --epoch
-    "transfer": Row(jobs.bench_transfer, RUNS, optional=True),
-    "train_step_160": Row(partial(resolution.bench_resolution_step, image_size=160), STEPS, optional=True),
-    "train_step_112": Row(partial(resolution.bench_resolution_step, image_size=112), STEPS, optional=True),
-    "laptop_estimate": Row(resolution.bench_laptop_estimate, RUNS, optional=True),
+    "demo": Row(rows.bench_demo, frozenset({"device"})),  # the preset as it ships
+    "epoch": Row(epoch.bench_epoch, STEPS - {"repeats"} | {"force_epoch", "epoch_images", "compile"}),
+    "transfer": Row(rows.bench_transfer, RUNS, optional=True),
+    "train_step_160": Row(partial(rows.bench_resolution_step, image_size=160), STEPS, optional=True),
+    "train_step_112": Row(partial(rows.bench_resolution_step, image_size=112), STEPS, optional=True),
+    "laptop_estimate": Row(epoch.bench_laptop_estimate, RUNS, optional=True),
     "explorer": Row(explorer.bench_explorer, frozenset({"quick", "repeats", "arch"}), optional=True),  # the CPU's
 }
 DEFAULT_ROWS = tuple(name for name, row in ROWS.items() if not row.optional)
@@ -65,8 +63,7 @@ def build_parser() -> Parser:
     """The flags. Every default is None, so that a flag the user typed is told apart from one left out."""
     optional = ", ".join(name for name in ROWS if name not in DEFAULT_ROWS)
     parser = Parser(rules=RULES, examples={"arch": "--arch vit_tiny"}, prog="python -m vitlab.bench",
-                    description="Time vitlab against the notebook's way (PIL per image, fp32, Adam), interleaved, "
-                    "and print the medians, their ratio and the target of each row.",
+                    description="Time vitlab against the notebook's way, interleaved: medians, ratio, target per row.",
                     epilog=f"Rows: {', '.join(DEFAULT_ROWS)}; only with --rows: {optional}. A flag that no row of "
                     "the run reads is refused. Targets are reported, never enforced: the exit code is 0 unless a row "
                     "failed to run.")
@@ -80,10 +77,10 @@ def build_parser() -> Parser:
     parser.add_argument("--rows", metavar="A,B,...", help="these rows, in this order (default: the default rows)")
     parser.add_argument("--arch", choices=("vit_b_16", "vit_tiny"), help="the timed model (default: vit_b_16)")
     parser.add_argument("--epoch", action=switch, help="without --rows: run the epoch row too (a GPU target)")
-    parser.add_argument("--force-epoch", action=switch, help="run the epoch rows without CUDA too")
+    parser.add_argument("--force-epoch", action=switch, help="run the epoch row without CUDA too")
     parser.add_argument("--epoch-images", type=count["epoch_images"], metavar="N",
-                        help="train+val images of the epoch rows (default: 50000, CIFAR-100's training set)")
-    parser.add_argument("--compile", action=switch, help="torch.compile in the epoch rows (default: on CUDA only)")
+                        help="train+val images of the epoch row (default: 50000, CIFAR-100's training set)")
+    parser.add_argument("--compile", action=switch, help="torch.compile in the epoch row (default: on CUDA only)")
     return parser
 
 
@@ -108,10 +105,10 @@ def chosen_rows(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def skip_reason(name: str, settings: Settings, args: argparse.Namespace) -> str | None:
-    """Why row `name` is reported as not measured in this run; None when it runs."""
+    """Why row `name` is reported as not measured in this run (the epoch row, a GPU target); None when it runs."""
     if name == "epoch" and args.rows is None and not args.epoch:
         return "run with --epoch"
-    if ROWS[name].gpu and not settings.cuda and not settings.force_epoch:
+    if name == "epoch" and not settings.cuda and not settings.force_epoch:  # a whole epoch takes hours on a CPU
         return "needs CUDA; --force-epoch runs it anyway"
     return None
 

@@ -1,8 +1,5 @@
-"""The explorer row: how long a user of the attention explorer waits, the work done as streamlit_app.py does it.
-
-On the CPU, as the app runs. Drawing includes encoding each view as st.image does; Streamlit's messaging, the browser
-and the mean attention distance (once per model) are not included. The notebook had no explorer: no notebook side.
-"""
+"""The explorer row: how long an explorer user waits, the work done as streamlit_app.py does it, on the CPU as the app
+runs (views encoded as st.image does; not Streamlit's messaging or the browser). The notebook had no explorer."""
 
 from __future__ import annotations
 
@@ -34,9 +31,8 @@ def draw_layer_views(image: Tensor, views: ImageViews, rollout: Tensor, layer: i
 
 
 def benchmark_explorer(arch: str = "vit_b_16", repeats: int = 5) -> dict[str, float]:
-    """Median seconds, random weights: a new image until all its views are drawn ("new_image_seconds": one forward
-    pass, the class-specific map, every view) and a slider move ("slider_seconds": the cached analysis unpickled, as
-    st.cache_data does on a hit, and the layer's views redrawn; no model call)."""
+    """Median seconds, random weights: a new image until every view is drawn, and a slider move (the analysis unpickled
+    as st.cache_data does on a hit, the layer's views redrawn)."""
     model = build_model(arch, num_classes=1000 if arch == "vit_b_16" else 100, pretrained=False, progress=False).eval()
     generator, new_image, slider = torch.Generator().manual_seed(0), [], []
     for repeat in range(repeats + 1):  # the first round warms up the kernels and is not counted
@@ -55,9 +51,8 @@ def benchmark_explorer(arch: str = "vit_b_16", repeats: int = 5) -> dict[str, fl
 
 
 def benchmark_gallery(repeats: int = 5) -> dict[str, float]:
-    """Median seconds of the demo model's 16 least-confident test images with class-specific maps, drawn: from scratch
-    ("gallery_seconds": its 1,000 test images classified first) and with that scan cached, as the app keeps it per
-    model ("gallery_cached_seconds")."""
+    """Median seconds of the demo model's 16 least-confident test images, class-specific maps drawn: with its 1,000
+    test images classified first ("gallery_seconds"), and with that scan cached ("gallery_cached_seconds")."""
     model, splits = load_demo_model()
     fresh, cached = [], []
     for _ in range(repeats + 1):  # the first round warms up the kernels and is not counted

@@ -1,4 +1,5 @@
-"""The bench's kit: what a run measures (Settings), timing, one row's record, random data, the machine."""
+"""The bench's kit: what a run measures (Settings), timing, one row's record, random data, vitlab's side of the rows
+(its training as the job sets it up) and the machine."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torchvision.models import VisionTransformer
 
-from vitlab.data import ImageDataset
+from vitlab.data import BatchTransform, ImageDataset, batches
+from vitlab.model import build_model
+from vitlab.training import train as vitlab_train
 
 NUM_CLASSES = 100  # CIFAR-100's
+TRAINABLE_BLOCKS = 3  # as the notebook: the last 3 blocks and the head train
 
 
 @dataclass
@@ -33,9 +39,9 @@ class Settings:
     batch_size: int | None = None  # one batch size for every row; None: the row's default for the device
     arch: str = "vit_b_16"  # the notebook's model; the tests use "vit_tiny" to run every row in seconds
     demo_args: tuple[str, ...] = ()  # extra flags for the rows that run the demo preset (tests shrink it)
-    force_epoch: bool = False  # run the epoch rows without CUDA too (GPU targets; this checks the code path)
-    epoch_images: int | None = None  # train+val images of the epoch rows; None: CIFAR-100's 50,000
-    compile: bool | None = None  # torch.compile in the epoch rows; None: on CUDA only
+    force_epoch: bool = False  # run the epoch row without CUDA too (a GPU target; this checks the code path)
+    epoch_images: int | None = None  # train+val images of the epoch row; None: CIFAR-100's 50,000
+    compile: bool | None = None  # torch.compile in the epoch row; None: on CUDA only
     seed: int = 0
 
     @property
@@ -52,8 +58,7 @@ class Settings:
     def batch(self, cpu: int, cuda: int) -> int:
         return self.batch_size if self.batch_size is not None else (cuda if self.cuda else cpu)
 
-    def count(self, cpu_quick: int, cpu_full: int, cuda_quick: int, cuda_full: int) -> int:
-        """A step or batch count that depends on the device and on --quick."""
+    def count(self, cpu_quick: int, cpu_full: int, cuda_quick: int, cuda_full: int) -> int:  # by device and --quick
         return (cuda_quick if self.quick else cuda_full) if self.cuda else (cpu_quick if self.quick else cpu_full)
 
 
@@ -70,11 +75,8 @@ def timed(device: torch.device, work: Callable[[], Any]) -> tuple[Any, float]:
 
 def interleaved(baseline: Callable[[], float], vitlab: Callable[[], float], repeats: int,
                 warmup: int = 1) -> tuple[list[float], list[float]]:
-    """Each side's results: both called `warmup` times untimed, then `repeats` times each in the order A B B A A B ...
-
-    Alternating cancels slow drifts (a neighbour's job starting, the CPU heating up) instead of charging them to
-    whichever side runs second.
-    """
+    """Each side's results, both called `warmup` times untimed, then `repeats` times each in the order A B B A A B:
+    alternating cancels a slow drift (a neighbour's job starting) rather than charge it to the side run second."""
     for _ in range(warmup):
         baseline()
         vitlab()
@@ -87,8 +89,8 @@ def interleaved(baseline: Callable[[], float], vitlab: Callable[[], float], repe
 
 
 def in_fresh_process(module: str, function: str, arguments: list) -> Any:
-    """`module.function(*arguments)` in a new Python process, its result returned through JSON: for what a long-lived
-    process would skew (peak memory, or speed that differs from one process to the next)."""
+    """`module.function(*arguments)` in a new Python process, its result through JSON: for what a long-lived process
+    would skew (peak memory, or speed that differs from one process to the next)."""
     code = f"import json, sys; from {module} import {function}; print(json.dumps({function}(*json.loads(sys.argv[1]))))"
     done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -99,12 +101,8 @@ def in_fresh_process(module: str, function: str, arguments: list) -> Any:
 def row_result(row: str, settings: Settings, baseline: float | None, vitlab: float | None, unit: str, *,
                ratio: float | None = None, ratio_meaning: str = "", target: str = "report",
                met: bool | None = None, notes: str = "", **extra: Any) -> dict:
-    """One row of the table as a plain dict, written into the JSON unchanged.
-
-    `met` defaults to whether `ratio` meets a ratio target such as '>= 4x' (None for other targets). With
-    `samples_baseline` and `samples_vitlab` in `extra` it adds a noise check: `ratio_best`, the ratio of each side's
-    best sample, and `spread`, the largest max/min of either side: near 1 on a quiet machine.
-    """
+    """One row of the table as a plain dict, as the JSON keeps it; `met` by default whether `ratio` meets a target like
+    '>= 4x'. Samples in `extra` add a noise check: `ratio_best` (of each side's best) and `spread` (largest max/min)."""
     found = re.fullmatch(r"(>=|<=) ([\d.]+)x", target)
     if met is None and found and ratio is not None:
         met = ratio >= float(found[2]) if found[1] == ">=" else ratio <= float(found[2])
@@ -147,6 +145,49 @@ def random_dataset(n: int, settings: Settings) -> ImageDataset:
     return as_dataset(*cifar_like(n, settings.seed)).to(settings.device)
 
 
+class VitlabTraining(NamedTuple):
+    """vitlab's training as the job sets it up (recipe 'default', random weights); `train(module, batches, count,
+    transform)` and `evaluate(...)` run its loops on the model, its compiled form or a `TrainableTop`: metrics."""
+
+    model: VisionTransformer
+    train: Callable[..., dict]
+    evaluate: Callable[..., dict]
+    bf16: bool  # whether the recipe computes in bf16 on this device (CUDA)
+
+
+def vitlab_training(settings: Settings, total_steps: int, image_size: int | None = None,
+                    trainable_blocks: int = TRAINABLE_BLOCKS) -> VitlabTraining:
+    """`settings.arch` with random weights on the device, AdamW (fused on CUDA), warm-up + cosine over `total_steps`."""
+    recipe, device = vitlab_train.RECIPES["default"], settings.device
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.arch, NUM_CLASSES, pretrained=False, trainable_blocks=trainable_blocks,
+                        progress=False, image_size=image_size).to(device)
+    # pretrained=True: the real job fine-tunes pretrained weights, so its body learns at a tenth of the head's rate.
+    optimizer = vitlab_train.make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
+    scheduler = vitlab_train.make_scheduler(optimizer, recipe, total_steps=total_steps)
+    common = {"criterion": vitlab_train.make_criterion(recipe), "device": device, "recipe": recipe,
+              "show_progress": False}
+    return VitlabTraining(model, partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler,
+                                         **common),
+                          partial(vitlab_train.evaluate, **common), vitlab_train.uses_bf16(device, recipe))
+
+
+def vitlab_trainer(settings: Settings, data: ImageDataset, batch_size: int, total_steps: int, *,
+                   image_size: int | None = None) -> Callable[[int], float]:
+    """vitlab's loop on `data` (uint8, on the device), trains `steps` steps a call and returns images/s; its data
+    transform (flip, rotation 10, resize to `image_size`) on the clock as the notebook's PIL work is on its side."""
+    training = vitlab_training(settings, total_steps, image_size)
+    transform = BatchTransform(training.model.image_size, train=True).to(settings.device)
+
+    def run(steps: int) -> float:
+        chunk = data.take(steps * batch_size)
+        source = batches(chunk, batch_size, shuffle=True, device=settings.device)
+        metrics, seconds = timed(settings.device, lambda: training.train(training.model, source, len(chunk), transform))
+        return metrics["count"] / seconds
+
+    return run
+
+
 def device_name(device: torch.device) -> str:
     """'NVIDIA H100 80GB HBM3 (CUDA)' or 'Intel(R) Xeon(R) ... (CPU, 2 cores, 2 torch threads)'."""
     if device.type == "cuda":
@@ -159,6 +200,5 @@ def device_name(device: torch.device) -> str:
 
 def describe_device(device: torch.device) -> dict:
     """The machine the numbers come from, for the JSON and the table's header."""
-    memory = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1) if device.type == "cuda" else None
-    return {"name": device_name(device), "type": device.type, "gpu_memory_gib": memory,
+    return {"name": device_name(device), "type": device.type,
             "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

@@ -1,21 +1,30 @@
-"""The rows that time steps of work, the notebook's way (`vitlab.bench.baseline`) against vitlab's, or vitlab's
-forward without and with capturing attention."""
+"""The notebook's way (`vitlab.bench.baseline`) against vitlab's step by step (data, training, evaluation, memory),
+capture's cost, and the rows that run the fine-tuning job end to end (demo, transfer)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import statistics
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from vitlab.bench import measure
-from vitlab.bench.baseline import notebook_eval_steps, notebook_load_batches, notebook_loader
-from vitlab.bench.measure import Settings, as_dataset, cifar_like, paired_row, row_result, timed
-from vitlab.bench.sides import images_per_second, notebook_trainer, vitlab_trainer, vitlab_training
+from vitlab.bench.baseline import notebook_eval_steps, notebook_load_batches, notebook_loader, notebook_trainer
+from vitlab.bench.measure import Settings, as_dataset, cifar_like
 from vitlab.capture import capture
+from vitlab.cli import flag_name
 from vitlab.data import BatchTransform, batches
+from vitlab.training import finetune
+
+# transfer: the demo's 8,000 training images, and few labels (500); from scratch at its best measured rate, 1e-3.
+VARIANTS = {"8000 images, 5 epochs": {}, "500 images, 10 epochs": {"subset": 500, "epochs": 10}}
+FROM_SCRATCH = ["--pretrained", "none", "--trainable-blocks", "all", "--lr", "1e-3"]
+RESOLUTION_TARGETS = {160: ">= 1.8x", 112: ">= 3.5x"}  # the speed-up over 224 px; 112 px has 1/4 of the tokens
 
 
 def bench_data_pipeline(settings: Settings) -> dict:
@@ -31,10 +40,11 @@ def bench_data_pipeline(settings: Settings) -> dict:
         for images_batch, _ in batches(data, batch_size, shuffle=True, device=device):
             transform(images_batch)  # (B, 3, 32, 32) uint8 -> (B, 3, S, S) normalised float
 
-    sides = (lambda: notebook_load_batches(loader, steps), lambda: len(data) / timed(device, transform_all)[1])
-    return paired_row("data_pipeline", settings, sides, settings.reps(5, 9), target=">= 4x", batch_size=batch_size,
-                      steps=steps, notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL per image "
-                      f"on the CPU; vitlab: BatchTransform on the {device.type}, the data resident there")
+    sides = (lambda: notebook_load_batches(loader, steps), lambda: len(data) / measure.timed(device, transform_all)[1])
+    return measure.paired_row(
+        "data_pipeline", settings, sides, settings.reps(5, 9), target=">= 4x", batch_size=batch_size, steps=steps,
+        notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL on the CPU; vitlab: on the {device.type}",
+    )
 
 
 def bench_train_step(settings: Settings) -> dict:
@@ -42,43 +52,54 @@ def bench_train_step(settings: Settings) -> dict:
     batch_size, steps, repeats = settings.batch(8, 64), settings.count(2, 3, 10, 25), settings.reps(3, 5)
     images, labels = cifar_like(batch_size * steps, settings.seed)
     notebook, _ = notebook_trainer(settings, images, labels, batch_size)
-    vitlab = vitlab_trainer(settings, as_dataset(images, labels).to(settings.device), batch_size,
-                            total_steps=4 * steps * (repeats + 2))
-    notebook(1)  # warm-up, one step each: allocates Adam's state, primes the kernels
-    vitlab(1)
-    return paired_row(
-        "train_step", settings, (lambda: notebook(steps), lambda: vitlab(steps)), repeats, warmup=0, target=">= 1x",
+    vitlab = measure.vitlab_trainer(settings, as_dataset(images, labels).to(settings.device), batch_size,
+                                    total_steps=4 * steps * (repeats + 2))
+    return measure.paired_row(  # the warm-up allocates Adam's state and primes the kernels
+        "train_step", settings, (lambda: notebook(steps), lambda: vitlab(steps)), repeats, target=">= 1x",
         batch_size=batch_size, steps=steps, notes=f"{settings.arch}, random weights, last 3 blocks + head train; "
-        f"vitlab: recipe 'default' (AdamW, warmup + cosine, label smoothing, clipping), "
-        f"{'bf16' if settings.cuda else 'fp32 (bf16 on CUDA only)'}",
+        f"vitlab: recipe 'default' (AdamW, cosine, smoothing, clipping), {'bf16' if settings.cuda else 'fp32'}",
     )
 
 
 def bench_eval_throughput(settings: Settings) -> dict:
     """Evaluation: the notebook's loop (PIL test transform, fp32, .item() per batch) against vitlab's `evaluate`."""
-    device = settings.device
+    device, size = settings.device, settings.image_size
     batch_size, steps = settings.batch(8, 128), settings.count(1, 2, 10, 20)  # steps: batches per timed repeat
     images, labels = cifar_like(batch_size * steps, settings.seed)
-    training = vitlab_training(settings, total_steps=1)  # one model for both sides: only the loops differ
-    loader = notebook_loader(images, labels, batch_size, train=False, image_size=settings.image_size)
-    data, transform = as_dataset(images, labels).to(device), BatchTransform(settings.image_size, train=False).to(device)
+    training = measure.vitlab_training(settings, total_steps=1)  # one model for both sides: only the loops differ
+    loader = notebook_loader(images, labels, batch_size, train=False, image_size=size)
+    data, transform = as_dataset(images, labels).to(device), BatchTransform(size, train=False).to(device)
 
     def vitlab() -> float:
-        source = batches(data, batch_size, shuffle=False, device=device)
-        return images_per_second(device, lambda: training.evaluate(training.model, source, len(data), transform))
+        source, model = batches(data, batch_size, shuffle=False, device=device), training.model
+        metrics, seconds = measure.timed(device, lambda: training.evaluate(model, source, len(data), transform))
+        return metrics["count"] / seconds
 
-    return paired_row(
+    return measure.paired_row(
         "eval_throughput", settings, (lambda: notebook_eval_steps(training.model, loader, steps, device), vitlab),
         settings.reps(3, 5), batch_size=batch_size, steps=steps, notes=f"{settings.arch}; notebook: "
         f"weights.transforms() per image, fp32; vitlab: BatchTransform eval, {'bf16' if settings.cuda else 'fp32'}",
     )
 
 
+def bench_resolution_step(settings: Settings, image_size: int, reference: int = 224) -> dict:
+    """vitlab's training step (data transform included) at `image_size` px against `reference` px, images/s."""
+    batch_size, steps, repeats = settings.batch(8, 64), settings.count(2, 3, 10, 25), settings.reps(3, 5)
+    data = measure.random_dataset(batch_size * steps, settings)
+    base, ours = (measure.vitlab_trainer(settings, data, batch_size, 4 * steps * (repeats + 2), image_size=size)
+                  for size in (reference, image_size))
+    return measure.paired_row(
+        f"train_step_{image_size}", settings, (lambda: base(steps), lambda: ours(steps)), repeats,
+        ratio_meaning=f"{image_size} px / {reference} px", target=RESOLUTION_TARGETS.get(image_size, "report"),
+        batch_size=batch_size, steps=steps, image_size=image_size, reference_size=reference,
+        notes=f"{settings.arch}, random weights, the last 3 blocks + head train; baseline: the same at {reference} px",
+    )
+
+
 def capture_samples(arch: str, batch_size: int, forwards: int, repeats: int, device: str) -> dict:
-    """In this process, interleaved: seconds per batch of plain eval forwards ("plain") and of forwards under
-    `capture` ("captured"), and whether capturing left the logits "identical"."""
+    """Seconds per batch, interleaved: plain eval forwards, forwards under `capture`; and are the logits identical?"""
     settings = Settings(device=torch.device(device), arch=arch)
-    model = vitlab_training(settings, total_steps=1).model.eval()
+    model = measure.vitlab_training(settings, total_steps=1).model.eval()
     images = as_dataset(*cifar_like(batch_size, seed=0)).images.to(device)  # (B, 3, 32, 32) uint8
     inputs = BatchTransform(model.image_size, train=False).to(device)(images)  # (B, 3, S, S)
 
@@ -89,7 +110,7 @@ def capture_samples(arch: str, batch_size: int, forwards: int, repeats: int, dev
                     model(inputs)
             assert not captured or len(cap.attentions) == len(model.encoder.layers)  # every block was recorded
 
-        return timed(settings.device, run)[1] / forwards
+        return measure.timed(settings.device, run)[1] / forwards
 
     with torch.no_grad():  # the warm-up is the check that capture changes nothing
         logits = model(inputs)
@@ -100,37 +121,35 @@ def capture_samples(arch: str, batch_size: int, forwards: int, repeats: int, dev
 
 
 def bench_capture_overhead(settings: Settings) -> dict:
-    """An eval forward under `vitlab.capture` against the same forward without it, seconds per batch, in several fresh
-    processes: on a CPU the plain forward's speed differs from one process to the next by more than the effect (0.53
-    to 0.60 s for one ViT-B/16 batch), so one process is one draw, and the ratio is the median process's."""
+    """An eval forward under `vitlab.capture` against the same forward without it, s/batch, in fresh processes: the
+    plain forward's speed differs between processes by more than the effect, so the ratio is the median process's."""
     batch_size, processes = settings.batch(4, 64), settings.count(3, 5, 2, 3)
     arguments = [settings.arch, batch_size, settings.count(1, 1, 5, 10), settings.reps(5, 7), str(settings.device)]
     runs = [measure.in_fresh_process("vitlab.bench.rows", "capture_samples", arguments) for _ in range(processes)]
     ratios = [statistics.median(r["captured"]) / statistics.median(r["plain"]) for r in runs]
     identical = all(r["identical"] for r in runs)
-    return row_result(
+    return measure.row_result(
         "capture_overhead", settings, statistics.median(statistics.median(r["plain"]) for r in runs),
         statistics.median(statistics.median(r["captured"]) for r in runs), "s/batch", ratio=statistics.median(ratios),
         ratio_meaning="capture / plain (time), median of per-process ratios", target="<= 1.05x",
         batch_size=batch_size, process_ratios=ratios, logits_identical=identical,
         samples_baseline=[t for r in runs for t in r["plain"]], samples_vitlab=[t for r in runs for t in r["captured"]],
-        notes=f"{settings.arch}, eval, no_grad, fp32; per-process ratios {', '.join(f'{x:.2f}x' for x in ratios)}; "
-        f"logits identical with and without capture: {identical}",
+        notes=f"{settings.arch}, eval, fp32; per-process ratios {', '.join(f'{x:.2f}x' for x in ratios)}",
     )
 
 
 def memory_child(side: str, arch: str, batch_size: int, steps: int, device: str) -> float:
-    """In a fresh process: `steps` steps of one side's training; its peak memory, MiB. CUDA: max_memory_allocated;
-    the CPU: the process's peak resident set, VmHWM (`ru_maxrss` is a parent's on Linux after `fork` and `exec`)."""
+    """In a fresh process: `steps` steps of one side's training; its peak memory (the CPU: the process's), MiB."""
     settings = Settings(device=torch.device(device), arch=arch)
     images, labels = cifar_like(batch_size * steps, settings.seed)
     if side == "notebook":
         notebook_trainer(settings, images, labels, batch_size)[0](steps)
     else:
-        vitlab_trainer(settings, as_dataset(images, labels).to(settings.device), batch_size, total_steps=100)(steps)
+        data = as_dataset(images, labels).to(settings.device)
+        measure.vitlab_trainer(settings, data, batch_size, total_steps=100)(steps)
     if settings.cuda:
         return torch.cuda.max_memory_allocated() / 2**20
-    if Path("/proc/self/status").is_file():  # Linux
+    if Path("/proc/self/status").is_file():  # Linux: VmHWM, as ru_maxrss keeps a parent's peak over fork and exec
         status = Path("/proc/self/status").read_text().splitlines()
         return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 2**10  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS: bytes
@@ -139,9 +158,64 @@ def memory_child(side: str, arch: str, batch_size: int, steps: int, device: str)
 def bench_peak_memory(settings: Settings) -> dict:
     """Peak memory of the training step, each side in a fresh process of its own, the same batch size."""
     batch_size, steps = settings.batch(8, 64), 1 if settings.quick else 2  # Adam's state comes in the first step
-    base, ours = (measure.in_fresh_process("vitlab.bench.rows", "memory_child", [side, settings.arch, batch_size, steps,
-                                                                        str(settings.device)])
+    arguments = [settings.arch, batch_size, steps, str(settings.device)]
+    base, ours = (measure.in_fresh_process("vitlab.bench.rows", "memory_child", [side, *arguments])
                   for side in ("notebook", "vitlab"))
     what = "torch.cuda.max_memory_allocated" if settings.cuda else "peak RSS of the whole process"
-    return row_result("peak_memory", settings, base, ours, "MiB", ratio=ours / base, ratio_meaning="vitlab / notebook",
-                      batch_size=batch_size, steps=steps, notes=f"{settings.arch}, {what}")
+    return measure.row_result("peak_memory", settings, base, ours, "MiB", ratio=ours / base, batch_size=batch_size,
+                              ratio_meaning="vitlab / notebook", steps=steps, notes=f"{settings.arch}, {what}")
+
+
+def finetune_job(args: list[str], out: Path, fresh_process: bool = False) -> dict:
+    """`python -m vitlab.finetune ARGS --quiet --out OUT`: its summary.json and wall "seconds" (starting torch too, in a
+    fresh process)."""
+    command, started = [*args, "--quiet", "--out", str(out)], time.perf_counter()
+    code = (measure.in_fresh_process("vitlab.training.finetune", "main", [command]) if fresh_process
+            else finetune.main(command))
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"python -m vitlab.finetune {' '.join(command)} exited with {code} (its message is above)")
+    return {**json.loads((out / "summary.json").read_text()), "seconds": seconds}
+
+
+def bench_demo(settings: Settings) -> dict:
+    """The offline demo end to end, in a fresh process: wall seconds (starting Python included) and test accuracy."""
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-demo-") as folder:
+        run = finetune_job(["--preset", "demo", "--device", settings.device.type, *settings.demo_args],
+                           Path(folder) / "demo", fresh_process=True)
+    return measure.row_result(
+        "demo", settings, None, run["seconds"], "s", target=">= 97% test acc, <= 30 s",
+        met=run["test_acc"] >= 0.97 and run["seconds"] <= 30.0, test_acc=run["test_acc"],
+        pointing_game=run.get("pointing_game"), attention_mass_ratio=run.get("attention_mass_ratio"),
+        wall_seconds_in_process=run["wall_seconds"],
+        notes=f"--preset demo {' '.join(settings.demo_args)}; {run['wall_seconds']:.0f} s inside the run",
+    )
+
+
+def transfer_runs(seed: int, device: str, extra: dict, folder: Path) -> dict[str, dict[str, float]]:
+    """The demo preset and its from-scratch twin, `extra` on both: {"pretrained" / "scratch": test_acc, seconds}."""
+    common = ["--preset", "demo", "--device", device, "--seed", str(seed),
+              *(text for name, value in extra.items() for text in (flag_name(name), str(value)))]
+    sides, results = [("pretrained", []), ("scratch", FROM_SCRATCH)], {}
+    for side, flags in sides if seed % 2 == 0 else sides[::-1]:  # the order alternates from seed to seed
+        run = finetune_job([*common, *flags], folder / f"{side}-{seed}")
+        results[side] = {"test_acc": run["test_acc"], "seconds": run["seconds"]}
+    return results
+
+
+def bench_transfer(settings: Settings, variants: dict | None = None) -> dict:
+    """Does the shipped base pay? The demo preset against the same model from scratch, per variant and seed (42...)."""
+    variants, seeds = variants or VARIANTS, range(42, 42 + settings.reps(1, 3))
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-transfer-") as folder:
+        table = {name: {seed: transfer_runs(seed, settings.device.type, extra, Path(folder) / str(index))
+                        for seed in seeds} for index, (name, extra) in enumerate(variants.items())}
+    wins = {name: sum(r[s]["pretrained"]["test_acc"] > r[s]["scratch"]["test_acc"] for s in seeds)
+            for name, r in table.items()}
+    first = table[next(iter(table))]
+    return measure.row_result(
+        "transfer", settings, statistics.mean(first[s]["scratch"]["test_acc"] for s in seeds),
+        statistics.mean(first[s]["pretrained"]["test_acc"] for s in seeds), "test acc",
+        target="the pretrained base beats from-scratch on every seed", met=all(n == len(seeds) for n in wins.values()),
+        table={name: {str(s): r[s] for s in seeds} for name, r in table.items()}, wins=wins,
+        notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; wins on {wins} of {len(seeds)} seeds",
+    )
