@@ -120,8 +120,9 @@ def refuse_unread_flags(args: argparse.Namespace, names: tuple[str, ...], skippe
         if getattr(args, field) is not None and not any(field in row.flags for row in running):
             users = [name for name, row in ROWS.items() if field in row.flags]
             why = "".join(f" ({name}: {skipped[name]})" for name in users if name in skipped)
-            raise VitlabError(f"{flag_name(field)} is for the rows {', '.join(users)}; this run measures none of them"
-                              f"{why}. Drop {flag_name(field)}, or name one of those rows in --rows.")
+            named = f"row{'s' * (len(users) > 1)} {', '.join(users)}"
+            raise VitlabError(f"{flag_name(field)} is for the {named}; no row of this run reads it{why}. Drop "
+                              f"{flag_name(field)}, or name such a row in --rows.")
 
 
 def check_json_path(text: str) -> None:
