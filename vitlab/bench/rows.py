@@ -188,7 +188,7 @@ def bench_demo(settings: Settings) -> dict:
         met=run["test_acc"] >= 0.97 and run["seconds"] <= 30.0, test_acc=run["test_acc"],
         pointing_game=run.get("pointing_game"), attention_mass_ratio=run.get("attention_mass_ratio"),
         wall_seconds_in_process=run["wall_seconds"],
-        notes=f"--preset demo {' '.join(settings.demo_args)}; {run['wall_seconds']:.0f} s inside the run",
+        notes=f"{' '.join(['--preset', 'demo', *settings.demo_args])}; {run['wall_seconds']:.0f} s inside the run",
     )
 
 
@@ -217,5 +217,5 @@ def bench_transfer(settings: Settings, variants: dict | None = None) -> dict:
         statistics.mean(first[s]["pretrained"]["test_acc"] for s in seeds), "test acc",
         target="the pretrained base beats from-scratch on every seed", met=all(n == len(seeds) for n in wins.values()),
         table={name: {str(s): r[s] for s in seeds} for name, r in table.items()}, wins=wins,
-        notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; wins on {wins} of {len(seeds)} seeds",
+        notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; seeds (of {len(seeds)}) the base won: {wins}",
     )
