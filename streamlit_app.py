@@ -24,9 +24,21 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from vitlab import explorer
+from vitlab.errors import VitlabError
+from vitlab.explorer import uploads
 from vitlab.explorer.pages import common, compare, explore, gallery, tour
 from vitlab.explorer.pages.common import keep_in, load_source, prepare_upload
+from vitlab.explorer.runs_folder import runs_folder
+from vitlab.explorer.sources import (
+    SOURCES,
+    LoadedModel,
+    imagenet_available,
+    imagenet_hint,
+    list_runs,
+    resolve_checkpoint,
+    source_stamp,
+)
+from vitlab.model import weights_cache_file
 
 SOURCE_LABELS = {
     "demo": "Demo model (shapes, offline)",
@@ -46,26 +58,26 @@ def pick_random_image(count: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def choose_model() -> explorer.LoadedModel:
+def choose_model() -> LoadedModel:
     st.sidebar.header("Model")
-    available = explorer.imagenet_available()
+    available = imagenet_available()
     labels = {**SOURCE_LABELS, "imagenet": SOURCE_LABELS["imagenet"] + ("" if available else " (unavailable)")}
-    keep_in("model_source", explorer.SOURCES, "demo")
-    source = st.sidebar.selectbox("Model source", explorer.SOURCES, format_func=labels.get, key="model_source")
+    keep_in("model_source", SOURCES, "demo")
+    source = st.sidebar.selectbox("Model source", SOURCES, format_func=labels.get, key="model_source")
     if not available:
-        cache_file = explorer.weights_cache_file()
+        cache_file = weights_cache_file()
         st.sidebar.caption(f"ImageNet ViT-B/16 is unavailable: put {cache_file.name} in {cache_file.parent}.")
 
     checkpoint = None
     if source == "imagenet" and not available:
-        st.warning(f"The ImageNet ViT-B/16 weights are not on this machine. {explorer.imagenet_hint()}")
+        st.warning(f"The ImageNet ViT-B/16 weights are not on this machine. {imagenet_hint()}")
         st.stop()
     if source == "checkpoint":
         checkpoint = choose_checkpoint()
     try:
-        stamp = explorer.source_stamp(source, checkpoint)
+        stamp = source_stamp(source, checkpoint)
         loaded = load_source(source, None if checkpoint is None else str(checkpoint), stamp)
-    except (explorer.VitlabError, RuntimeError) as error:  # RuntimeError: training the demo model failed
+    except (VitlabError, RuntimeError) as error:  # RuntimeError: training the demo model failed
         st.error(str(error))
         st.stop()
     st.sidebar.caption(loaded.description)
@@ -75,8 +87,8 @@ def choose_model() -> explorer.LoadedModel:
 def choose_checkpoint() -> Path:
     """A run under the runs folder or a typed path inside it, as the checkpoint file it means; stops the page with a
     message if none, or if the path is outside the runs folder (`streamlit run streamlit_app.py -- --runs DIR`)."""
-    root = explorer.runs_folder(sys.argv[1:])
-    runs = [str(run) for run in explorer.list_runs(root)]
+    root = runs_folder(sys.argv[1:])
+    runs = [str(run) for run in list_runs(root)]
     keep_in("run_choice", [""] + runs, "")
     run = st.sidebar.selectbox(
         f"Run under {root}/", [""] + runs, key="run_choice", format_func=lambda r: r or "(choose a run)"
@@ -88,13 +100,13 @@ def choose_checkpoint() -> Path:
         st.info(f"Choose a run under {root}/ in the sidebar, or type the path of a vitlab checkpoint in it.")
         st.stop()
     try:
-        return explorer.resolve_checkpoint(typed or run, root=root)
-    except explorer.VitlabError as error:
+        return resolve_checkpoint(typed or run, root=root)
+    except VitlabError as error:
         st.error(str(error))
         st.stop()
 
 
-def choose_image(loaded: explorer.LoadedModel) -> tuple[torch.Tensor, str, list[str]]:
+def choose_image(loaded: LoadedModel) -> tuple[torch.Tensor, str, list[str]]:
     """The image uint8 (3, H, W), its cache key, and lines to show under it."""
     st.sidebar.header("Image")
     image_sources = ["dataset", "upload"] if loaded.images is not None else ["upload"]
@@ -115,15 +127,15 @@ def choose_image(loaded: explorer.LoadedModel) -> tuple[torch.Tensor, str, list[
         line = f"True label: **{label}**" if images.classes == loaded.classes else f"Dataset label: {label}"
         return images.images[index], f"dataset:{index}", [line]
 
-    upload = st.sidebar.file_uploader("PNG, JPEG, GIF or WebP image", type=list(explorer.EXTENSIONS), key="upload")
+    upload = st.sidebar.file_uploader("PNG, JPEG, GIF or WebP image", type=list(uploads.EXTENSIONS), key="upload")
     if upload is None:
         st.info("Upload a PNG, JPEG, GIF or WebP image in the sidebar to see where the model looks.")
         st.stop()
     data = upload.getvalue()
-    key = explorer.image_key(data)
+    key = uploads.image_key(data)
     try:
         prepared = prepare_upload(key, loaded.model.image_size, data)
-    except explorer.VitlabError as error:
+    except VitlabError as error:
         st.error(f"{upload.name}: {error}")
         st.stop()
     return prepared.image, f"upload:{key}", [f"Uploaded: {upload.name}", *prepared.notes]

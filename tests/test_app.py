@@ -21,8 +21,11 @@ from streamlit.testing.v1 import AppTest
 from vitlab import explorer
 from vitlab.analysis.attention import cls_attention, rollout
 from vitlab.bench.explorer import benchmark_explorer
-from vitlab.errors import CheckpointError, WeightsUnavailableError
+from vitlab.errors import CheckpointError, VitlabError, WeightsUnavailableError
 from vitlab.explorer import uploads
+from vitlab.explorer.sources import imagenet_available, source_stamp
+from vitlab.explorer.uploads import UploadError
+from vitlab.model import weights_cache_file
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 TIMEOUT = 300  # seconds per AppTest run (its default is 3): a first run loads the model, and the CPU may be shared
@@ -118,13 +121,13 @@ def test_preprocess_upload_leaves_white_where_an_rgba_image_is_transparent():
 @pytest.mark.parametrize("name", BAD_UPLOADS)
 def test_preprocess_upload_refuses_bad_files_with_a_clear_message(name):
     _, content, phrase = BAD_UPLOADS[name]
-    with pytest.raises(explorer.UploadError, match=phrase):
+    with pytest.raises(UploadError, match=phrase):
         explorer.preprocess_upload(content, image_size=224)
 
 
 def test_preprocess_upload_refuses_files_over_the_size_limit(monkeypatch):
     monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES", 1000)
-    with pytest.raises(explorer.UploadError, match="smaller copy"):
+    with pytest.raises(UploadError, match="smaller copy"):
         explorer.preprocess_upload(encode(noise(64, 64)), image_size=32)
 
 
@@ -193,7 +196,7 @@ class Payload:
 
 def test_imagenet_source_without_weights_says_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    assert not explorer.imagenet_available()
+    assert not imagenet_available()
     with pytest.raises(WeightsUnavailableError, match="vit_b_16-c867db91.pth"):
         explorer.load_model_source("imagenet")
 
@@ -208,15 +211,15 @@ def test_source_stamp_changes_when_the_checkpoint_file_changes(tmp_path):
     checkpoint = tmp_path / "best.pt"
     checkpoint.write_bytes(b"first")
     os.utime(checkpoint, ns=(1_000_000_000, 1_000_000_000))
-    first = explorer.source_stamp("checkpoint", checkpoint)
+    first = source_stamp("checkpoint", checkpoint)
     assert first == f"checkpoint:{checkpoint.resolve()}:1000000000"
     os.utime(checkpoint, ns=(2_000_000_000, 2_000_000_000))
-    assert explorer.source_stamp("checkpoint", checkpoint) != first
-    assert explorer.source_stamp("imagenet") == f"imagenet:{explorer.weights_cache_file()}"
+    assert source_stamp("checkpoint", checkpoint) != first
+    assert source_stamp("imagenet") == f"imagenet:{weights_cache_file()}"
     with pytest.raises(CheckpointError, match="Choose a run"):
-        explorer.source_stamp("checkpoint")
-    with pytest.raises(explorer.VitlabError, match="Unknown model source"):
-        explorer.source_stamp("webcam")
+        source_stamp("checkpoint")
+    with pytest.raises(VitlabError, match="Unknown model source"):
+        source_stamp("webcam")
 
 
 def test_the_app_imports_only_the_explorer_package_and_the_package_not_the_bench():
@@ -227,8 +230,9 @@ def test_the_app_imports_only_the_explorer_package_and_the_package_not_the_bench
         for alias in node.names
     ]
     vitlab_names = [name for name in imported if name.startswith("vitlab")]
-    assert "vitlab.explorer" in vitlab_names  # the package, and its page sections (vitlab.explorer.pages.*)
-    assert all(name == "vitlab.explorer" or name.startswith("vitlab.explorer.pages.") for name in vitlab_names)
+    assert "vitlab.explorer.pages.explore" in vitlab_names  # the page sections, and the package's modules
+    allowed = ("vitlab.explorer.", "vitlab.errors.", "vitlab.model.weights_cache_file")  # and where the errors and
+    assert all(name.startswith(allowed) for name in vitlab_names), vitlab_names  # the ImageNet file are defined
     check = "import sys, vitlab.explorer; assert not [m for m in sys.modules if m.startswith('vitlab.bench')]"
     subprocess.run([sys.executable, "-c", check], check=True)
 
@@ -289,6 +293,8 @@ CONTROLS = [
 def test_every_control_reruns_and_only_a_new_image_runs_the_model(app, monkeypatch):
     import streamlit as st
 
+    from vitlab.explorer.pages import common
+
     st.cache_data.clear()
     calls = {"analyse": 0}
     analyse_image = explorer.analyse_image
@@ -297,7 +303,7 @@ def test_every_control_reruns_and_only_a_new_image_runs_the_model(app, monkeypat
         calls["analyse"] += 1
         return analyse_image(*args, **kwargs)
 
-    monkeypatch.setattr(explorer, "analyse_image", counting)
+    monkeypatch.setattr(common, "analyse_image", counting)  # where the page calls it
     app.run()
     assert calls["analyse"] == 1
     for kind, key, value in CONTROLS:
@@ -351,7 +357,7 @@ def test_imagenet_source_runs_when_its_weights_are_cached(app, tmp_path):
     from torchvision.models import ViT_B_16_Weights, vit_b_16
 
     torch.manual_seed(0)
-    cache_file = explorer.weights_cache_file()  # under the fixture's TORCH_HOME
+    cache_file = weights_cache_file()  # under the fixture's TORCH_HOME
     cache_file.parent.mkdir(parents=True)
     torch.save(vit_b_16().state_dict(), cache_file)
     app.run()  # the sidebar now offers it

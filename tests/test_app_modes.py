@@ -21,7 +21,12 @@ from streamlit.testing.v1 import AppTest
 from vitlab import explorer
 from vitlab.capture import capture_forward
 from vitlab.explorer import export, figures, gallery, live
+from vitlab.explorer.drawing import PROJECTOR_CMAP, PROJECTOR_GRID_PX, jpeg_bytes, overlay_values
+from vitlab.explorer.pages import common as common_page
+from vitlab.explorer.pages import gallery as gallery_page
+from vitlab.explorer.sources import source_stamp
 from vitlab.explorer.tour import TOUR, step_index
+from vitlab.explorer.views import model_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "streamlit_app.py"
@@ -106,7 +111,7 @@ def test_token_views_are_each_blocks_norms_and_pca_colours(demo_model):
     image = splits.test.images[0]
     found = figures.token_views(model, image)
     with torch.no_grad():
-        _, captured = capture_forward(model, explorer.model_inputs(model, image))
+        _, captured = capture_forward(model, model_inputs(model, image))
     last = captured.hidden_states[-1][0]  # (T, hidden)
     assert torch.allclose(found.norms[-1].flatten(), last[1:].norm(dim=-1))
     assert torch.isclose(found.class_norms[-1], last[0].norm())
@@ -168,14 +173,14 @@ def test_projector_mode_and_patch_exact_overlays_reach_every_drawing(app, monkey
         calls.append(kwargs)
         return render(*args, **kwargs)
 
-    monkeypatch.setattr(explorer, "render_overlay", recording)
+    monkeypatch.setattr(common_page, "render_overlay", recording)  # where the page draws
     app.toggle(key="projector").set_value(True).run()
     app.radio(key="overlay").set_value("patch-exact").run()
     app.toggle(key="patch_grid").set_value(True).run()
     assert_healthy(app, images=10)
     assert any("font-size: 1.3rem" in element.proto.body for element in app.get("html"))
     last_run = calls[-9:]  # the fragment's 3 views and 4 heads, and the page's image and class-specific views
-    assert all(c["cmap"] == explorer.PROJECTOR_CMAP and c["grid_px"] == explorer.PROJECTOR_GRID_PX
+    assert all(c["cmap"] == PROJECTOR_CMAP and c["grid_px"] == PROJECTOR_GRID_PX
                and c["smooth"] is False and c["patch_grid"] == 8 for c in last_run), last_run
     app.toggle(key="projector").set_value(False).run()
     assert_healthy(app, images=10)
@@ -192,12 +197,12 @@ def test_the_model_loads_once_for_every_session(demo_cache, tmp_path, monkeypatc
     st.cache_resource.clear()
     loads = []
     load = explorer.load_model_source
-    monkeypatch.setattr(explorer, "load_model_source", lambda *args: loads.append(args) or load(*args))
+    monkeypatch.setattr(common, "load_model_source", lambda *args: loads.append(args) or load(*args))
     sessions = [AppTest.from_file(str(APP), default_timeout=TIMEOUT).run() for _ in range(2)]
     for session in sessions:
         assert_healthy(session, images=10)
     assert loads == [("demo", None)]  # two sessions, one load
-    stamp = explorer.source_stamp("demo")
+    stamp = source_stamp("demo")
     assert common.load_source("demo", None, stamp) is common.load_source("demo", None, stamp)
 
 
@@ -235,7 +240,7 @@ def test_the_gallery_scans_once_per_model_and_says_when_nothing_matches(demo_cac
         return splits.test.labels.clone(), torch.full((len(images),), 0.9)
 
     st.cache_data.clear()  # no scan cached by an earlier test of this process
-    monkeypatch.setattr(explorer, "predict", perfect)
+    monkeypatch.setattr(gallery_page, "predict", perfect)  # where the gallery page scans
     monkeypatch.chdir(tmp_path)
     app = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     app.radio(key="mode").set_value("Gallery").run()
@@ -305,7 +310,7 @@ def test_smooth_overlay_values_equal_torchs_bilinear_upsampling():
 
     for grid, size in ((8, 448), (14, 448), (14, 192), (3, 64)):
         grid_map = torch.rand(grid, grid, generator=torch.Generator().manual_seed(grid))
-        assert np.allclose(explorer.overlay_values(grid_map, size), upsample_map(grid_map, size), atol=1e-5)
+        assert np.allclose(overlay_values(grid_map, size), upsample_map(grid_map, size), atol=1e-5)
 
 
 def test_views_are_sent_as_jpeg_at_the_views_quality():
@@ -313,6 +318,6 @@ def test_views_are_sent_as_jpeg_at_the_views_quality():
 
     picture = np.zeros((64, 64, 3), dtype=np.uint8)
     picture[:, 32:] = 255
-    decoded = np.asarray(Image.open(io.BytesIO(explorer.jpeg_bytes(picture))))
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg_bytes(picture))))
     assert decoded.shape == (64, 64, 3) and np.abs(decoded.astype(int) - picture).max() < 40
-    assert len(explorer.jpeg_bytes(picture, quality=50)) < len(explorer.jpeg_bytes(picture, quality=100))
+    assert len(jpeg_bytes(picture, quality=50)) < len(jpeg_bytes(picture, quality=100))

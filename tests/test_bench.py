@@ -1,21 +1,21 @@
-"""Tests for vitlab.bench and vitlab.bench.baseline: the benchmark runs and reports; it never asserts a speed.
+"""Tests for the bench (vitlab.bench): the notebook's way it measures against, its measuring kit, and every row.
 
-Every row runs here with the tiny model, tiny batches and one repeat, to prove the code path works and the result is
-well formed. Whether vitlab meets its targets is for `python -m vitlab.bench` on a quiet machine to say.
+Every row runs here with the tiny model, tiny batches and one repeat, to prove the code path works and the record is
+well formed; whether vitlab meets its targets is for `python -m vitlab.bench` on a quiet machine to say.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vitlab import bench
-from vitlab.bench import transfer
+from vitlab.bench import rows as bench_rows
 from vitlab.bench.baseline import (
     NotebookDataset,
     notebook_eval_steps,
@@ -25,6 +25,9 @@ from vitlab.bench.baseline import (
     notebook_train_steps,
     notebook_train_transform,
 )
+from vitlab.bench.cli import ROWS, build_parser, format_table, main, skip_reason
+from vitlab.bench.measure import Settings, cifar_like, interleaved, row_result
+from vitlab.bench.rows import bench_capture_overhead, bench_peak_memory, capture_samples
 from vitlab.data import BatchTransform
 from vitlab.model import build_model, count_parameters
 
@@ -39,10 +42,10 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-def tiny(**overrides) -> bench.Settings:
+def tiny(**overrides) -> Settings:
     """Settings that run any row in seconds: vit_tiny, batch 4, one repeat."""
-    values = dict(device=torch.device("cpu"), quick=True, repeats=1, batch_size=4, arch="vit_tiny")
-    return bench.Settings(**{**values, **overrides})
+    return Settings(**{"device": torch.device("cpu"), "quick": True, "repeats": 1, "batch_size": 4,
+                       "arch": "vit_tiny", **overrides})
 
 
 def assert_well_formed(result: dict, row: str) -> None:
@@ -54,6 +57,13 @@ def assert_well_formed(result: dict, row: str) -> None:
         assert result["baseline"] > 0 and result["ratio"] > 0
     assert result["met"] in (True, False, None)
     json.dumps(result)  # everything in a row goes into the JSON as is
+
+
+def run_cli(tmp_path: Path, *argv: str) -> list[dict]:
+    """`python -m vitlab.bench ARGV --json ...` in this process; the rows of its JSON."""
+    path = tmp_path / "bench.json"
+    assert main([*argv, "--json", str(path)]) == 0
+    return json.loads(path.read_text())["rows"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -99,7 +109,7 @@ def test_notebook_model_freezes_like_the_notebook() -> None:
 
 
 def test_notebook_dataset_serves_pil_transformed_images() -> None:
-    images, labels = bench.cifar_like(5, seed=0)
+    images, labels = cifar_like(5, seed=0)
     dataset = NotebookDataset(images, labels, notebook_train_transform(32))
     tensor, label = dataset[2]
     assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32 and label == int(labels[2])
@@ -107,12 +117,14 @@ def test_notebook_dataset_serves_pil_transformed_images() -> None:
         NotebookDataset(images.astype(np.float32), labels, notebook_train_transform(32))
 
 
-def test_notebook_loops_return_images_per_second() -> None:
-    images, labels = bench.cifar_like(8, seed=0)
+def test_notebook_loops_count_the_images_of_the_steps_asked_for() -> None:
+    images, labels = cifar_like(12, seed=0)
     model = notebook_model("vit_tiny")
     loader = notebook_loader(images, labels, 4, train=True, image_size=32)
     assert notebook_train_steps(model, loader, steps=2, device="cpu") > 0
     assert notebook_eval_steps(model, notebook_loader(images, labels, 4, train=False, image_size=32), 1, "cpu") > 0
+    with pytest.raises(ValueError, match="no batches"):
+        notebook_eval_steps(model, loader, 0, "cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,41 +138,44 @@ def test_interleaved_warms_up_then_alternates() -> None:
     def side(name: str):
         return lambda: calls.append(name) or float(len(calls))
 
-    a, b = bench.interleaved(side("A"), side("B"), repeats=4, warmup=1)
+    a, b = interleaved(side("A"), side("B"), repeats=4, warmup=1)
     assert "".join(calls) == "AB" + "AB" + "BA" + "AB" + "BA"
-    assert len(a) == len(b) == 4
+    assert a == [3.0, 6.0, 7.0, 10.0] and b == [4.0, 5.0, 8.0, 9.0]  # each side's own results, in its order
 
 
 def test_rows_flag_a_noisy_machine() -> None:
-    quiet = bench.row_result("capture_overhead", tiny(), 1.0, 1.02, "s/batch", ratio=1.02, ratio_meaning="",
-                             target="<= 1.05x", met=True, samples_baseline=[1.0, 1.1], samples_vitlab=[1.02, 1.05])
+    quiet = row_result("capture_overhead", tiny(), 1.0, 1.02, "s/batch", ratio=1.02, target="<= 1.05x",
+                       samples_baseline=[1.0, 1.1], samples_vitlab=[1.02, 1.05])
     assert quiet["ratio_best"] == pytest.approx(1.02) and quiet["spread"] == pytest.approx(1.1)
     assert "noisy" not in quiet["notes"]
-    noisy = bench.row_result("data_pipeline", tiny(), 100.0, 400.0, "images/s", ratio=4.0, ratio_meaning="",
-                             target=">= 4x", met=True, samples_baseline=[30.0, 100.0], samples_vitlab=[400.0, 420.0])
+    noisy = row_result("data_pipeline", tiny(), 100.0, 400.0, "images/s", ratio=4.0, target=">= 4x",
+                       samples_baseline=[30.0, 100.0], samples_vitlab=[400.0, 420.0])
     assert noisy["ratio_best"] == pytest.approx(4.2) and "noisy" in noisy["notes"]  # images/s: best is the largest
 
 
-def test_check_compares_against_the_target() -> None:
-    assert bench.check(4.1, ">=", 4.0) is True
-    assert bench.check(1.06, "<=", 1.05) is False
-    assert bench.check(None, "<=", 1.05) is None
+@pytest.mark.parametrize(("ratio", "target", "met"), [
+    (4.1, ">= 4x", True), (3.9, ">= 4x", False), (1.06, "<= 1.05x", False), (1.05, "<= 1.05x", True),
+    (None, "<= 1.05x", None), (2.0, "report", None), (2.0, "<= 30 min", None),
+])
+def test_a_ratio_target_is_checked_and_any_other_is_not(ratio, target, met) -> None:
+    assert row_result("train_step", tiny(), 1.0, 1.0, "images/s", ratio=ratio, target=target)["met"] is met
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Every row runs (tiny settings) and returns a well-formed dict
+# Every row runs (tiny settings) and returns a well-formed record
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("row", ["data_pipeline", "train_step", "eval_throughput"])
 def test_timing_rows_run_and_are_well_formed(row: str) -> None:
-    result = bench.BENCHES[row](tiny())
+    result = ROWS[row].measure(tiny())
     assert_well_formed(result, row)
     assert len(result["samples_baseline"]) == len(result["samples_vitlab"]) == 1
+    assert result["ratio"] == pytest.approx(result["vitlab"] / result["baseline"])
 
 
 def test_capture_row_measures_fresh_processes_and_checks_that_capture_changes_nothing() -> None:
-    result = bench.bench_capture_overhead(tiny())
+    result = bench_capture_overhead(tiny())
     assert_well_formed(result, "capture_overhead")
     assert len(result["process_ratios"]) == 3 and len(result["samples_vitlab"]) == 3  # 3 processes x 1 repeat
     assert result["ratio"] == sorted(result["process_ratios"])[1]  # the median process
@@ -168,56 +183,61 @@ def test_capture_row_measures_fresh_processes_and_checks_that_capture_changes_no
 
 
 def test_capture_samples_are_interleaved_in_one_process() -> None:
-    samples = bench.capture_samples("vit_tiny", 2, 1, 3, "cpu")
+    samples = capture_samples("vit_tiny", 2, 1, 3, "cpu")
     assert len(samples["plain"]) == len(samples["captured"]) == 3 and samples["identical"] is True
 
 
-def test_epoch_row_is_not_measured_without_cuda_unless_forced() -> None:
-    result = bench.bench_epoch(tiny(run_epoch=True))
-    assert result["measured"] is False and "needs CUDA" in result["notes"]
-    assert "run with --epoch" in bench.bench_epoch(tiny())["notes"]
+def test_epoch_row_is_not_measured_without_cuda_unless_forced(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the epoch row runs")
+    (row,) = run_cli(tmp_path, "--rows", "epoch")  # no other flag: a row that does not run reads none
+    assert row["measured"] is False and "needs CUDA; --force-epoch" in row["notes"]
+    assert skip_reason("epoch", tiny(), build_parser().parse_args([])) == "run with --epoch"  # the default rows
+    forced = tiny(force_epoch=True)
+    assert skip_reason("epoch", forced, build_parser().parse_args(["--epoch", "--force-epoch"])) is None
 
 
-def test_epoch_row_runs_when_forced_on_a_small_epoch() -> None:
-    result = bench.bench_epoch(tiny(run_epoch=True, force_epoch=True, epoch_images=60, compile=False))
-    assert_well_formed(result, "epoch")
-    assert (result["train_images"], result["val_images"]) == (54, 6)  # vitlab's 45,000 / 5,000 proportion
-    assert result["met"] is None  # the 30 s target is for the full size on an H100
+def test_epoch_row_runs_when_forced_on_a_small_epoch(tmp_path: Path) -> None:
+    (row,) = run_cli(tmp_path, "--device", "cpu", "--rows", "epoch", "--force-epoch", "--epoch-images", "60",
+                     "--no-compile", "--arch", "vit_tiny", "--batch-size", "4", "--quick")
+    assert_well_formed(row, "epoch")
+    assert (row["train_images"], row["val_images"]) == (54, 6)  # vitlab's 45,000 / 5,000 proportion
+    assert row["compiled"] is False and row["met"] is None  # the 30 s target is for the full size on an H100
+    assert row["ratio"] == pytest.approx(row["baseline"] / row["vitlab"])  # notebook / vitlab, in time
 
 
 @pytest.mark.slow
 def test_peak_memory_row_measures_fresh_processes() -> None:
-    result = bench.bench_peak_memory(tiny())
+    result = bench_peak_memory(tiny())
     assert_well_formed(result, "peak_memory")
     assert result["unit"] == "MiB" and result["baseline"] > 50  # a process holding torch is never this small
 
 
 @pytest.mark.slow
 def test_demo_row_runs_the_demo_end_to_end() -> None:
-    result = bench.bench_demo(tiny(demo_args=("--epochs", "1", "--subset", "32")))
+    result = bench_rows.bench_demo(tiny(demo_args=("--epochs", "1", "--subset", "32")))
     assert_well_formed(result, "demo")
     assert 0 <= result["test_acc"] <= 1 and result["ratio"] is None
     assert result["pointing_game"] is not None
 
 
-def test_cached_trunk_step_row_compares_cached_and_full_steps() -> None:
-    result = bench.BENCHES["cached_trunk_step"](tiny())
-    assert_well_formed(result, "cached_trunk_step")
-    assert result["ratio_meaning"] == "cached / uncached" and result["cache_images_per_second"] > 0
+def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
 
+    def fake_job(args: list[str], out: Path, fresh_process: bool = False) -> dict:
+        seen.append(args)  # the pretrained side scores higher on seed 42 only; seed 43 is a tie
+        scratch, seed = "none" in args, args[args.index("--seed") + 1]
+        return {"test_acc": 0.5 if scratch or seed != "42" else 0.9, "seconds": 1.0}
 
-def test_epoch_cached_row_needs_cuda_unless_forced() -> None:
-    assert bench.BENCHES["epoch_cached"](tiny())["measured"] is False
-    result = bench.BENCHES["epoch_cached"](tiny(force_epoch=True, epoch_images=60, compile=False))
-    assert_well_formed(result, "epoch_cached")
-    assert (result["train_images"], result["val_images"]) == (54, 6) and result["cache_seconds"] > 0
-
-
-def test_cached_trunk_shapes_row_runs_both_sides_end_to_end() -> None:
-    result = bench.BENCHES["cached_trunk_shapes"](tiny(demo_args=("--epochs", "1", "--subset", "64")))
-    assert_well_formed(result, "cached_trunk_shapes")
-    assert len(result["runs"]["uncached"]) == len(result["runs"]["cached"]) == 1
-    assert result["cache_seconds"] > 0 and 0 <= result["test_acc_cached"] <= 1
+    monkeypatch.setattr(bench_rows, "finetune_job", fake_job)
+    row = bench_rows.bench_transfer(tiny(repeats=2), variants={"few": {"subset": 64}})
+    pretrained, scratch = [a for a in seen if "none" not in a], [a for a in seen if "none" in a]
+    assert len(pretrained) == len(scratch) == 2 and all("--subset" in a and "64" in a for a in seen)
+    assert all(a[-len(bench_rows.FROM_SCRATCH):] == bench_rows.FROM_SCRATCH for a in scratch)
+    assert [a[a.index("--seed") + 1] for a in seen] == ["42", "42", "43", "43"]
+    assert ["none" in a for a in seen] == [False, True, True, False]  # the sides alternate their order
+    assert row["wins"] == {"few": 1} and row["met"] is False
+    assert row["table"]["few"]["42"]["pretrained"]["test_acc"] == 0.9 and row["vitlab"] == pytest.approx(0.7)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,66 +245,26 @@ def test_cached_trunk_shapes_row_runs_both_sides_end_to_end() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _fake_results() -> list[dict]:
-    settings = tiny()
-    return [
-        bench.row_result("data_pipeline", settings, 1000.0, 5000.0, "images/s", ratio=5.0,
-                         ratio_meaning="vitlab / notebook", target=">= 4x", met=True, notes="a note"),
-        bench.row_result("demo", settings, None, 42.0, "s", ratio=None, ratio_meaning="", target="<= 60 s",
-                         met=True, test_acc=0.99),
-        bench.not_measured("epoch", settings, "needs CUDA", target="<= 30 s"),
-        {"row": "train_step", "error": "RuntimeError: boom", "device": "cpu"},
-    ]
-
-
 def test_table_lists_every_row_with_its_status() -> None:
-    table = bench.format_table(_fake_results())
+    settings = tiny()
+    table = format_table([
+        row_result("data_pipeline", settings, 1000.0, 5000.0, "images/s", ratio=5.0, target=">= 4x", notes="a note"),
+        row_result("demo", settings, None, 42.0, "s", target="<= 60 s", met=True, test_acc=0.99),
+        row_result("epoch", settings, None, None, "", target="<= 30 s", notes="not measured (x)", measured=False),
+        {"row": "train_step", "error": "RuntimeError: boom", "device": "cpu"},
+    ])
     header = table.splitlines()[0]
     for column in ("row", "baseline", "vitlab", "ratio", "target", "met"):
         assert column in header
     assert "5.00x" in table and "99.0%" in table and "not measured" in table and "RuntimeError: boom" in table
+    assert "5,000" in table and "yes" in table
 
 
-def test_json_report_round_trips(tmp_path) -> None:
-    settings = tiny()
-    data = bench.report(_fake_results(), settings, 1.5, bench.describe_device(settings.device), ["--quick"])
-    path = bench.write_json(tmp_path / "out" / "bench.json", data)
-    loaded = json.loads(path.read_text())
-    assert loaded["torch"] == torch.__version__ and loaded["device"]["type"] == "cpu"
-    assert loaded["device"]["cores"] >= 1 and "timestamp" in loaded
-    assert [r["row"] for r in loaded["rows"]] == ["data_pipeline", "demo", "epoch", "train_step"]
-
-
-def test_main_runs_selected_rows_and_writes_json(tmp_path, capsys) -> None:
-    path = tmp_path / "bench.json"
-    code = bench.main(["--device", "cpu", "--arch", "vit_tiny", "--rows", "eval_throughput", "--repeats", "1",
-                       "--batch-size", "2", "--json", str(path)])
-    assert code == 0
+def test_main_runs_selected_rows_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = run_cli(tmp_path, "--device", "cpu", "--arch", "vit_tiny", "--rows", "eval_throughput,data_pipeline",
+                   "--repeats", "1", "--batch-size", "2", "--quick")
     assert "eval_throughput" in capsys.readouterr().out
-    rows = json.loads(path.read_text())["rows"]
-    assert [r["row"] for r in rows] == ["eval_throughput"] and rows[0]["batch_size"] == 2
-
-
-def test_main_refuses_unknown_rows(capsys) -> None:
-    assert bench.main(["--rows", "nonsense"]) == 2
-    assert "Choose from" in capsys.readouterr().err
-
-
-def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = []
-
-    def fake_run(config):  # record what each side asked for; the pretrained side scores higher on seed 1 only
-        seen.append(config)
-        better = config.pretrained == "fractal" and config.seed == 1
-        return {"test_acc": 0.9 if better else 0.5}
-
-    monkeypatch.setattr(transfer.finetune, "run", fake_run)
-    row = transfer.bench_transfer(tiny(), seeds=(1, 2), variants={"few": {"subset": 64}})
-    pretrained = [c for c in seen if c.pretrained == "fractal"]
-    scratch = [c for c in seen if c.pretrained == "none"]
-    assert len(pretrained) == len(scratch) == 2
-    assert all(c.trainable_blocks == 2 and c.cache_trunk and c.subset == 64 for c in pretrained)
-    assert all(c.trainable_blocks == 4 and not c.cache_trunk and c.lr == 1e-3 for c in scratch)
-    assert all(a.epochs == b.epochs for a, b in zip(pretrained, scratch, strict=True))  # same epochs on both sides
-    assert row["wins"] == {"few": 1} and row["met"] is False  # seed 2 is a tie, not a win
-    assert row["table"]["few"]["1"]["pretrained"]["test_acc"] == 0.9
+    assert [r["row"] for r in rows] == ["eval_throughput", "data_pipeline"] and rows[0]["batch_size"] == 2
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["torch"] == torch.__version__ and report["device"]["type"] == "cpu" and "timestamp" in report
+    assert report["settings"]["arch"] == "vit_tiny" and report["settings"]["repeats"] == 1

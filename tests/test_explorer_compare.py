@@ -7,8 +7,8 @@ import torch
 from torchvision.models import VisionTransformer
 
 from vitlab.errors import VitlabError
-from vitlab.explorer import SOURCES, analyse_image, compare_maps, load_model_source, source_stamp
-from vitlab.explorer.sources import BASE_HEAD_SEED
+from vitlab.explorer import analyse_image, compare_maps, load_model_source
+from vitlab.explorer.sources import BASE_HEAD_SEED, SOURCES, source_stamp
 from vitlab.model import build_model, load_state_dict_file
 from vitlab.shipped import shipped_base_file
 

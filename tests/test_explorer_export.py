@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from vitlab.errors import VitlabError
-from vitlab.explorer import analyse_image, class_map, export_name, maps_npz, png_bytes, render_overlay
+from vitlab.explorer import analyse_image, class_map, maps_npz, png_bytes, render_overlay
+from vitlab.explorer.export import export_name
 
 # Small tensors on a shared 2-core machine: one thread is faster (see conftest.single_thread).
 pytestmark = pytest.mark.usefixtures("single_thread")

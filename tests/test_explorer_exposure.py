@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from vitlab import explorer
 from vitlab.errors import CheckpointError, UsageError
 from vitlab.explorer import __main__ as explorer_command
+from vitlab.explorer.runs_folder import runs_folder
+from vitlab.explorer.sources import list_runs, resolve_checkpoint
 from vitlab.explorer.uploads import MAX_UPLOAD_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_paths_under_the_runs_folder_resolve_to_their_checkpoint(places, monkeyp
     monkeypatch.chdir(places["tmp"])
     best = runs / "demo" / "best.pt"
     for typed in ("demo", "runs/demo", str(runs / "demo"), str(best), "demo/best.pt", "link_in", "demo/../demo"):
-        assert explorer.resolve_checkpoint(typed, root=Path("runs")).resolve() == best.resolve(), typed
+        assert resolve_checkpoint(typed, root=Path("runs")).resolve() == best.resolve(), typed
 
 
 @pytest.mark.parametrize("typed", [
@@ -51,30 +52,30 @@ def test_paths_outside_the_runs_folder_are_refused_with_a_message(typed, places,
     monkeypatch.chdir(places["tmp"])
     typed = typed.format(outside=places["outside"])
     with pytest.raises(CheckpointError, match="outside the runs folder runs: the explorer reads checkpoints only"):
-        explorer.resolve_checkpoint(typed, root=Path("runs"))
+        resolve_checkpoint(typed, root=Path("runs"))
 
 
 def test_a_missing_run_inside_the_folder_says_it_is_missing(places):
     with pytest.raises(CheckpointError, match="No checkpoint at"):
-        explorer.resolve_checkpoint("not_trained_yet", root=places["runs"])
+        resolve_checkpoint("not_trained_yet", root=places["runs"])
 
 
 def test_the_run_list_leaves_out_links_that_lead_out(places):
-    listed = {run.name for run in explorer.list_runs(places["runs"])}
+    listed = {run.name for run in list_runs(places["runs"])}
     assert listed == {"demo", "link_in"}  # not link_out (a folder outside), not half (its best.pt is outside)
 
 
 def test_without_a_runs_folder_the_library_reads_any_path(places):
     """Library callers (and lessons) are not fenced: only the app passes its runs folder."""
     secret = places["outside"] / "secret_run"
-    assert explorer.resolve_checkpoint(secret) == secret / "best.pt"
+    assert resolve_checkpoint(secret) == secret / "best.pt"
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], "runs"), (["--runs", "/srv/vit-runs"], "/srv/vit-runs"), (["--runs=class"], "class"),
 ])
 def test_the_runs_folder_comes_from_the_apps_own_arguments(argv, expected):
-    assert explorer.runs_folder(argv) == Path(expected)
+    assert runs_folder(argv) == Path(expected)
 
 
 @pytest.mark.parametrize(("argv", "named"), [
@@ -85,7 +86,7 @@ def test_the_runs_folder_comes_from_the_apps_own_arguments(argv, expected):
 ])
 def test_anything_but_runs_dir_is_refused_in_one_line(argv, named):
     with pytest.raises(UsageError, match=named) as refused:
-        explorer.runs_folder(argv)
+        runs_folder(argv)
     assert "\n" not in str(refused.value)
 
 

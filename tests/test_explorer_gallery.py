@@ -7,8 +7,8 @@ import torch
 
 from vitlab.data import BatchTransform
 from vitlab.errors import VitlabError
-from vitlab.explorer import GALLERY_VIEWS, analyse_image, build_gallery, class_map, predict, select_images
-from vitlab.explorer.gallery import scale_each
+from vitlab.explorer import analyse_image, build_gallery, class_map
+from vitlab.explorer.gallery import GALLERY_VIEWS, predict, scale_each, select_images
 from vitlab.model import build_model
 
 # Small tensors on a shared 2-core machine: one thread is faster (see conftest.single_thread).

@@ -17,15 +17,12 @@ that is really different (lr x 1.5; lr x 1.01 for the fp32 paths) falls outside 
 
 from __future__ import annotations
 
-import json
-import statistics
 from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import Tensor
 
-from vitlab import bench
 from vitlab.capture import capture, capture_forward
 from vitlab.data import BatchTransform, seeded_generator
 from vitlab.errors import VitlabError
@@ -61,8 +58,8 @@ class Run:
 
 
 def train_run(*, lr_scale: float = 1.0, bf16: bool = False, compiled: bool = False, fused: bool = False) -> Run:
-    """`STEPS` steps of recipe 'default' on vit_tiny (random weights, last 3 blocks + head train, 100
-    classes: the bench's `compile` row builds the same model, so its compile reuses inductor's cache), on the CPU.
+    """`STEPS` steps of recipe 'default' on vit_tiny (random weights, last 3 blocks + head train, 100 classes), on the
+    CPU.
 
     The data are 8 fixed random images with fixed labels, seen every step (so the loss falls), augmented with a
     seeded generator: every run sees the same pixels.
@@ -189,23 +186,3 @@ def test_capture_refuses_a_compiled_model_and_names_the_eager_one() -> None:
     with capture(torch.compile(model)._orig_mod) as cap, torch.no_grad():  # what the message says to do works
         model.eval()(torch.randn(1, 3, 32, 32))
     assert len(cap.attentions) == 4
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The bench row that measures torch.compile
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_the_compile_bench_row_runs_through_the_cli(tmp_path) -> None:
-    # The same model and batch as test_torch_compile_matches_eager_fp32: inductor reuses that compile when both run.
-    path = tmp_path / "bench.json"
-    code = bench.main(["--device", "cpu", "--arch", "vit_tiny", "--rows", "compile", "--repeats", "2",
-                       "--batch-size", "8", "--quick", "--json", str(path)])
-    assert code == 0
-    (row,) = json.loads(path.read_text())["rows"]
-    assert row["row"] == "compile" and row["unit"] == "s/step" and row["batch_size"] == 8
-    assert len(row["samples_baseline"]) == len(row["samples_vitlab"]) == 2
-    assert row["baseline"] == statistics.median(row["samples_baseline"]) > 0
-    assert row["ratio"] == pytest.approx(row["vitlab"] / row["baseline"])
-    assert row["compile_seconds"] > 0 and "compile" in bench.OPTIONAL_ROWS

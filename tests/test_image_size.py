@@ -14,8 +14,9 @@ import pytest
 import torch
 from torchvision.models.vision_transformer import interpolate_embeddings
 
+from vitlab.bench.epoch import bench_laptop_estimate, estimate_minutes, run_counts
 from vitlab.bench.measure import Settings
-from vitlab.bench.resolution import bench_laptop_estimate, bench_resolution_step, estimate_minutes, run_counts
+from vitlab.bench.rows import bench_resolution_step
 from vitlab.capture import capture_forward
 from vitlab.errors import VitlabError
 from vitlab.model import build_model, load_state_dict_file

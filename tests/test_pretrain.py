@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vitlab.analysis.structure import distance_ratios, position_embedding_spearman
-from vitlab.bench.transfer import transfer_runs
+from vitlab.bench.rows import transfer_runs
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.errors import WeightsUnavailableError
 from vitlab.model import build_model

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 from streamlit.testing.v1 import AppTest
 
-from vitlab.explorer import EXTENSIONS, PreparedImage, UploadError, preprocess_upload
+from vitlab.explorer.uploads import EXTENSIONS, PreparedImage, UploadError, preprocess_upload
 
 SIZE = 32  # the demo model's input
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"

@@ -1,25 +1,11 @@
-"""The notebook's way, kept faithfully so that `vitlab.bench` can measure vitlab against it in the same process.
-
-This module is a reference, not a recommendation: it reproduces what the seed notebook (vit-cifar100-notebook.md)
-does, line for line where it matters for speed, and nothing else:
-
-- every image goes through PIL transforms one at a time, inside a `DataLoader` with `num_workers=0` (the default the
-  notebook kept): `Resize((224, 224))`, `RandomHorizontalFlip()`, `RandomRotation(10)`, `ToTensor()`,
-  `Normalize(ImageNet mean, std)` for training, and the weights' own `ImageClassification` preset (resize 256,
-  centre crop 224) for testing;
-- the model is `vit_b_16` with everything frozen except the last 3 encoder blocks and a fresh 100-class head;
-- `Adam(model.parameters(), lr=1e-3)` over all parameters (frozen ones never get a gradient, so Adam skips them);
-- fp32 everywhere, and `loss.item()` plus `(predicted == labels).sum().item()` on every step, which makes the host
-  wait for the device on every step.
-
-The only departures: the images come from a uint8 NHWC numpy array instead of torchvision's CIFAR100 class (which
-holds exactly such an array and wraps each image in `Image.fromarray`, as `NotebookDataset` does), the weights are
-random (`weights=None`, so nothing is downloaded; speed does not depend on the values), and the per-100-batch print
-is left out.
-"""
+"""The notebook's way (vit-cifar100-notebook.md), kept so that the bench can time vitlab against it: PIL transforms
+one image at a time in a `DataLoader` (`num_workers=0`), `vit_b_16` frozen but for the last 3 blocks and a new head,
+`Adam(lr=1e-3)`, fp32, `.item()` on every step. Departures: uint8 NHWC images (what torchvision's CIFAR100 holds and
+wraps in `Image.fromarray`, as `NotebookDataset` does), random weights, and no per-100-batch print."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -31,31 +17,23 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models import VisionTransformer, ViT_B_16_Weights, vit_b_16
 from torchvision.transforms._presets import ImageClassification
 
-from vitlab.bench.measure import timed
+from vitlab.bench.measure import NUM_CLASSES, Settings, timed
 from vitlab.model import VIT_TINY_CONFIG
 
-# The notebook's Normalize arguments (the ImageNet statistics, as vitlab.data.IMAGENET_MEAN / IMAGENET_STD).
-NOTEBOOK_MEAN = [0.485, 0.456, 0.406]
-NOTEBOOK_STD = [0.229, 0.224, 0.225]
+NOTEBOOK_MEAN, NOTEBOOK_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # its Normalize: ImageNet's statistics
 
 
 def notebook_train_transform(image_size: int = 224, max_rotation_degrees: float = 10) -> transforms.Compose:
     """The notebook's training transform. `image_size` and the rotation exist only so tests can shrink them."""
     return transforms.Compose([
-        transforms.Resize((image_size, image_size)),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomRotation(max_rotation_degrees),
-        transforms.ToTensor(),
+        transforms.Resize((image_size, image_size)), transforms.RandomHorizontalFlip(),
+        transforms.RandomRotation(max_rotation_degrees), transforms.ToTensor(),
         transforms.Normalize(mean=NOTEBOOK_MEAN, std=NOTEBOOK_STD),
     ])
 
 
 def notebook_test_transform(image_size: int = 224) -> nn.Module:
-    """The notebook's test transform: `ViT_B_16_Weights.IMAGENET1K_V1.transforms()` (resize 256, centre crop 224).
-
-    For another `image_size` (tests) the same preset is scaled: resize to image_size * 256 / 224, crop image_size.
-    Building the preset downloads nothing.
-    """
+    """`ViT_B_16_Weights.IMAGENET1K_V1.transforms()` (resize 256, crop 224; scaled alike for another size)."""
     if image_size == 224:
         return ViT_B_16_Weights.IMAGENET1K_V1.transforms()
     return ImageClassification(crop_size=image_size, resize_size=round(image_size * 256 / 224))
@@ -66,51 +44,34 @@ class NotebookDataset(Dataset):
 
     def __init__(self, images_uint8_nhwc: np.ndarray, labels: np.ndarray | list[int], transform) -> None:
         if images_uint8_nhwc.dtype != np.uint8 or images_uint8_nhwc.ndim != 4 or images_uint8_nhwc.shape[-1] != 3:
-            raise ValueError(
-                f"expected uint8 images of shape (N, H, W, 3), got {images_uint8_nhwc.dtype} "
-                f"{images_uint8_nhwc.shape}"
-            )
-        self.data = images_uint8_nhwc
-        self.targets = [int(label) for label in labels]
-        self.transform = transform
+            raise ValueError(f"expected uint8 images (N, H, W, 3), got {images_uint8_nhwc.dtype} "
+                             f"{images_uint8_nhwc.shape}")
+        self.data, self.targets, self.transform = images_uint8_nhwc, [int(label) for label in labels], transform
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
         image = Image.fromarray(self.data[index])  # (H, W, 3) uint8 -> PIL, as torchvision's CIFAR100 does
         return self.transform(image), self.targets[index]  # (3, S, S) float, int
 
 
-def notebook_loader(
-    images_uint8_nhwc: np.ndarray,
-    labels: np.ndarray | list[int],
-    batch_size: int = 64,
-    *,
-    train: bool = True,
-    image_size: int = 224,
-) -> DataLoader:
+def notebook_loader(images_uint8_nhwc: np.ndarray, labels: np.ndarray | list[int], batch_size: int = 64, *,
+                    train: bool = True, image_size: int = 224) -> DataLoader:
     """The notebook's `DataLoader`: its PIL transform per image, shuffled for training, `num_workers=0`."""
     transform = notebook_train_transform(image_size) if train else notebook_test_transform(image_size)
-    dataset = NotebookDataset(images_uint8_nhwc, labels, transform)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train)
+    return DataLoader(NotebookDataset(images_uint8_nhwc, labels, transform), batch_size=batch_size, shuffle=train)
 
 
 def notebook_model(arch: str = "vit_b_16", num_classes: int = 100) -> VisionTransformer:
-    """The notebook's model surgery on random weights: freeze all, unfreeze the last 3 blocks, new head.
-
-    `arch="vit_tiny"` builds vitlab's small sibling the same way, for fast tests.
-    """
+    """The notebook's surgery on random weights: all frozen but the last 3 blocks, a new head ("vit_tiny": tests)."""
     model = vit_b_16(weights=None) if arch == "vit_b_16" else VisionTransformer(num_classes=1000, **VIT_TINY_CONFIG)
     for param in model.parameters():
         param.requires_grad = False
     for i in range(-3, 0):
         for param in model.encoder.layers[i].parameters():
             param.requires_grad = True
-    in_features = model.heads.head.in_features
-    model.heads.head = nn.Linear(in_features, num_classes)
-    for param in model.heads.parameters():
-        param.requires_grad = True
+    model.heads.head = nn.Linear(model.heads.head.in_features, num_classes)  # new, so trainable
     return model
 
 
@@ -119,60 +80,41 @@ def notebook_optimizer(model: nn.Module) -> optim.Optimizer:
     return optim.Adam(model.parameters(), lr=0.001)
 
 
-class NotebookTally:
-    """The notebook's running loss and correct count, read with `.item()` on every step as it does."""
-
-    def __init__(self) -> None:
-        self.running_loss, self.correct = 0.0, 0
-
-    def add(self, loss: Tensor, outputs: Tensor, labels: Tensor) -> None:
-        """Count one batch: loss scalar, outputs (b, classes), labels (b,). Each `.item()` makes the host wait."""
-        self.running_loss += loss.item()  # a host sync on every step
-        _, predicted = torch.max(outputs.data, 1)  # (b,)
-        self.correct += (predicted == labels).sum().item()  # and another
-
-
-def notebook_train_steps(
-    model: nn.Module,
-    loader: DataLoader,
-    steps: int,
-    device: torch.device | str,
-    optimizer: optim.Optimizer | None = None,
-) -> float:
-    """Run `steps` iterations of the notebook's `train_one_epoch` loop body and return images per second.
-
-    The time includes drawing each batch from `loader` (the PIL work), as in the notebook. Pass the same
-    `optimizer` across calls to keep Adam's state, as one long epoch would.
-    """
-    device = torch.device(device)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = optimizer if optimizer is not None else notebook_optimizer(model)
+def notebook_train_steps(model: nn.Module, loader: DataLoader, steps: int, device: torch.device | str,
+                         optimizer: optim.Optimizer | None = None) -> float:
+    """`steps` iterations of the notebook's training loop; images/s (one `optimizer` across calls: one long epoch)."""
+    device, criterion, optimizer = torch.device(device), nn.CrossEntropyLoss(), optimizer or notebook_optimizer(model)
     model.train()
-    tally = NotebookTally()
+    running_loss, correct = 0.0, 0
 
     def step(inputs: Tensor, labels: Tensor) -> None:
+        nonlocal running_loss, correct
         inputs, labels = inputs.to(device), labels.to(device)  # (b, 3, S, S), (b,)
         optimizer.zero_grad()
         outputs = model(inputs)  # (b, classes)
         loss = criterion(outputs, labels)
         loss.backward()
         optimizer.step()
-        tally.add(loss, outputs, labels)
+        running_loss += loss.item()  # a host sync on every step
+        _, predicted = torch.max(outputs.data, 1)  # (b,)
+        correct += (predicted == labels).sum().item()  # and another
 
     return images_per_second(loader, steps, device, step)
 
 
 def notebook_eval_steps(model: nn.Module, loader: DataLoader, steps: int, device: torch.device | str) -> float:
-    """Run `steps` iterations of the notebook's `evaluate` loop (fp32, no_grad, `.item()` per batch); images/s."""
-    device = torch.device(device)
-    criterion = nn.CrossEntropyLoss()
+    """`steps` iterations of the notebook's evaluation loop (no_grad, fp32, `.item()` per batch); images/s."""
+    device, criterion = torch.device(device), nn.CrossEntropyLoss()
     model.eval()
-    tally = NotebookTally()
+    running_loss, correct = 0.0, 0
 
     def step(inputs: Tensor, labels: Tensor) -> None:
+        nonlocal running_loss, correct
         inputs, labels = inputs.to(device), labels.to(device)  # (b, 3, S, S), (b,)
         outputs = model(inputs)  # (b, classes)
-        tally.add(criterion(outputs, labels), outputs, labels)
+        running_loss += criterion(outputs, labels).item()
+        _, predicted = torch.max(outputs.data, 1)  # (b,)
+        correct += (predicted == labels).sum().item()
 
     with torch.no_grad():
         return images_per_second(loader, steps, device, step)
@@ -183,24 +125,28 @@ def notebook_load_batches(loader: DataLoader, steps: int) -> float:
     return images_per_second(loader, steps, torch.device("cpu"), lambda inputs, labels: None)
 
 
-def images_per_second(
-    loader: DataLoader, steps: int, device: torch.device, step: Callable[[Tensor, Tensor], None]
-) -> float:
-    """Hand the first `steps` batches (images (b, 3, S, S), labels (b,)) of `loader` to `step`; images per second.
-
-    The clock covers drawing each batch (the PIL work) and the device's queued work, as the notebook's loops did.
-    """
+def images_per_second(loader: DataLoader, steps: int, device: torch.device,
+                      step: Callable[[Tensor, Tensor], None]) -> float:
+    """Hand `loader`'s first `steps` batches to `step`; images/s, the PIL work and the device's queued work included."""
 
     def loop() -> int:
-        total = 0
-        for i, (inputs, labels) in enumerate(loader):
-            if i == steps:
-                break
+        seen = 0
+        for inputs, labels in itertools.islice(loader, steps):
             step(inputs, labels)
-            total += labels.size(0)
-        return total
+            seen += labels.size(0)
+        return seen
 
-    total, seconds = timed(device, loop)
-    if total == 0:
+    seen, seconds = timed(device, loop)
+    if seen == 0:
         raise ValueError("the loader yielded no batches: give it at least one batch of images")
-    return total / seconds
+    return seen / seconds
+
+
+def notebook_trainer(settings: Settings, images: np.ndarray, labels: np.ndarray,
+                     batch_size: int) -> tuple[Callable[[int], float], nn.Module]:
+    """The notebook's training loop and its model; one optimiser across calls, as in one long epoch."""
+    torch.manual_seed(settings.seed)
+    model = notebook_model(settings.arch, NUM_CLASSES).to(settings.device)
+    optimizer, loader = notebook_optimizer(model), notebook_loader(images, labels, batch_size, train=True,
+                                                                   image_size=settings.image_size)
+    return (lambda steps: notebook_train_steps(model, loader, steps, settings.device, optimizer)), model

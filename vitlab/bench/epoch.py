@@ -1,127 +1,126 @@
-"""The GPU target row: one full epoch of the default recipe on CIFAR-100-shaped random data."""
+"""Whole epochs: the GPU target row `epoch` (CIFAR-100's shape, train 45,000 + val 5,000, random data), and the laptop
+preset's minutes estimated from a cached epoch (`laptop_estimate`)."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
-from vitlab.bench.baseline import notebook_eval_steps, notebook_loader
-from vitlab.bench.measure import (
-    CIFAR_TEST,
-    CIFAR_TRAIN,
-    CIFAR_VAL,
-    Settings,
-    as_dataset,
-    cifar_like,
-    count_host_syncs,
-    epoch_splits,
-    not_measured,
-    row_result,
-    timed,
-)
-from vitlab.bench.sides import notebook_trainer, vitlab_training
-from vitlab.data import BatchTransform, ImageDataset, batches
+from vitlab.bench import measure
+from vitlab.bench.baseline import notebook_eval_steps, notebook_loader, notebook_trainer
+from vitlab.bench.measure import TRAINABLE_BLOCKS, Settings
+from vitlab.data import BatchTransform, ImageDataset, batches, seeded_generator
+from vitlab.training.config import TRAIN_IMAGES, FinetuneConfig, make_config
+from vitlab.training.trunk_cache import cache_trunk
+
+CIFAR_TRAIN, CIFAR_VAL = 45_000, 5_000  # vitlab holds 5,000 of CIFAR-100's 50,000 training images out
+
+
+def epoch_splits(settings: Settings) -> tuple[ImageDataset, ImageDataset]:
+    """Random (train, val) on the device, split 45,000 / 5,000 as vitlab splits CIFAR-100 (fewer, in proportion)."""
+    total = settings.epoch_images or CIFAR_TRAIN + CIFAR_VAL
+    order = torch.randperm(total, generator=seeded_generator(42)).to(settings.device)  # (total,)
+    pool, n_val = measure.random_dataset(total, settings), total * CIFAR_VAL // (CIFAR_TRAIN + CIFAR_VAL)
+    return pool.subset(order[n_val:]), pool.subset(order[:n_val])
+
+
+def vitlab_epoch(settings: Settings, train: ImageDataset, val: ImageDataset, batch_size: int, way: str,
+                 image_size: int | None = None, trainable_blocks: int = TRAINABLE_BLOCKS) -> dict[str, float]:
+    """One epoch as `vitlab.training.finetune` runs it, after a warm-up on the epoch's batch shapes: seconds of the
+    training (compiled with --compile, by default on CUDA only), of validating, and of a test pass of the eager model
+    on the val images. `way`: "default" (the recipe's flip and rotation) or "cached" (`--cache-trunk`: flips only, the
+    trainable top on cached trunk tokens; the cache's build is timed too)."""
+    device, compiled = settings.device, settings.cuda if settings.compile is None else settings.compile
+    training = measure.vitlab_training(settings, -(-len(train) // batch_size) * 3, image_size, trainable_blocks)
+    model, record = training.model, {"compiled": compiled}
+    train_transform = BatchTransform(model.image_size, train=True).to(device)
+    eval_transform = BatchTransform(model.image_size, train=False).to(device)
+    cache = None
+    if way == "cached":
+        cache, record["cache_seconds"] = measure.timed(device, lambda: cache_trunk(
+            model, train, val, trainable_blocks, eval_transform, batch_size=2 * batch_size,
+            bf16=training.bf16, show_progress=False))
+    top, inputs = (model, (train_transform, eval_transform)) if cache is None else (cache.top, (None, None))
+    trainer = torch.compile(top) if compiled else top
+
+    def epoch(n_train: int, n_val: int) -> tuple[float, float]:
+        order = torch.randperm(n_train, device=device)  # (n_train,): the first n_train images, shuffled
+        if cache is None:
+            train_batches = batches(train.subset(order), batch_size, shuffle=False, device=device)
+            val_batches = batches(val.take(n_val), 2 * batch_size, shuffle=False, device=device)
+        else:
+            train_batches, val_batches = cache.train.batches(batch_size, order), cache.val.take(n_val).batches(
+                2 * batch_size)
+        train_seconds = measure.timed(device, lambda: training.train(trainer, train_batches, n_train, inputs[0]))[1]
+        return train_seconds, measure.timed(device, lambda: training.evaluate(top, val_batches, n_val, inputs[1]))[1]
+
+    # The warm-up: two full batches and the epoch's last, smaller one, so that no shape is new in the epoch.
+    warm_up = measure.timed(device, lambda: epoch(min(len(train), 2 * batch_size + len(train) % batch_size),
+                                          min(len(val), 2 * batch_size + len(val) % (2 * batch_size))))[1]
+    record["train_seconds"], record["val_seconds"] = epoch(len(train), len(val))
+    record["test_seconds"] = measure.timed(device, lambda: training.evaluate(model, batches(
+        val, 2 * batch_size, shuffle=False, device=device), len(val), eval_transform))[1]
+    return {**record, "warmup_seconds": warm_up, "seconds": record["train_seconds"] + record["val_seconds"]}
 
 
 def bench_epoch(settings: Settings) -> dict:
-    """One epoch of the default recipe (train 45,000 + validate 5,000) on random CIFAR-100-shaped data.
-
-    vitlab's own `train_one_epoch` and `evaluate`, the dataset resident on the device, bf16 autocast, fused AdamW,
-    `torch.compile` (on CUDA). The notebook's loop is timed for a number of steps before and after, and its epoch
-    time extrapolated from that throughput (a whole notebook epoch takes minutes).
-    """
-    target = "<= 30 s on an H100, >= 10x the notebook"
-    if not settings.run_epoch:
-        return not_measured("epoch", settings, "run with --epoch", target)
-    if not settings.cuda and not settings.force_epoch:
-        return not_measured("epoch", settings, "needs CUDA; --force-epoch runs it anyway", target)
-    device = settings.device
-    batch_size = settings.batch(64, 64)  # the notebook's and vitlab.training.finetune's default
+    """One epoch of vitlab's default recipe against the notebook's loop, its epoch extrapolated from a few steps timed
+    before and after vitlab's (a whole notebook epoch takes minutes)."""
+    batch_size, steps = settings.batch(64, 64), max(2, settings.count(2, 2, 10, 30) // 2)
     train, val = epoch_splits(settings)
-    total = len(train) + len(val)
-
-    use_compile = settings.cuda if settings.compile is None else settings.compile
-    train_on, evaluate_on, image_size = vitlab_loops(settings, batch_size, -(-len(train) // batch_size), use_compile)
-
-    def warm_up() -> None:  # a full batch and the epoch's last, smaller batch, so no shape is new in the epoch
-        train_on(train.take(2 * batch_size + len(train) % batch_size))
-        evaluate_on(val.take(2 * batch_size + len(val) % (2 * batch_size)))
-
-    _, warmup_seconds = timed(device, warm_up)  # compilation included, on CUDA
-    syncs = count_host_syncs(lambda: train_on(train.take(4 * batch_size)), device)  # compiled already: 4 steps
-
-    # The notebook, half before and half after the epoch: both see the same machine state on average.
-    notebook_steps, notebook_rates = notebook_timer(settings, batch_size, image_size)
-    before = notebook_rates()
-    (trained, validated), epoch_seconds = timed(device, lambda: (train_on(train), evaluate_on(val)))  # the epoch
-
-    # The test set (10,000 images at full size), evaluated as vitlab.training.finetune does at the end: throughput at
-    # scale.
-    test_images, test_labels = cifar_like(total * CIFAR_TEST // (CIFAR_TRAIN + CIFAR_VAL), settings.seed + 2)
-    tested = evaluate_on(as_dataset(test_images, test_labels).to(device))
-
-    after = notebook_rates()
-    nb_train, nb_eval = [before[0], after[0]], [before[1], after[1]]  # images/s, before and after vitlab's epoch
-    notebook_seconds = len(train) / statistics.mean(nb_train) + len(val) / statistics.mean(nb_eval)
-    speedup = notebook_seconds / epoch_seconds
-    full_size = total == CIFAR_TRAIN + CIFAR_VAL and settings.batch_size in (None, 64)
-    on_h100 = settings.cuda and "H100" in torch.cuda.get_device_name(device)
-    met = bool(epoch_seconds <= 30.0 and speedup >= 10.0) if full_size and on_h100 else None
-    return row_result(
-        "epoch", settings, notebook_seconds, epoch_seconds, "s/epoch", ratio=speedup,
-        ratio_meaning="notebook / vitlab (time)", target=target, met=met, batch_size=batch_size,
-        train_images=len(train), val_images=len(val), train_images_per_second=trained["images_per_second"],
-        val_seconds=validated["seconds"], test_images=tested["count"], test_seconds=tested["seconds"],
-        warmup_seconds=warmup_seconds, compiled=use_compile, host_syncs=syncs,
-        notebook_train_images_per_second=nb_train, notebook_eval_images_per_second=nb_eval,
-        notes=f"vitlab: {len(train)} train + {len(val)} val images, one real epoch ({trained['images_per_second']:.0f} "
-        f"train img/s), compile {'on' if use_compile else 'off'} (warm-up {warmup_seconds:.0f} s, not counted); "
-        f"test pass {tested['count']} images in {tested['seconds']:.1f} s (not in the epoch time); "
-        f"notebook: {notebook_steps} steps before and after, epoch extrapolated from that throughput"
-        + ("" if full_size else "; reduced size: the 30 s target does not apply")
-        + (f"; host syncs in 4 steps after the warm-up: {syncs} (1 expected: the read at the end)"
-           if syncs is not None else ""),
+    images, labels = measure.cifar_like(batch_size * steps, settings.seed + 1)
+    notebook, net = notebook_trainer(settings, images, labels, batch_size)
+    loader = notebook_loader(images, labels, batch_size, train=False, image_size=net.image_size)
+    notebook(1)  # warm-up
+    rates = [(notebook(steps), notebook_eval_steps(net, loader, steps, settings.device))]  # images/s: train, eval
+    vitlab = vitlab_epoch(settings, train, val, batch_size, "default")
+    rates.append((notebook(steps), notebook_eval_steps(net, loader, steps, settings.device)))
+    notebook_seconds = sum(n / statistics.mean(r[i] for r in rates) for i, n in enumerate((len(train), len(val))))
+    seconds, full_size = vitlab.pop("seconds"), len(train) + len(val) == CIFAR_TRAIN + CIFAR_VAL and batch_size == 64
+    on_h100 = settings.cuda and "H100" in torch.cuda.get_device_name(settings.device)
+    return measure.row_result(
+        "epoch", settings, notebook_seconds, seconds, "s/epoch", ratio=notebook_seconds / seconds,
+        ratio_meaning="notebook / vitlab (time)", target="<= 30 s on an H100, >= 10x the notebook",
+        met=seconds <= 30.0 and notebook_seconds / seconds >= 10.0 if full_size and on_h100 else None,
+        batch_size=batch_size, train_images=len(train), val_images=len(val), **vitlab,
+        notebook_train_images_per_second=[r[0] for r in rates], notebook_eval_images_per_second=[r[1] for r in rates],
+        notes=f"vitlab: one epoch, compile {'on' if vitlab['compiled'] else 'off'}; notebook: {steps} steps before and "
+        f"after, extrapolated" + ("" if full_size else "; reduced size: the 30 s target does not apply"),
     )
 
 
-def vitlab_loops(
-    settings: Settings, batch_size: int, steps_per_epoch: int, use_compile: bool
-) -> tuple[Callable[[ImageDataset], dict], Callable[[ImageDataset], dict], int]:
-    """vitlab's training and evaluation as `vitlab.training.finetune` runs them: (train_on, evaluate_on, image size).
-
-    `train_on(dataset)` trains one pass (compiled when `use_compile`); `evaluate_on(dataset)` evaluates the
-    uncompiled model, as `vitlab.training.finetune` does. Each returns its metrics dict.
-    """
-    device = settings.device
-    training = vitlab_training(settings, total_steps=steps_per_epoch + 10)
-    model = training.model
-    trainer = torch.compile(model) if use_compile else model
-    train_transform = BatchTransform(model.image_size, train=True).to(device)
-    eval_transform = BatchTransform(model.image_size, train=False).to(device)
-
-    def train_on(dataset: ImageDataset) -> dict:
-        return training.train(trainer, batches(dataset, batch_size, shuffle=True, device=device), len(dataset),
-                              train_transform)
-
-    def evaluate_on(dataset: ImageDataset) -> dict:
-        return training.evaluate(model, batches(dataset, 2 * batch_size, shuffle=False, device=device), len(dataset),
-                                 eval_transform)
-
-    return train_on, evaluate_on, model.image_size
+def run_counts(config: FinetuneConfig) -> dict[str, int]:
+    """Images per split of a CIFAR run with `config`: --subset caps each of train, val and test."""
+    total, cap = TRAIN_IMAGES.get(config.dataset, 50_000), config.subset or 10**9
+    return {"train": min(cap, total - config.val_size), "val": min(cap, config.val_size), "test": min(cap, 10_000)}
 
 
-def notebook_timer(
-    settings: Settings, batch_size: int, image_size: int
-) -> tuple[int, Callable[[], tuple[float, float]]]:
-    """The notebook's loops on their own random data, warmed up: (steps, a call that times `steps` of each).
+def estimate_minutes(rates: dict[str, float], counts: dict[str, int], epochs: int) -> dict[str, float]:
+    """Minutes per phase of a cached-trunk run: the cache (train x 2 views + val), the epochs, the test pass."""
+    seconds = {"cache": (2 * counts["train"] + counts["val"]) / rates["trunk"],
+               "train": epochs * counts["train"] / rates["train_top"],
+               "val": epochs * counts["val"] / rates["val_top"], "test": counts["test"] / rates["test_full"]}
+    return {**{phase: value / 60 for phase, value in seconds.items()}, "total": sum(seconds.values()) / 60}
 
-    Each call returns (train images/s, eval images/s); the epoch row calls it before and after vitlab's epoch.
-    """
-    steps = max(2, settings.count(2, 2, 10, 30) // 2)
-    images, labels = cifar_like(batch_size * steps, settings.seed + 1)
-    run, net = notebook_trainer(settings, images, labels, batch_size)
-    eval_loader = notebook_loader(images, labels, batch_size, train=False, image_size=image_size)
-    run(1)  # warm-up
-    return steps, lambda: (run(steps), notebook_eval_steps(net, eval_loader, steps, settings.device))
+
+def bench_laptop_estimate(settings: Settings, config: FinetuneConfig | None = None) -> dict:
+    """The laptop preset's minutes (cache, epochs, test), estimated from the images/s of a cached epoch measured here
+    at its settings (`config`: default `--preset laptop` as the job resolves it; tests pass a small one)."""
+    config = config or make_config({"preset": "laptop"})
+    probe = measure.random_dataset(config.batch_size * settings.count(1, 2, 4, 8), settings)
+    as_job = replace(settings, arch=config.arch, compile=config.compile)
+    runs = [vitlab_epoch(as_job, probe, probe, config.batch_size, "cached", config.image_size, config.trainable_blocks)
+            for _ in range(settings.reps(1, 3))]
+    per_run = {"trunk": ("cache_seconds", 3), "train_top": ("train_seconds", 1), "val_top": ("val_seconds", 1),
+               "test_full": ("test_seconds", 1)}  # images passed in each phase, per probe image
+    rates = {phase: statistics.median(images * len(probe) / run[key] for run in runs)
+             for phase, (key, images) in per_run.items()}
+    counts = run_counts(config)
+    minutes = estimate_minutes(rates, counts, config.epochs)
+    return measure.row_result(
+        "laptop_estimate", settings, None, minutes["total"], "min", target="<= 30 min", met=minutes["total"] <= 30.0,
+        rates=rates, counts=counts, minutes=minutes, notes=f"--preset {config.preset or 'custom'}, {config.epochs} "
+        f"epochs, minutes: " + ", ".join(f"{phase} {value:.1f}" for phase, value in minutes.items()),
+    )

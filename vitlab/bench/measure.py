@@ -1,47 +1,45 @@
-"""The benchmark's measuring tools: settings, synchronised and interleaved timing, the row record, random data."""
+"""The bench's kit: what a run measures (Settings), timing, one row's record, random data, vitlab's side of the rows
+(its training as the job sets it up) and the machine."""
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torchvision.models import VisionTransformer
 
-from vitlab.bench.machine import device_name
-from vitlab.data import ImageDataset, seeded_generator
+from vitlab.data import BatchTransform, ImageDataset, batches
+from vitlab.model import build_model
+from vitlab.training import train as vitlab_train
 
-T = TypeVar("T")
-
-ROWS = ("data_pipeline", "capture_overhead", "train_step", "eval_throughput", "peak_memory", "demo", "epoch")
-# Run only when named in --rows:
-OPTIONAL_ROWS = ("train_step_cpu_bf16", "cached_trunk_step", "cached_trunk_shapes", "epoch_cached", "transfer",
-                 "train_step_224", "train_step_160", "train_step_112", "laptop_estimate",
-                 "compile")
 NUM_CLASSES = 100  # CIFAR-100's
-CIFAR_TRAIN, CIFAR_VAL, CIFAR_TEST = 45_000, 5_000, 10_000  # vitlab holds 5,000 of the 50,000 out for validation
+TRAINABLE_BLOCKS = 3  # as the notebook: the last 3 blocks and the head train
 
 
 @dataclass
 class Settings:
-    """What one benchmark run measures. Each row picks its own defaults (CPU or CUDA, quick or full)."""
+    """What one bench run measures. Each row picks its own defaults (CPU or CUDA, quick or full)."""
 
     device: torch.device
-    quick: bool = False  # small repeat and step counts: every row in about 3 minutes on a 2-core CPU
-    repeats: int | None = None  # timed repeats per side; None: the row's default (more for cheap rows)
+    quick: bool = False  # small repeat and step counts: the default rows in a few minutes on a 2-core CPU
+    repeats: int | None = None  # timed repeats per side, or seeds of the rows that train whole runs; None: the row's
     batch_size: int | None = None  # one batch size for every row; None: the row's default for the device
     arch: str = "vit_b_16"  # the notebook's model; the tests use "vit_tiny" to run every row in seconds
-    demo_args: tuple[str, ...] = ()  # extra flags for the demo run (the tests shrink it with --epochs/--subset)
-    run_epoch: bool = False  # the full-epoch row is long: it runs only when asked (--epoch)
-    force_epoch: bool = False  # run the epoch row without CUDA too (it is a GPU target; this checks the code path)
+    demo_args: tuple[str, ...] = ()  # extra flags for the rows that run the demo preset (tests shrink it)
+    force_epoch: bool = False  # run the epoch row without CUDA too (a GPU target; this checks the code path)
     epoch_images: int | None = None  # train+val images of the epoch row; None: CIFAR-100's 50,000
     compile: bool | None = None  # torch.compile in the epoch row; None: on CUDA only
     seed: int = 0
@@ -50,120 +48,68 @@ class Settings:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def image_size(self) -> int:
+        return 224 if self.arch == "vit_b_16" else 32  # the model's input side: the notebook's Resize target
+
     def reps(self, quick: int, full: int) -> int:
         return self.repeats if self.repeats is not None else (quick if self.quick else full)
 
     def batch(self, cpu: int, cuda: int) -> int:
         return self.batch_size if self.batch_size is not None else (cuda if self.cuda else cpu)
 
-    def count(self, cpu_quick: int, cpu_full: int, cuda_quick: int, cuda_full: int) -> int:
-        """A step or batch count that depends on the device and on --quick."""
-        if self.cuda:
-            return cuda_quick if self.quick else cuda_full
-        return cpu_quick if self.quick else cpu_full
+    def count(self, cpu_quick: int, cpu_full: int, cuda_quick: int, cuda_full: int) -> int:  # by device and --quick
+        return (cuda_quick if self.quick else cuda_full) if self.cuda else (cpu_quick if self.quick else cpu_full)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Measuring
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a timer read afterwards covers it (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
+def timed(device: torch.device, work: Callable[[], Any]) -> tuple[Any, float]:
     """Run `work()`; return what it returned and its wall seconds, the device's queued work included."""
-    sync(device)  # work queued before the call is not charged to it
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # work queued before the call is not charged to it
     start = time.perf_counter()
     result = work()
-    sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return result, time.perf_counter() - start
 
 
-def count_host_syncs(run: Callable[[], object], device: torch.device) -> int | None:
-    """How many times `run()` made the host wait for the GPU (torch.cuda's sync debug mode); None off CUDA."""
-    if device.type != "cuda":
-        return None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
-def interleaved(
-    baseline: Callable[[], float], vitlab: Callable[[], float], repeats: int, warmup: int = 1
-) -> tuple[list[float], list[float]]:
-    """Call both measurements `warmup` times untimed, then `repeats` times each, alternating A B B A A B ...
-
-    Alternating the order cancels slow drifts (a neighbour's job starting, the CPU heating up) instead of charging
-    them to whichever side runs second. Returns the two lists of measurements.
-    """
+def interleaved(baseline: Callable[[], float], vitlab: Callable[[], float], repeats: int,
+                warmup: int = 1) -> tuple[list[float], list[float]]:
+    """Each side's results, both called `warmup` times untimed, then `repeats` times each in the order A B B A A B:
+    alternating cancels a slow drift (a neighbour's job starting) rather than charge it to the side run second."""
     for _ in range(warmup):
         baseline()
         vitlab()
     a, b = [], []
     for repeat in range(repeats):
-        if repeat % 2 == 0:
-            a.append(baseline())
-            b.append(vitlab())
-        else:
-            b.append(vitlab())
-            a.append(baseline())
+        order = ((a, baseline), (b, vitlab)) if repeat % 2 == 0 else ((b, vitlab), (a, baseline))
+        for samples, side in order:
+            samples.append(side())
     return a, b
 
 
-def in_fresh_process(module: str, function: str, arguments: list, what: str) -> dict:
-    """Call `module.function(*arguments)` in a new Python process and return the dict it returns (through JSON).
-
-    For measurements that a long-lived process would skew: peak memory, or speed that differs between processes.
-    """
-    code = (f"import json, sys; from {module} import {function}; "
-            f"print(json.dumps({function}(*json.loads(sys.argv[1]))))")
+def in_fresh_process(module: str, function: str, arguments: list) -> Any:
+    """`module.function(*arguments)` in a new Python process, its result through JSON: for what a long-lived process
+    would skew (peak memory, or speed that differs from one process to the next)."""
+    code = f"import json, sys; from {module} import {function}; print(json.dumps({function}(*json.loads(sys.argv[1]))))"
     done = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"the {what} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+        raise RuntimeError(f"{function} failed in a fresh process (exit {done.returncode}): {done.stderr[-800:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def check(value: float | None, op: str, limit: float) -> bool | None:
-    """Whether `value op limit` holds (None when there is no value)."""
-    if value is None or not math.isfinite(value):
-        return None
-    return value >= limit if op == ">=" else value <= limit
-
-
-def row_result(
-    row: str,
-    settings: Settings,
-    baseline: float | None,
-    vitlab: float | None,
-    unit: str,
-    *,
-    ratio: float | None,
-    ratio_meaning: str,
-    target: str,
-    met: bool | None,
-    notes: str = "",
-    **extra,
-) -> dict:
-    """One row of the table, as a plain dict (it goes into the JSON unchanged).
-
-    With `samples_baseline` and `samples_vitlab` among `extra`, it also records a noise check: `ratio_best`, the
-    same ratio from each side's best sample, and `spread`, the largest max/min over either side's samples. On a quiet
-    machine the two ratios agree and the spread stays near 1; a busy neighbour shows up as a large spread.
-    """
+def row_result(row: str, settings: Settings, baseline: float | None, vitlab: float | None, unit: str, *,
+               ratio: float | None = None, ratio_meaning: str = "", target: str = "report",
+               met: bool | None = None, notes: str = "", **extra: Any) -> dict:
+    """One row of the table as a plain dict, as the JSON keeps it; `met` by default whether `ratio` meets a target like
+    '>= 4x'. Samples in `extra` add a noise check: `ratio_best` (of each side's best) and `spread` (largest max/min)."""
+    found = re.fullmatch(r"(>=|<=) ([\d.]+)x", target)
+    if met is None and found and ratio is not None:
+        met = ratio >= float(found[2]) if found[1] == ">=" else ratio <= float(found[2])
     a, b = extra.get("samples_baseline"), extra.get("samples_vitlab")
     if a and b:
         best = min if unit.startswith("s") else max  # seconds: the fastest is the smallest
-        extra["ratio_best"] = best(b) / best(a)
-        extra["spread"] = max(max(a) / min(a), max(b) / min(b))
+        extra["ratio_best"], extra["spread"] = best(b) / best(a), max(max(a) / min(a), max(b) / min(b))
         notes += f"; best-of ratio {extra['ratio_best']:.2f}x, samples spread up to {extra['spread']:.1f}x"
         if extra["spread"] > 1.5:
             notes += " (a noisy machine: re-measure on a quiet one before quoting)"
@@ -172,40 +118,20 @@ def row_result(
             "notes": notes, **extra}
 
 
-def throughput_row(
-    row: str,
-    settings: Settings,
-    sides: tuple[Callable[[], float], Callable[[], float]],
-    repeats: int,
-    *,
-    warmup: int = 1,
-    at_least: float | None = None,
-    ratio_meaning: str = "vitlab / notebook",
-    target: str = "report",
-    notes: str,
-    **extra,
-) -> dict:
-    """Time (baseline, vitlab) images/s `interleaved` and make the row: medians, vitlab / baseline, every sample.
-
-    `at_least`: the ratio the target asks for (met is None without one). `extra` goes into the row unchanged.
-    """
+def paired_row(row: str, settings: Settings, sides: tuple[Callable[[], float], Callable[[], float]], repeats: int,
+               *, unit: str = "images/s", warmup: int = 1, ratio_meaning: str = "vitlab / notebook",
+               **record: Any) -> dict:
+    """Time the sides (baseline, vitlab) `interleaved`: a row of their medians, vitlab / baseline and every sample."""
     a, b = interleaved(*sides, repeats, warmup)
     base, ours = statistics.median(a), statistics.median(b)
-    met = None if at_least is None else check(ours / base, ">=", at_least)
-    return row_result(row, settings, base, ours, "images/s", ratio=ours / base, ratio_meaning=ratio_meaning,
-                      target=target, met=met, samples_baseline=a, samples_vitlab=b, notes=notes, **extra)
+    return row_result(row, settings, base, ours, unit, ratio=ours / base, ratio_meaning=ratio_meaning,
+                      samples_baseline=a, samples_vitlab=b, **record)
 
 
-def not_measured(row: str, settings: Settings, why: str, target: str = "") -> dict:
-    return row_result(row, settings, None, None, "", ratio=None, ratio_meaning="", target=target, met=None,
-                      notes=f"not measured ({why})", measured=False)
-
-
-def cifar_like(n: int, seed: int, image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images (n, S, S, 3), as CIFAR-100 stores them, and random labels (n,) in 0..99."""
+def cifar_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images (n, 32, 32, 3), as CIFAR-100 stores them, and random labels (n,) in 0..99."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8)
-    return images, rng.integers(0, NUM_CLASSES, size=n)
+    return rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.integers(0, NUM_CLASSES, size=n)
 
 
 def as_dataset(images_nhwc: np.ndarray, labels: np.ndarray) -> ImageDataset:
@@ -214,14 +140,65 @@ def as_dataset(images_nhwc: np.ndarray, labels: np.ndarray) -> ImageDataset:
     return ImageDataset(images, torch.from_numpy(labels).long(), [f"class_{i}" for i in range(NUM_CLASSES)])
 
 
-def epoch_splits(settings: Settings) -> tuple[ImageDataset, ImageDataset]:
-    """Random CIFAR-100-shaped (train, val) on the device, split 45,000 / 5,000 as vitlab splits CIFAR-100.
+def random_dataset(n: int, settings: Settings) -> ImageDataset:
+    """`n` random CIFAR-shaped images and labels as vitlab holds them, on the settings' device."""
+    return as_dataset(*cifar_like(n, settings.seed)).to(settings.device)
 
-    `settings.epoch_images` shrinks the total (default 50,000) in the same proportion.
-    """
-    total = settings.epoch_images or CIFAR_TRAIN + CIFAR_VAL
-    n_val = total * CIFAR_VAL // (CIFAR_TRAIN + CIFAR_VAL)
-    images, labels = cifar_like(total, settings.seed)
-    pool = as_dataset(images, labels).to(settings.device)
-    order = torch.randperm(total, generator=seeded_generator(42)).to(settings.device)  # (total,)
-    return pool.subset(order[n_val:]), pool.subset(order[:n_val])
+
+class VitlabTraining(NamedTuple):
+    """vitlab's training as the job sets it up (recipe 'default', random weights); `train(module, batches, count,
+    transform)` and `evaluate(...)` run its loops on the model, its compiled form or a `TrainableTop`: metrics."""
+
+    model: VisionTransformer
+    train: Callable[..., dict]
+    evaluate: Callable[..., dict]
+    bf16: bool  # whether the recipe computes in bf16 on this device (CUDA)
+
+
+def vitlab_training(settings: Settings, total_steps: int, image_size: int | None = None,
+                    trainable_blocks: int = TRAINABLE_BLOCKS) -> VitlabTraining:
+    """`settings.arch` with random weights on the device, AdamW (fused on CUDA), warm-up + cosine over `total_steps`."""
+    recipe, device = vitlab_train.RECIPES["default"], settings.device
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.arch, NUM_CLASSES, pretrained=False, trainable_blocks=trainable_blocks,
+                        progress=False, image_size=image_size).to(device)
+    # pretrained=True: the real job fine-tunes pretrained weights, so its body learns at a tenth of the head's rate.
+    optimizer = vitlab_train.make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
+    scheduler = vitlab_train.make_scheduler(optimizer, recipe, total_steps=total_steps)
+    common = {"criterion": vitlab_train.make_criterion(recipe), "device": device, "recipe": recipe,
+              "show_progress": False}
+    return VitlabTraining(model, partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler,
+                                         **common),
+                          partial(vitlab_train.evaluate, **common), vitlab_train.uses_bf16(device, recipe))
+
+
+def vitlab_trainer(settings: Settings, data: ImageDataset, batch_size: int, total_steps: int, *,
+                   image_size: int | None = None) -> Callable[[int], float]:
+    """vitlab's loop on `data` (uint8, on the device), trains `steps` steps a call and returns images/s; its data
+    transform (flip, rotation 10, resize to `image_size`) on the clock as the notebook's PIL work is on its side."""
+    training = vitlab_training(settings, total_steps, image_size)
+    transform = BatchTransform(training.model.image_size, train=True).to(settings.device)
+
+    def run(steps: int) -> float:
+        chunk = data.take(steps * batch_size)
+        source = batches(chunk, batch_size, shuffle=True, device=settings.device)
+        metrics, seconds = timed(settings.device, lambda: training.train(training.model, source, len(chunk), transform))
+        return metrics["count"] / seconds
+
+    return run
+
+
+def device_name(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3 (CUDA)' or 'Intel(R) Xeon(R) ... (CPU, 2 cores, 2 torch threads)'."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu} (CPU, {cores} cores, {torch.get_num_threads()} torch threads)"
+
+
+def describe_device(device: torch.device) -> dict:
+    """The machine the numbers come from, for the JSON and the table's header."""
+    return {"name": device_name(device), "type": device.type,
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

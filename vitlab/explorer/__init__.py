@@ -30,58 +30,21 @@ One concept per module:
     live.py     head ablation and the logit lens, live on one image
 
 The analyses themselves are vitlab.analysis.attention's. Every failure is a VitlabError whose message says what to do
-next.
-Timings: `python -m vitlab.bench --rows explorer [--arch vit_tiny] [--repeats 5]` (the benchmark is
-vitlab.bench.explorer; this package does not import it).
+next. This package exports the functions above; everything else (constants, types, helpers) is imported from its
+module, as streamlit_app.py and the pages do. How fast the explorer answers is a row of the benchmark,
+`python -m vitlab.bench --rows explorer`, which this package does not import.
 """
 
-from vitlab.errors import VitlabError
-from vitlab.explorer.compare import COMPARE_VIEWS, Comparison, compare_maps
-from vitlab.explorer.drawing import (
-    HEAD_VIEW_PX,
-    MAIN_VIEW_PX,
-    PROJECTOR_CMAP,
-    PROJECTOR_GRID_PX,
-    VIEW_FORMAT,
-    distance_figure_png,
-    jpeg_bytes,
-    overlay_values,
-    render_overlay,
-)
-from vitlab.explorer.export import export_name, maps_npz, png_bytes
-from vitlab.explorer.gallery import GALLERY_KINDS, GALLERY_VIEWS, Gallery, build_gallery, predict, select_images
+from vitlab.explorer.compare import compare_maps
+from vitlab.explorer.drawing import render_overlay
+from vitlab.explorer.export import maps_npz, png_bytes
+from vitlab.explorer.gallery import build_gallery
 from vitlab.explorer.live import lens_top, top_k_ablated
-from vitlab.explorer.runs_folder import runs_folder
-from vitlab.explorer.sources import (
-    SOURCES,
-    LoadedModel,
-    imagenet_available,
-    imagenet_hint,
-    list_runs,
-    load_model_source,
-    resolve_checkpoint,
-    source_stamp,
-)
-from vitlab.explorer.uploads import EXTENSIONS, PreparedImage, UploadError, image_key, preprocess_upload
-from vitlab.explorer.views import (
-    DISTANCE_IMAGES,
-    ImageViews,
-    analyse_image,
-    class_map,
-    mean_distances,
-    model_inputs,
-    model_lock,
-)
-
-# Where the ImageNet source looks for its weights (torchvision's cache): the page names the file when it is missing.
-from vitlab.model import weights_cache_file
+from vitlab.explorer.sources import load_model_source
+from vitlab.explorer.uploads import preprocess_upload
+from vitlab.explorer.views import analyse_image, class_map
 
 __all__ = [
-    "COMPARE_VIEWS", "Comparison", "DISTANCE_IMAGES", "EXTENSIONS", "GALLERY_KINDS", "GALLERY_VIEWS", "Gallery",
-    "HEAD_VIEW_PX", "ImageViews", "LoadedModel", "MAIN_VIEW_PX", "PROJECTOR_CMAP", "PROJECTOR_GRID_PX",
-    "PreparedImage", "SOURCES", "UploadError", "VIEW_FORMAT", "VitlabError", "analyse_image", "build_gallery",
-    "class_map", "compare_maps", "distance_figure_png", "export_name", "image_key", "imagenet_available",
-    "imagenet_hint", "jpeg_bytes", "lens_top", "list_runs", "load_model_source", "maps_npz", "mean_distances",
-    "model_inputs", "model_lock", "overlay_values", "png_bytes", "predict", "preprocess_upload", "render_overlay",
-    "resolve_checkpoint", "runs_folder", "select_images", "source_stamp", "top_k_ablated", "weights_cache_file",
+    "analyse_image", "build_gallery", "class_map", "compare_maps", "lens_top", "load_model_source", "maps_npz",
+    "png_bytes", "preprocess_upload", "render_overlay", "top_k_ablated",
 ]

@@ -13,8 +13,19 @@ import numpy as np
 import streamlit as st
 import torch
 
-import vitlab.explorer as explorer
 from vitlab.explorer import figures
+from vitlab.explorer.drawing import (
+    MAIN_VIEW_PX,
+    PROJECTOR_CMAP,
+    PROJECTOR_GRID_PX,
+    distance_figure_png,
+    jpeg_bytes,
+    render_overlay,
+)
+from vitlab.explorer.export import export_name, png_bytes
+from vitlab.explorer.sources import LoadedModel, load_model_source
+from vitlab.explorer.uploads import PreparedImage, preprocess_upload
+from vitlab.explorer.views import ImageViews, analyse_image, class_map, mean_distances
 
 # Projector mode: type large enough to read from the back of a classroom.
 PROJECTOR_CSS = """<style>
@@ -29,48 +40,48 @@ h1 {font-size: 3rem !important} h2, h3 {font-size: 2rem !important}
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model (the demo model trains once, on first use)...")
-def load_source(source: str, path: str | None, stamp: str) -> explorer.LoadedModel:
+def load_source(source: str, path: str | None, stamp: str) -> LoadedModel:
     """`stamp` names the files behind the model (cache folder, modification time), so a changed file reloads."""
-    return explorer.load_model_source(source, path)
+    return load_model_source(source, path)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def prepare_upload(upload_key: str, image_size: int, _data: bytes) -> explorer.PreparedImage:
-    return explorer.preprocess_upload(_data, image_size)
+def prepare_upload(upload_key: str, image_size: int, _data: bytes) -> PreparedImage:
+    return preprocess_upload(_data, image_size)
 
 
 @st.cache_data(max_entries=16, show_spinner="Running the model on this image...")  # ViT-B/16: 22 MB each
-def analyse(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image: torch.Tensor):
-    return explorer.analyse_image(_loaded.model, _image)
+def analyse(model_key: str, image_key: str, _loaded: LoadedModel, _image: torch.Tensor):
+    return analyse_image(_loaded.model, _image)
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing the class-specific map (forward and backward pass)...")
-def explain(model_key: str, image_key: str, target: int | None, _loaded: explorer.LoadedModel, _image: torch.Tensor):
-    return explorer.class_map(_loaded.model, _image, target)
+def explain(model_key: str, image_key: str, target: int | None, _loaded: LoadedModel, _image: torch.Tensor):
+    return class_map(_loaded.model, _image, target)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def rollout(model_key: str, image_key: str, fusion: str, discard: float, _views: explorer.ImageViews) -> torch.Tensor:
+def rollout(model_key: str, image_key: str, fusion: str, discard: float, _views: ImageViews) -> torch.Tensor:
     """(grid, grid) rollout, kept: it multiplies every block's attention (tens of ms for ViT-B/16), and a layer or
     head slider move reruns the fragment that shows it without changing it."""
     return _views.rollout_map(fusion, discard)
 
 
 @st.cache_data(max_entries=8, show_spinner="Measuring how far each head looks (once per model)...")
-def distance_png(model_key: str, images_key: str, _loaded: explorer.LoadedModel, _images: torch.Tensor) -> bytes:
-    distances = explorer.mean_distances(_loaded.model, _images)  # (layers, heads)
-    return explorer.distance_figure_png(distances, _loaded.model.patch_size)
+def distance_png(model_key: str, images_key: str, _loaded: LoadedModel, _images: torch.Tensor) -> bytes:
+    distances = mean_distances(_loaded.model, _images)  # (layers, heads)
+    return distance_figure_png(distances, _loaded.model.patch_size)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def model_figure(model_key: str, figure: str, _loaded: explorer.LoadedModel) -> bytes:
+def model_figure(model_key: str, figure: str, _loaded: LoadedModel) -> bytes:
     """One of the tour's per-model figures ("filters" or "positions") as PNG bytes, rendered once per model."""
     draw = {"filters": figures.filter_components_png, "positions": figures.position_similarity_png}[figure]
     return draw(_loaded.model)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def tokens(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image: torch.Tensor):
+def tokens(model_key: str, image_key: str, _loaded: LoadedModel, _image: torch.Tensor):
     return figures.token_views(_loaded.model, _image)
 
 
@@ -88,7 +99,7 @@ def keep_in(key: str, allowed, default, scope: str | None = None) -> None:
     st.session_state.setdefault(key, default)
 
 
-def model_label(loaded: explorer.LoadedModel) -> str:
+def model_label(loaded: LoadedModel) -> str:
     """A short name for file names: the source, and a checkpoint's run folder ("checkpoint-demo")."""
     source, _, rest = loaded.key.partition(":")
     if source != "checkpoint":
@@ -96,9 +107,9 @@ def model_label(loaded: explorer.LoadedModel) -> str:
     return f"checkpoint-{Path(rest.rsplit(':', 1)[0]).parent.name}"  # rest: "<file>:<modification time>"
 
 
-def export_file(loaded: explorer.LoadedModel, image_key: str, view: str, ext: str) -> str | None:
+def export_file(loaded: LoadedModel, image_key: str, view: str, ext: str) -> str | None:
     """The download's file name (vitlab.explorer.export_name): model, image and view."""
-    return explorer.export_name(model_label(loaded), image_key, view, ext)
+    return export_name(model_label(loaded), image_key, view, ext)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,11 +127,11 @@ class Display:
     grid_px: int  # thickness of the patch-grid lines
     projector: bool
 
-    def draw(self, image: torch.Tensor, grid_map: torch.Tensor | None, size: int = explorer.MAIN_VIEW_PX,
+    def draw(self, image: torch.Tensor, grid_map: torch.Tensor | None, size: int = MAIN_VIEW_PX,
              **options) -> np.ndarray:
         """render_overlay with these settings: uint8 (size, size, 3)."""
         options = {"cmap": self.cmap, **options}
-        return explorer.render_overlay(image, grid_map, size, patch_grid=self.grid, smooth=self.smooth,
+        return render_overlay(image, grid_map, size, patch_grid=self.grid, smooth=self.smooth,
                                        grid_px=self.grid_px, **options)
 
 
@@ -136,15 +147,15 @@ def choose_display(grid_size: int) -> Display:
         st.html(PROJECTOR_CSS)
     return Display(
         grid=grid_size if grid else None, smooth=smooth == "smooth",
-        cmap=explorer.PROJECTOR_CMAP if projector else "inferno",
-        grid_px=explorer.PROJECTOR_GRID_PX if projector else 1, projector=projector,
+        cmap=PROJECTOR_CMAP if projector else "inferno",
+        grid_px=PROJECTOR_GRID_PX if projector else 1, projector=projector,
     )
 
 
 def show(picture: np.ndarray, name: str | None = None) -> None:
     """One view, `picture` uint8 (H, W, 3), sent as JPEG (cheap for every slider move), and under it a PNG
     download named `name` (if given). The PNG is encoded only when clicked."""
-    st.image(explorer.jpeg_bytes(picture), width="stretch")
+    st.image(jpeg_bytes(picture), width="stretch")
     if name is not None:
-        st.download_button("Download PNG", data=lambda: explorer.png_bytes(picture), file_name=name,
+        st.download_button("Download PNG", data=lambda: png_bytes(picture), file_name=name,
                            mime="image/png", key=f"png:{name}", on_click="ignore", type="tertiary")

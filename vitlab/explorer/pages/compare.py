@@ -7,17 +7,20 @@ import sys
 import streamlit as st
 import torch
 
-import vitlab.explorer as explorer
+from vitlab.errors import VitlabError
+from vitlab.explorer.compare import compare_maps
 from vitlab.explorer.pages import common
 from vitlab.explorer.pages.common import Display, show
+from vitlab.explorer.runs_folder import runs_folder
+from vitlab.explorer.sources import SOURCES, LoadedModel, imagenet_available, resolve_checkpoint, source_stamp
 
 DIFFERENCE_CMAP = "RdBu_r"  # diverging: red where the second model attends more, blue where less, white equal
 VIEW_LABELS = {"cls": "Class token", "rollout": "Rollout"}
 
 
-def choose_second(first: explorer.LoadedModel) -> explorer.LoadedModel | None:
+def choose_second(first: LoadedModel) -> LoadedModel | None:
     """The model to compare with: another source, or a checkpoint typed by path; None (with a message) if none."""
-    sources = [s for s in explorer.SOURCES if s != "imagenet" or explorer.imagenet_available()]
+    sources = [s for s in SOURCES if s != "imagenet" or imagenet_available()]
     default = "base" if "base" in sources else "checkpoint"
     common.keep_in("compare_source", sources, default)
     source = st.selectbox("Compare with", sources, key="compare_source")
@@ -28,16 +31,16 @@ def choose_second(first: explorer.LoadedModel) -> explorer.LoadedModel | None:
             st.info("Type the path of a vitlab checkpoint or run folder to compare with.")
             return None
     try:
-        root = explorer.runs_folder(sys.argv[1:])  # a typed path is fenced to the runs folder, as in the sidebar
-        checkpoint = None if path is None else explorer.resolve_checkpoint(path, root=root)
-        stamp = explorer.source_stamp(source, checkpoint)
+        root = runs_folder(sys.argv[1:])  # a typed path is fenced to the runs folder, as in the sidebar
+        checkpoint = None if path is None else resolve_checkpoint(path, root=root)
+        stamp = source_stamp(source, checkpoint)
         return common.load_source(source, None if checkpoint is None else str(checkpoint), stamp)
-    except (explorer.VitlabError, RuntimeError) as error:
+    except (VitlabError, RuntimeError) as error:
         st.error(str(error))
         return None
 
 
-def page(first: explorer.LoadedModel, image: torch.Tensor, image_key: str, display: Display) -> None:
+def page(first: LoadedModel, image: torch.Tensor, image_key: str, display: Display) -> None:
     """`image` uint8 (3, H, W) through the sidebar's model and a second one, side by side."""
     second = choose_second(first)
     if second is None:
@@ -55,7 +58,7 @@ def page(first: explorer.LoadedModel, image: torch.Tensor, image_key: str, displ
     layer = block_column.slider("Block", 1, one.num_layers, key="compare_layer", disabled=view != "cls") - 1
     head = head_column.slider("Head", 0, one.num_heads - 1, 0, key="compare_head", disabled=view != "cls")
     at = {"layer": layer, "head": head} if view == "cls" else {}  # rollout runs through every block and head
-    found = explorer.compare_maps(one, two, view, **at)
+    found = compare_maps(one, two, view, **at)
     name = lambda which: common.export_file(first, image_key, f"compare_{view}_{which}", "png")  # noqa: E731
     columns = st.columns(3, gap="large")
     for column, title, model, grid_map, views in ((columns[0], "First", first, found.first, one),

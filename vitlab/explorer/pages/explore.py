@@ -5,15 +5,19 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-import vitlab.explorer as explorer
+from vitlab.explorer.drawing import HEAD_VIEW_PX, jpeg_bytes
+from vitlab.explorer.export import maps_npz
+from vitlab.explorer.live import lens_top, top_k_ablated
 from vitlab.explorer.pages import common
 from vitlab.explorer.pages.common import Display, keep_in, show
+from vitlab.explorer.sources import LoadedModel
+from vitlab.explorer.views import DISTANCE_IMAGES, ImageViews
 
 FUSIONS = ("mean", "max", "min")
 PREDICTED = -1  # the class selector's "explain the predicted class"
 
 
-def page(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, image_lines: list[str],
+def page(loaded: LoadedModel, image: torch.Tensor, image_key: str, image_lines: list[str],
          display: Display) -> None:
     """The explore page for `image` uint8 (3, H, W) under `loaded`'s model."""
     views = common.analyse(loaded.key, image_key, loaded, image)
@@ -63,10 +67,10 @@ def page(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, imag
     distance_view(loaded, image, image_key)
 
 
-def distance_view(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str) -> None:
+def distance_view(loaded: LoadedModel, image: torch.Tensor, image_key: str) -> None:
     st.subheader("Mean attention distance")
     if loaded.images is not None:
-        sample, sample_key = loaded.images.images[: explorer.DISTANCE_IMAGES], "dataset"
+        sample, sample_key = loaded.images.images[: DISTANCE_IMAGES], "dataset"
     else:
         sample, sample_key = image[None], image_key
     left, _ = st.columns([3, 2])
@@ -79,7 +83,7 @@ def distance_view(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: 
 
 
 @st.fragment
-def attention_views(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, views: explorer.ImageViews,
+def attention_views(loaded: LoadedModel, image: torch.Tensor, image_key: str, views: ImageViews,
                     display: Display) -> None:
     """Everything the layer, head and query controls change. A fragment: moving one of them reruns only this part
     of the page, from the cached forward pass, so the browser redraws only these views."""
@@ -111,15 +115,15 @@ def attention_views(loaded: explorer.LoadedModel, image: torch.Tensor, image_key
         st.caption(f"Block {layer + 1}, head {head}: where the outlined patch looks, its own row of attention.")
 
     st.subheader(f"All {views.num_heads} heads of block {layer + 1}")
-    panels = [explorer.jpeg_bytes(display.draw(image, m, explorer.HEAD_VIEW_PX)) for m in views.head_maps(layer)]
+    panels = [jpeg_bytes(display.draw(image, m, HEAD_VIEW_PX)) for m in views.head_maps(layer)]
     names = [f"head {index}" + (" (chosen)" if index == head else "") for index in range(views.num_heads)]
-    st.image(panels, caption=names, width=explorer.HEAD_VIEW_PX)  # one element
+    st.image(panels, caption=names, width=HEAD_VIEW_PX)  # one element
     st.caption("The class token's attention in every head of the chosen block: heads of one block look at different "
                "things.")
 
 
 @st.fragment
-def rollout_view(loaded: explorer.LoadedModel, image_key: str, image: torch.Tensor, views: explorer.ImageViews,
+def rollout_view(loaded: LoadedModel, image_key: str, image: torch.Tensor, views: ImageViews,
                  display: Display, relevance: torch.Tensor) -> None:
     """Rollout and its controls, a fragment of its own: its head fusion and discard ratio redraw only it."""
     name = lambda view, ext="png": common.export_file(loaded, image_key, view, ext)  # noqa: E731
@@ -136,17 +140,17 @@ def rollout_view(loaded: explorer.LoadedModel, image_key: str, image: torch.Tens
     raw_maps_download(loaded, image_key, views, flow_map, relevance)
 
 
-def raw_maps_download(loaded: explorer.LoadedModel, image_key: str, views: explorer.ImageViews,
+def raw_maps_download(loaded: LoadedModel, image_key: str, views: ImageViews,
                       flow_map: torch.Tensor, relevance: torch.Tensor) -> None:
     """The image's raw maps as .npz (vitlab.explorer.export.maps_npz), encoded only when the button is clicked."""
     st.download_button(
-        "Download the raw maps (.npz)", data=lambda: explorer.maps_npz(views, flow_map, relevance),
+        "Download the raw maps (.npz)", data=lambda: maps_npz(views, flow_map, relevance),
         file_name=common.export_file(loaded, image_key, "maps", "npz"), mime="application/octet-stream",
         key="download_npz", on_click="ignore",
     )
 
 
-def live_panel(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, views: explorer.ImageViews) -> None:
+def live_panel(loaded: LoadedModel, image: torch.Tensor, image_key: str, views: ImageViews) -> None:
     """Live head ablation (top-5 before and after) and the logit lens, block by block (vitlab.explorer.live)."""
     st.subheader("Switch heads off, and the logit lens")
     classes = loaded.classes
@@ -177,11 +181,11 @@ def lens_table(rows: list, classes: list[str]) -> list[dict]:
 
 
 @st.cache_data(max_entries=64, show_spinner="Running the model with those heads switched off...")
-def ablated(model_key: str, image_key: str, block: int, heads: tuple[int, ...], _loaded: explorer.LoadedModel,
+def ablated(model_key: str, image_key: str, block: int, heads: tuple[int, ...], _loaded: LoadedModel,
             _image: torch.Tensor):
-    return explorer.top_k_ablated(_loaded.model, _image, {block: list(heads)} if heads else {}, k=5)
+    return top_k_ablated(_loaded.model, _image, {block: list(heads)} if heads else {}, k=5)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def lens_rows(model_key: str, image_key: str, _loaded: explorer.LoadedModel, _image: torch.Tensor):
-    return explorer.lens_top(_loaded.model, _image, k=3)
+def lens_rows(model_key: str, image_key: str, _loaded: LoadedModel, _image: torch.Tensor):
+    return lens_top(_loaded.model, _image, k=3)

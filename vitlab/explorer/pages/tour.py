@@ -7,9 +7,10 @@ import dataclasses
 import streamlit as st
 import torch
 
-import vitlab.explorer as explorer
+from vitlab.explorer.drawing import HEAD_VIEW_PX, jpeg_bytes, render_overlay
 from vitlab.explorer.pages import common, explore
 from vitlab.explorer.pages.common import Display, show
+from vitlab.explorer.sources import LoadedModel
 from vitlab.explorer.tour import TOUR, TourStep
 
 STEP_KEY = "tour_step"  # session state: the index of the step on screen
@@ -20,7 +21,7 @@ def move(offset: int) -> None:
     st.session_state[STEP_KEY] = min(max(st.session_state.get(STEP_KEY, 0) + offset, 0), len(TOUR) - 1)
 
 
-def page(loaded: explorer.LoadedModel, image: torch.Tensor, image_key: str, display: Display) -> None:
+def page(loaded: LoadedModel, image: torch.Tensor, image_key: str, display: Display) -> None:
     """The tour's current step for `image` uint8 (3, H, W) under `loaded`'s model."""
     common.keep_in(STEP_KEY, range(len(TOUR)), 0)
     index = st.session_state[STEP_KEY]
@@ -59,9 +60,9 @@ def _positions(loaded, image, image_key, views, display: Display) -> None:
 
 def _one_head(loaded, image, image_key, views, display: Display) -> None:
     last = views.num_layers - 1
-    panels = [explorer.jpeg_bytes(display.draw(image, m, explorer.HEAD_VIEW_PX)) for m in views.head_maps(last)]
+    panels = [jpeg_bytes(display.draw(image, m, HEAD_VIEW_PX)) for m in views.head_maps(last)]
     st.image(panels, caption=[f"block {last + 1}, head {h}" for h in range(views.num_heads)],
-             width=explorer.HEAD_VIEW_PX)
+             width=HEAD_VIEW_PX)
 
 
 def _query(loaded, image, image_key, views, display: Display) -> None:
@@ -118,7 +119,7 @@ def _pca(loaded, image, image_key, views, display: Display) -> None:
     with first:
         show(display.draw(image, None))
     with second:
-        show(explorer.render_overlay(colours, None))
+        show(render_overlay(colours, None))
     st.caption("Each patch's last-block features, first three principal components as red, green and blue.")
 
 
