@@ -80,6 +80,11 @@ def position_similarity_by_hand(model: VisionTransformer) -> Tensor:
 similarity = position_similarity_by_hand(model)  # (grid, grid, grid, grid)
 assert_same(position_embedding_similarity(model), similarity, vitlab="vitlab's position_embedding_similarity",
             lesson="position_similarity_by_hand")
+
+# %% [markdown]
+# Drawn as the paper draws it: one small map per position, in its place on the grid.
+
+# %%
 fig = plot_position_similarity(similarity)
 fig.colorbar(fig.axes[0].images[0], ax=fig.axes, shrink=0.5, label="cosine similarity")  # all maps: -1 to 1
 save(fig, settings.out, FIGURES[0])

@@ -44,7 +44,7 @@ from vitlab.data import load_dataset
 from vitlab.errors import DataUnavailableError, VitlabError
 from vitlab.model import build_model, count_parameters
 from vitlab.plotting import plot_curves
-from vitlab.teaching.flags import GENERATED_DATASETS, refuse_data_dir_for
+from vitlab.teaching.flags import GENERATED_DATASETS, refuse_data_dir_for, studies_small_model
 from vitlab.teaching.lesson import assert_same, demo_run, explain, save, start
 from vitlab.training import finetune
 from vitlab.training.checkpoint import load_checkpoint
@@ -103,7 +103,7 @@ def plan_finetune(settings: argparse.Namespace) -> Plan:
                               f"job's final attention scoring fails at 224x224. Study a run trained on CIFAR.")
         return Plan(config["arch"], config["dataset"], data_dir, checkpoint["model"],
                     f"the model of {settings.checkpoint} with a fresh head, on {config['dataset']}")
-    if settings.arch not in (None, "vit_tiny"):
+    if not studies_small_model(settings):  # an ImageNet --arch
         data_dir = settings.data_dir or "./data"
         if not dataset_on_disk("cifar100", data_dir):
             raise VitlabError(f"--arch {settings.arch}: this lesson fine-tunes it on CIFAR-100, which is not under "

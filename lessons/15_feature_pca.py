@@ -92,22 +92,23 @@ def model_before(subject: Subject) -> tuple[VisionTransformer | None, str, int]:
     classes = len(subject.classes)
     if subject.source == "imagenet":
         torch.manual_seed(0)
-        random = build_model("vit_b_16", num_classes=classes, pretrained=False, trainable_blocks=0)
+        random = build_model(subject.arch, num_classes=classes, pretrained=False, trainable_blocks=0)
         return random.eval(), "a random initialisation (this model was not fine-tuned by vitlab)", 0
     frozen = len(subject.model.encoder.layers) - int(config.get("trainable_blocks", 0))
     pretrained = config.get("pretrained")
     if pretrained == "fractal":
-        base = build_model(config["arch"], num_classes=classes, pretrained=True, trainable_blocks=0)
+        base = build_model(subject.arch, num_classes=classes, pretrained=True, trainable_blocks=0)
         return base.eval(), "vitlab's shipped fractal-pretrained base", frozen
-    if pretrained == "imagenet" and weights_cache_file().is_file():
-        base = build_model("vit_b_16", num_classes=classes, pretrained=weights_cache_file(), trainable_blocks=0)
-        return base.eval(), "torchvision's ImageNet ViT-B/16", frozen
+    if pretrained == "imagenet" and weights_cache_file(subject.arch).is_file():
+        base = build_model(subject.arch, num_classes=classes, pretrained=weights_cache_file(subject.arch),
+                           trainable_blocks=0)
+        return base.eval(), f"torchvision's ImageNet {subject.arch}", frozen
     if pretrained not in ("imagenet", "none", None) and Path(pretrained).is_file():  # a state-dict file
-        base = build_model(config["arch"], num_classes=classes, pretrained=pretrained, trainable_blocks=0)
+        base = build_model(subject.arch, num_classes=classes, pretrained=pretrained, trainable_blocks=0)
         return base.eval(), f"the weights in {pretrained}", frozen
     if pretrained == "none":
         torch.manual_seed(int(config.get("seed", 0)))
-        random = build_model(config["arch"], num_classes=classes, pretrained=False, trainable_blocks=0)
+        random = build_model(subject.arch, num_classes=classes, pretrained=False, trainable_blocks=0)
         return random.eval(), "a random initialisation (not necessarily the run's own)", 0
     return None, f"not shown (pretrained={pretrained!r}: its weights are not on this machine)", 0
 

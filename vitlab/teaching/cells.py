@@ -17,7 +17,6 @@ raises with its traceback, whose line numbers are the file's. At the end the run
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,13 +31,14 @@ from vitlab.errors import VitlabError
 
 MARKER = re.compile(r"^# %%(?P<rest>.*)$")  # jupytext's percent format: "# %%" code, "# %% [markdown]" prose
 QUESTIONS = "## Questions"  # the heading of a lesson's last markdown cell
+Kind = Literal["code", "markdown"]
 
 
 @dataclass(frozen=True)
 class Cell:
     """One cell of a lesson file."""
 
-    kind: Literal["code", "markdown"]
+    kind: Kind
     source: str  # code as written; markdown without its "# " comment prefixes
     line: int  # the file's line number of the cell's first source line (1 = the file's first line)
 
@@ -67,7 +67,8 @@ def active_run() -> LessonRun | None:
 def read_cells(path: str | Path) -> list[Cell]:
     """A py:percent file's cells in order; lines before the first marker (jupytext's header) belong to none."""
     cells: list[Cell] = []
-    kind, first, body = None, 0, []
+    kind: Kind | None = None
+    first, body = 0, []
     for number, text in enumerate([*Path(path).read_text().splitlines(), "# %%"], start=1):
         match = MARKER.match(text)
         if match is None:
@@ -79,10 +80,11 @@ def read_cells(path: str | Path) -> list[Cell]:
     return cells
 
 
-def _cell(kind: str, body: list[str], first: int) -> Cell:
+def _cell(kind: Kind, body: list[str], first: int) -> Cell:
+    """A cell from its lines; `first` is the line number after its marker, moved past leading blank lines."""
     if kind == "markdown":
         body = [re.sub(r"^# ?", "", line) for line in body]
-    return Cell(kind, "\n".join(body).strip("\n") + "\n", first + _leading_blank_lines(body))  # type: ignore[arg-type]
+    return Cell(kind, "\n".join(body).strip("\n") + "\n", first + _leading_blank_lines(body))
 
 
 def _leading_blank_lines(body: list[str]) -> int:
@@ -156,7 +158,7 @@ def _running(run: LessonRun) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def _execute(path: Path, cells: Sequence[Cell], replace: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
+def _execute(path: Path, cells: Sequence[Cell], replace: Mapping[str, Callable[[Any], Any]]) -> None:
     """Execute the code cells in one fresh namespace, as a kernel would; apply `replace` as names appear."""
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     pending = dict(replace)
@@ -164,10 +166,8 @@ def _execute(path: Path, cells: Sequence[Cell], replace: Mapping[str, Callable[[
         if cell.kind != "code":
             continue
         code = compile("\n" * (cell.line - 1) + cell.source, str(path), "exec")  # tracebacks show the file's lines
-        exec(code, namespace)  # noqa: S102 - running the lesson is the point
+        exec(code, namespace)  # running the lesson's own code is the point
         for name in [name for name in pending if name in namespace]:
             namespace[name] = pending.pop(name)(namespace[name])
     if pending:
         raise ValueError(f"{path.name} never defines {', '.join(sorted(pending))}: nothing to replace")
-    sys.stdout.flush()
-    return namespace

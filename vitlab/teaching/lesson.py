@@ -17,7 +17,8 @@ Where the command line comes from, by how the lesson runs:
   ends the process with that code. So a lesson needs no `main` and no `if __name__ == "__main__"`.
 - run by `run_lesson_file` (tests, the script above): its argv, after FLAGS.
 - in a notebook kernel (Jupyter, VS Code, Colab), whose sys.argv is the kernel's own: FLAGS only. Change FLAGS in
-  the settings cell and run the cells again.
+  the settings cell and run the cells again. (The same holds wherever else a lesson's code is run without the
+  runner, e.g. pasted into a Python prompt.)
 
 Importing this module loads no model and writes nothing; `study` does the loading.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -44,7 +46,7 @@ LARGEST_BLOCKS = 12  # ViT-B/16's encoder blocks: the most any lesson's model ha
 LARGEST_GRID = 14  # ViT-B/16's 14x14 patch grid
 
 
-def start(name: str, flags: list[str] | tuple[str, ...] = (), own_flags: OwnFlags | None = None) -> argparse.Namespace:
+def start(name: str, flags: Sequence[str] = (), own_flags: OwnFlags | None = None) -> argparse.Namespace:
     """The lesson's settings: `flags` (the settings cell's FLAGS) followed by the command line, parsed and checked.
 
     name: the lesson's file name without .py; it names the default --out folder. As a script, this call runs the

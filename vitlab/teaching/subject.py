@@ -38,6 +38,7 @@ class Subject:
     """What a lesson studies: one model in eval mode and images to show it."""
 
     model: VisionTransformer
+    arch: str  # vitlab's name for the architecture: "vit_tiny", "vit_b_16", ...
     name: str  # for titles and prose: "demo vit_tiny (shapes)", "ViT-B/16 (ImageNet)"
     classes: list[str]  # the model's output classes, index = logit
     splits: DataSplits  # where example (and, for lesson 9, training) images come from
@@ -99,7 +100,7 @@ def demo_run() -> tuple[VisionTransformer, DataSplits, Path]:
 def _demo() -> Subject:
     model, splits, best = demo_run()
     config = load_checkpoint(best)["config"]
-    return Subject(model, f"demo {config['arch']} ({config['dataset']})", list(splits.classes), splits,
+    return Subject(model, config["arch"], f"demo {config['arch']} ({config['dataset']})", list(splits.classes), splits,
                    labels_match=True, small=True, source="demo", weights_path=best, run_config=config)
 
 
@@ -112,7 +113,7 @@ def _from_checkpoint(path: Path, args: argparse.Namespace) -> Subject:
         splits, matched = load_dataset(config["dataset"], seed=config["seed"]), True
     else:
         splits, matched = _cifar_or_shapes(args.data_dir or config["data_dir"], config["dataset"])
-    return Subject(model, name, list(checkpoint["classes"]), splits, labels_match=matched,
+    return Subject(model, config["arch"], name, list(checkpoint["classes"]), splits, labels_match=matched,
                    small=config["arch"] == "vit_tiny", source="checkpoint", weights_path=path, run_config=config)
 
 
@@ -128,7 +129,7 @@ def _imagenet_model(arch: str, args: argparse.Namespace) -> Subject:
     splits, _ = _cifar_or_shapes(args.data_dir or "./data", "cifar100")
     classes = list(weights_enum(arch).meta["categories"])
     _, letter, patch = arch.split("_")  # "vit_b_16" -> "ViT-B/16"
-    return Subject(model.eval(), f"ViT-{letter.upper()}/{patch} (ImageNet)", classes, splits, labels_match=False,
+    return Subject(model.eval(), arch, f"ViT-{letter.upper()}/{patch} (ImageNet)", classes, splits, labels_match=False,
                    small=False, source="imagenet", weights_path=cache_file)
 
 
