@@ -120,6 +120,15 @@ def test_read_cells_splits_a_percent_file_and_keeps_its_line_numbers(fake_lesson
     assert questions(cells) == "## Questions\n\n1. Why?\n2. Why not?"
 
 
+def test_read_cells_knows_jupytexts_other_cell_markers(tmp_path: Path):
+    path = tmp_path / "cells.py"
+    path.write_text("# %% A title [markdown]\n# prose\n# %% [md]\n# more\n# %% [raw]\nraw text\n"
+                    "# %% tags=[\"keep\"]\nx = 1\n")
+
+    assert [(cell.kind, cell.source) for cell in read_cells(path)] == [
+        ("markdown", "prose\n"), ("markdown", "more\n"), ("code", "x = 1\n")]
+
+
 def test_a_run_reads_flags_then_the_command_line_and_prints_the_questions(fake_lesson: Path, capsys):
     threads = torch.get_num_threads()
 

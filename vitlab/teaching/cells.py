@@ -31,7 +31,7 @@ from vitlab.errors import VitlabError
 
 MARKER = re.compile(r"^# %%(?P<rest>.*)$")  # jupytext's percent format: "# %%" code, "# %% [markdown]" prose
 QUESTIONS = "## Questions"  # the heading of a lesson's last markdown cell
-Kind = Literal["code", "markdown"]
+Kind = Literal["code", "markdown", "raw"]  # raw cells (jupytext's "[raw]") are read and left out
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,14 @@ def read_cells(path: str | Path) -> list[Cell]:
             continue
         if kind is not None:
             cells.append(_cell(kind, body, first))
-        kind, first, body = ("markdown" if "[markdown]" in match["rest"] else "code"), number + 1, []
-    return cells
+        kind, first, body = _kind(match["rest"]), number + 1, []
+    return [cell for cell in cells if cell.kind != "raw"]
+
+
+def _kind(rest: str) -> Kind:
+    """A cell's kind from what follows "# %%" (an optional title, then "[markdown]", "[md]" or "[raw]")."""
+    found = re.search(r"\[(markdown|md|raw)\]", rest)
+    return "code" if found is None else "raw" if found[1] == "raw" else "markdown"
 
 
 def _cell(kind: Kind, body: list[str], first: int) -> Cell:
