@@ -8,7 +8,9 @@ so the session's trained demo model (`demo_cache`) is shared by all of them. Not
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
 import sys
 import urllib.error
 from collections.abc import Callable
@@ -217,6 +219,19 @@ def test_lesson_15_fails_loudly_when_a_frozen_block_differs_from_the_base(demo_c
 
     with pytest.raises(AssertionError, match="Block 1 was frozen, yet its class tokens differ"):
         run_lesson_file(lesson_file("15"), ["--out", str(tmp_path)], replace={"model_before": changes_the_first_block})
+
+
+@pytest.mark.slow
+def test_run_all_runs_lessons_as_scripts_and_prints_a_table(demo_cache: Path, tmp_path: Path):
+    completed = subprocess.run(
+        [sys.executable, str(LESSONS_DIR / "run_all.py"), "--only", "01", "--quiet", "--out-root", str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "VITLAB_CACHE": str(demo_cache)}, timeout=300,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert re.search(r"01_patches\s+\d+\.\d\s+ok", completed.stdout)
+    assert "1 of 1 lessons succeeded" in completed.stdout
+    assert (tmp_path / "01_patches" / "patch_grid.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
 # ---------------------------------------------------------------------------------------------------------------

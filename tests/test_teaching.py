@@ -194,6 +194,7 @@ def test_as_a_script_the_file_runs_through_the_runner_with_its_exit_codes(fake_l
     assert "vitlab's double differs from the lesson's double_by_hand" in failed.stderr
 
 
+@pytest.mark.slow
 def test_importing_the_teaching_modules_loads_no_notebook_machinery():
     code = ("import sys, vitlab.teaching.lesson, vitlab.teaching.notebooks; "
             "print(sorted(m for m in ('jupytext', 'nbclient', 'IPython', 'ipykernel') if m in sys.modules))")
