@@ -38,16 +38,16 @@ from vitlab.shipped import shipped_card
 from vitlab.teaching.lesson import Subject, explain, save, start, study
 
 FIGURES = ("filter_components.png", "training_change_components.png", "explained_variance.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/02_patch_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
-# notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells again.
-# Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/02_patch_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a notebook,
+# put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells
+# again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 settings = start("02_patch_embeddings", FLAGS)
 subject = study(settings)
 model = subject.model

@@ -41,16 +41,16 @@ from vitlab.shipped import shipped_card
 from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("position_similarity.png", "similarity_vs_distance.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
 # As a script: `python lessons/03_position_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
-# notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells again.
-# Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`) and run
+# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 settings = start("03_position_embeddings", FLAGS)
 subject = study(settings)
 model, geo = subject.model, geometry(subject.model)

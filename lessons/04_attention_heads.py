@@ -40,16 +40,16 @@ from vitlab.plotting import draw_overlay
 from vitlab.teaching.lesson import LARGEST_BLOCKS, explain, save, start, study
 
 FIGURES = ("cls_attention_heads.png", "heads_all_blocks.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/04_attention_heads.py [--block N] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
-# In a notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--block", "1"]`) and run the cells again.
-# Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/04_attention_heads.py [--block N] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In
+# a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--block", "1"]`) and run the
+# cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 
 
 def own_flags(parser: argparse.ArgumentParser) -> None:

@@ -41,16 +41,16 @@ from vitlab.plotting import draw_overlay, style_depth_axes
 from vitlab.teaching.lesson import LARGEST_GRID, explain, save, start, study
 
 FIGURES = ("query_patch_by_block.png", "query_distance_by_block.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/05_query_patch.py [--patch ROW COL] [--arch vit_b_16 | --checkpoint PATH]
-# [--out DIR]`. In a notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--patch", "3", "4"]`) and run
-# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/05_query_patch.py [--patch ROW COL] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
+# In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--patch", "3", "4"]`) and
+# run the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 
 
 def own_flags(parser: argparse.ArgumentParser) -> None:

@@ -39,16 +39,16 @@ from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("attention_distance.png", "attention_distance_range.png")
 LOCAL_SHARE = 0.5  # a head is "local" when it looks less than half as far as uniform attention would
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
 # As a script: `python lessons/06_attention_distance.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
-# notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells again.
-# Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`) and run
+# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 settings = start("06_attention_distance", FLAGS)
 subject = study(settings)
 model, geo = subject.model, geometry(subject.model)

@@ -37,16 +37,16 @@ from vitlab.plotting import draw_overlay
 from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("rollout_maps.png", "rollout_scores.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/07_rollout.py [--discard RATIO] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
-# In a notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--discard", "0.5"]`) and run the cells
-# again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/07_rollout.py [--discard RATIO] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
+# notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--discard", "0.5"]`) and run
+# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 DISCARD = Rule(0, 0.99, "--discard 0.9", whole=False)  # rollout takes [0, 1): at 1 every weight would go
 
 

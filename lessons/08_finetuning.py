@@ -50,16 +50,16 @@ from vitlab.training import finetune
 from vitlab.training.checkpoint import load_checkpoint
 
 FIGURES = ("parameters.png", "curves.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings, and what will be fine-tuned
 #
-# As a script: `python lessons/08_finetuning.py [--arch vit_b_16 | --checkpoint PATH] [--data-dir DIR] [--out DIR]`.
-# In a notebook, put the same flags in `FLAGS` and run the cells again. The plan is checked here, before any work:
-# an ImageNet `--arch` needs CIFAR-100 on disk (lessons never download it).
+# As a script: `python lessons/08_finetuning.py [--arch vit_b_16 | --checkpoint PATH] [--data-dir DIR] [--out DIR]`. In
+# a notebook, put the same flags in `FLAGS`, in the first code cell and run the cells again. The plan is checked here,
+# before any work: an ImageNet `--arch` needs CIFAR-100 on disk (lessons never download it).
 
 # %%
-FLAGS: list[str] = []
 # A few seconds on a laptop CPU: last block + fresh head of the demo model, 256 images, 4 epochs (8 steps each).
 SMALL_RUN = ["--trainable-blocks", "1", "--subset", "256", "--epochs", "4", "--batch-size", "32", "--lr", "1e-3",
              "--max-rotation", "0"]

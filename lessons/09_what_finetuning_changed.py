@@ -47,17 +47,17 @@ from vitlab.teaching.lesson import LARGEST_BLOCKS, Subject, explain, save, start
 from vitlab.training.train import RECIPES, make_criterion, make_optimizer, train_step
 
 FIGURES = ("attention_change_per_block.png", "before_after.png", "base_vs_demo.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/09_what_finetuning_changed.py [--trainable-blocks N] [--arch vit_b_16 |
-# --checkpoint PATH] [--out DIR]`. In a notebook, put the same flags in `FLAGS` (for example
-# `FLAGS = ["--trainable-blocks", "1"]`) and run the cells again. Without flags the lesson studies vitlab's small
-# demo model, trained once and cached.
+# As a script: `python lessons/09_what_finetuning_changed.py [--trainable-blocks N] [--arch vit_b_16 | --checkpoint
+# PATH] [--out DIR]`. In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS =
+# ["--trainable-blocks", "1"]`) and run the cells again. Without flags the lesson studies vitlab's small demo model,
+# trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 
 
 def own_flags(parser: argparse.ArgumentParser) -> None:

@@ -37,16 +37,16 @@ from vitlab.teaching.lesson import Subject, assert_same, explain, save, start, s
 
 FIGURES = ("localization_scores.png", "perturbation_curve.png", "perturbed_examples.png")
 ORDERS = ("most attended first", "least attended first", "random order")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/10_does_attention_find_the_object.py [--arch vit_b_16 | --checkpoint PATH]
-# [--out DIR]`. In a notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--arch", "vit_b_16"]`) and
-# run the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/10_does_attention_find_the_object.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
+# In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`)
+# and run the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 settings = start("10_does_attention_find_the_object", FLAGS)
 subject = study(settings)
 model, geo = subject.model, geometry(subject.model)

@@ -42,16 +42,16 @@ from vitlab.plotting import draw_overlay
 from vitlab.teaching.lesson import Subject, assert_same, explain, save, start, study
 
 FIGURES = ("class_specific_maps.png", "class_specific_scores.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/11_class_specific.py [--other CLASS] [--arch vit_b_16 | --checkpoint PATH]
-# [--out DIR]`. In a notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--other", "circle"]`) and run
-# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/11_class_specific.py [--other CLASS] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
+# In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--other", "circle"]`) and
+# run the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 
 
 def own_flags(parser: argparse.ArgumentParser) -> None:

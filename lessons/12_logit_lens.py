@@ -36,16 +36,16 @@ from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("logit_lens.png", "logit_lens_images.png")
 SHOWN_IMAGES = 6
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/12_logit_lens.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a notebook,
-# put the same flags in `FLAGS` (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells again. Without
-# flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/12_logit_lens.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a notebook, put
+# the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells
+# again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 settings = start("12_logit_lens", FLAGS)
 subject = study(settings)
 

@@ -48,16 +48,16 @@ from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("token_norms_by_block.png", "high_norm_tokens.png")
 SHOWN = 5  # images in the map figure
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/14_token_norms.py [--factor X] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
-# In a notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--factor", "2"]`) and run the cells again.
-# Without flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/14_token_norms.py [--factor X] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
+# notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--factor", "2"]`) and run the
+# cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 # --factor, checked while parsing, before any model is loaded: a multiple of the median patch norm, above 1.
 FACTOR = Rule(1, 1000, f"--factor {DEFAULT_FACTOR:g}", whole=False, low_open=True)
 

@@ -47,16 +47,16 @@ from vitlab.teaching.lesson import Subject, assert_same, explain, save, start, s
 
 FIGURES = ("cls_pca_by_block.png", "patch_pca_rgb.png")
 MAX_COLUMNS = 6  # blocks drawn in the scatter figure (all are printed)
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/15_feature_pca.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a notebook,
-# put the same flags in `FLAGS` (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells again. Without
-# flags the lesson studies vitlab's small demo model, trained once and cached.
+# As a script: `python lessons/15_feature_pca.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a notebook, put
+# the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`) and run the cells
+# again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
-FLAGS: list[str] = []
 settings = start("15_feature_pca", FLAGS)
 subject = study(settings)
 

@@ -33,17 +33,17 @@ from vitlab.capture_grad import attention_probs
 from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("head_ablation.png",)
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
-# As a script: `python lessons/16_head_ablation.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
-# notebook, put the same flags in `FLAGS` (for example `FLAGS = ["--checkpoint", "runs/demo"]`) and run the cells
-# again. Without flags the lesson studies vitlab's small demo model, trained once and cached. (ViT-B/16 takes 144
-# ablations, each a forward pass: minutes on a CPU.)
+# As a script: `python lessons/16_head_ablation.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a notebook,
+# put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--checkpoint", "runs/demo"]`) and run
+# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached. (ViT-B/16 takes
+# 144 ablations, each a forward pass: minutes on a CPU.)
 
 # %%
-FLAGS: list[str] = []
 settings = start("16_head_ablation", FLAGS)
 subject = study(settings)
 model = subject.model

@@ -47,14 +47,15 @@ def test_the_default_notebook_folder_is_ignored_by_git():
 
 
 def execute(notebook_path: Path, folder: Path, flags: str | None = None):
-    """Run a notebook in the python3 kernel with `folder` as its working folder; optionally set the FLAGS cell."""
+    """Run a notebook in the python3 kernel with `folder` as its working folder; optionally set its FLAGS."""
     import jupytext
     from nbclient import NotebookClient
 
     notebook = jupytext.read(notebook_path)
     if flags is not None:
-        settings = next(cell for cell in notebook.cells if "FLAGS: list[str] = []" in cell.source)
-        settings.source = settings.source.replace("FLAGS: list[str] = []", f"FLAGS = {flags}")
+        first = next(cell for cell in notebook.cells if cell.cell_type == "code")  # FLAGS live in the first code cell
+        assert "FLAGS: list[str] = []" in first.source
+        first.source = first.source.replace("FLAGS: list[str] = []", f"FLAGS = {flags}")
     client = NotebookClient(notebook, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(folder)}})
     client.execute()
     return notebook
@@ -81,5 +82,5 @@ def test_two_lessons_run_as_notebooks_in_a_kernel(demo_cache: Path, tmp_path: Pa
         for name in figures:
             assert (tmp_path / folder / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     printed = "".join(output.text for output in outputs(rollout, "stream") if output.name == "stdout")
-    assert "rollout max, discard 50%" in printed  # the FLAGS cell set --discard; the kernel's argv was ignored
+    assert "rollout max, discard 50%" in printed  # the first cell's FLAGS set --discard; the kernel's argv was ignored
     assert "Model: demo vit_tiny (shapes)" in printed and "## Questions" not in printed  # the cell shows them

@@ -69,6 +69,8 @@ def test_a_lesson_is_a_percent_notebook_with_prose_beside_its_code(path: Path):
     assert 2 <= len(numbered(questions(cells) or "")) <= 4, "the last cell is a '## Questions' markdown cell"
     for name in declared_figures(path):
         assert any(name in cell.source for cell in markdown), f"no markdown cell describes {name}"
+    first_code = next(cell for cell in cells if cell.kind == "code")
+    assert "\nFLAGS: list[str] = []  # in a notebook" in first_code.source, "a notebook's settings: the first code cell"
     assert re.search(rf'start\("{path.stem}", FLAGS\b', code), "the settings cell reads FLAGS for this lesson"
     assert len(markdown) >= 4 and sum(cell.kind == "code" for cell in cells) >= 4
     for forbidden in ("def main", "__name__", "assert_close", "allclose(", "sys.argv", "__file__"):

@@ -1,7 +1,7 @@
 """What a lesson's cells call: its settings and model, printing, saving figures, and the check against vitlab.
 
-A lesson (lessons/NN_topic.py) is a jupytext py:percent notebook. Its first code cells import, then read the settings
-and load the model to study:
+A lesson (lessons/NN_topic.py) is a jupytext py:percent notebook. Its first code cell imports and sets FLAGS, the next
+reads the settings and loads the model to study:
 
     FLAGS = []                                        # in a notebook: e.g. ["--arch", "vit_b_16"]
     settings = start("07_rollout", FLAGS, own_flags)  # the flags: the common ones and the lesson's own
@@ -17,7 +17,7 @@ Where the command line comes from, by how the lesson runs:
   ends the process with that code. So a lesson needs no `main` and no `if __name__ == "__main__"`.
 - run by `run_lesson_file` (tests, the script above): its argv, after FLAGS.
 - in a notebook kernel (Jupyter, VS Code, Colab), whose sys.argv is the kernel's own: FLAGS only. Change FLAGS in
-  the settings cell and run the cells again. (The same holds wherever else a lesson's code is run without the
+  the first code cell and run the cells again. (The same holds wherever else a lesson's code is run without the
   runner, e.g. pasted into a Python prompt.)
 
 Importing this module loads no model and writes nothing; `study` does the loading.
@@ -47,7 +47,7 @@ LARGEST_GRID = 14  # ViT-B/16's 14x14 patch grid
 
 
 def start(name: str, flags: Sequence[str] = (), own_flags: OwnFlags | None = None) -> argparse.Namespace:
-    """The lesson's settings: `flags` (the settings cell's FLAGS) followed by the command line, parsed and checked.
+    """The lesson's settings: `flags` (the lesson's FLAGS) followed by the command line, parsed and checked.
 
     name: the lesson's file name without .py; it names the default --out folder. As a script, this call runs the
     whole lesson through `run_lesson_file` and exits with its code (see the module docstring). Sets PyTorch's
