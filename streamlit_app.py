@@ -152,8 +152,8 @@ def main() -> None:
     st.html("<style>[data-testid='stMainBlockContainer'] {padding-top: 2.5rem}</style>")
     st.title("Where does the Vision Transformer look?")
     try:  # the app's own flags (`-- --runs DIR`): a mistake there stops the page before anything loads
-        explorer.runs_folder(sys.argv[1:])
-    except explorer.VitlabError as error:
+        runs_folder(sys.argv[1:])
+    except VitlabError as error:
         print(f"vitlab: {error}", file=sys.stderr)  # for whoever started the app, in their terminal
         st.error(str(error))
         st.stop()

@@ -1,38 +1,31 @@
-"""Lesson 3: position embeddings, and what the class token is.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-Attention treats its input as a set: shuffle the patches and every token would get the same output, shuffled.
-So before the first block the ViT adds a learned vector to each token that says where it is, the position
-embedding. Nobody tells the model that the patches form a grid; it learns that from data. The ViT paper's
-Figure 7 (centre) shows it: the cosine similarity of each position's embedding with all others, one small map per
-position, and nearby positions are similar. The lesson computes it in five lines (`position_similarity_by_hand`,
-asserted equal to vitlab's), draws that grid of grids and measures similarity against distance.
+# %% [markdown]
+# # Lesson 3: position embeddings, and what the class token is
+#
+# Attention treats its input as a set: shuffle the patches and every token would get the same output, shuffled.
+# So before the first block the ViT adds a learned vector to each token that says where it is, the position
+# embedding. Nobody tells the model that the patches form a grid; it learns that from data. The class token is one
+# more learned vector, put in front of the patches: it enters the encoder identical for every image, gathers
+# information from the patches through attention, and its output alone feeds the classifier.
+#
+# Builds on: `vitlab/analysis/structure.py` (`position_embedding_similarity`, `position_embedding_spearman`),
+# `vitlab/analysis/attention.py` (`patch_distances`), `vitlab/capture.py` (`capture_forward`: hidden states),
+# `vitlab/plotting.py` (`plot_position_similarity`).
+#
+# Figures, in `lesson_outputs/03_position_embeddings/`: `position_similarity.png` (grid of grids),
+# `similarity_vs_distance.png` (similarity against distance between positions; the class token across images,
+# block by block).
 
-The class token is one more learned vector, put in front of the patches. It enters the encoder identical for
-every image, gathers information from the patches through attention, and its output alone feeds the classifier.
-The lesson measures how it stops being identical, block by block.
-
-Builds on: vitlab/analysis/attention.py (`position_embedding_similarity`, `patch_distances`), vitlab/capture.py
-(`capture_forward`: hidden states), vitlab/plotting.py (`plot_position_similarity`).
-
-Run: python lessons/03_position_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
-Figures: position_similarity.png (grid of grids), similarity_vs_distance.png (similarity against distance between
-positions; the class token across images, block by block).
-
-Questions:
-1. Neighbouring positions end up with similar embeddings, yet the model was never told that patches form a grid.
-   What in the training data could have taught it?
-2. The paper's ViT-B/16 shows row and column stripes in the similarity maps. Look for them in your figure: what
-   would they let the model do that a blob around each position would not?
-3. The class token enters identical for all images and leaves different. Through which operation does
-   information reach it, and why can it not be the MLP?
-4. Fine-tuning ViT-B/16 at 384x384 gives a 24x24 grid, but it learned 14x14 position embeddings. What could you
-   do with them? (torchvision interpolates: which interpolation keeps the pattern you see here?)
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-
+# %%
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -45,11 +38,32 @@ from vitlab.analysis.structure import position_embedding_similarity, position_em
 from vitlab.capture import capture_forward, geometry
 from vitlab.plotting import plot_position_similarity
 from vitlab.shipped import shipped_card
-from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("position_similarity.png", "similarity_vs_distance.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
+
+# %% [markdown]
+# ## Settings and the model
+#
+# As a script: `python lessons/03_position_embeddings.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
+# notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`) and run
+# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+
+# %%
+settings = start("03_position_embeddings", FLAGS)
+subject = study(settings)
+model, geo = subject.model, geometry(subject.model)
+
+# %% [markdown]
+# ## How similar is each position to the others?
+#
+# The ViT paper's Figure 7 (centre): the cosine similarity of each position's embedding with all others, one small
+# map per position. Five lines: drop the class token's row, scale every embedding to length 1, and one matrix
+# product gives every cosine.
 
 
+# %%
 def position_similarity_by_hand(model: VisionTransformer) -> Tensor:
     """Fig. 7 centre, written out: the cosine similarity of every patch position's embedding with every other.
 
@@ -62,6 +76,28 @@ def position_similarity_by_hand(model: VisionTransformer) -> Tensor:
     return rearrange(similarity, "(r c) (gr gc) -> r c gr gc", r=grid, gr=grid)
 
 
+# %%
+similarity = position_similarity_by_hand(model)  # (grid, grid, grid, grid)
+assert_same(position_embedding_similarity(model), similarity, vitlab="vitlab's position_embedding_similarity",
+            lesson="position_similarity_by_hand")
+
+# %% [markdown]
+# Drawn as the paper draws it: one small map per position, in its place on the grid.
+
+# %%
+fig = plot_position_similarity(similarity)
+fig.colorbar(fig.axes[0].images[0], ax=fig.axes, shrink=0.5, label="cosine similarity")  # all maps: -1 to 1
+save(fig, settings.out, FIGURES[0])
+
+# %% [markdown]
+# ## Nearby means similar?
+#
+# Average the similarity over all pairs of positions at the same distance, separately for pairs in the same row or
+# column and for the others; and, for the class token, measure how alike it is across images at the encoder's
+# input and after every block.
+
+
+# %%
 def similarity_by_distance(similarity: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """Mean similarity at each distance (in patches), for pairs in the same row or column and for the others.
 
@@ -97,6 +133,39 @@ def class_token_agreement(hidden_states: list[Tensor], class_token: Tensor) -> T
     return torch.stack(result)
 
 
+by_distance = similarity_by_distance(similarity)
+aligned_distance, aligned_mean = by_distance["same row or column"]
+_, other_mean = by_distance["other pairs"]
+shown = subject.pick(16 if subject.small else 4)
+with torch.no_grad():
+    _, captured = capture_forward(model, subject.inputs(shown.images))
+    # What the class token is at the encoder input: the learned vector plus its own position embedding.
+    class_token_in = (model.class_token + model.encoder.pos_embedding[:, :1])[0]  # (1, hidden)
+    agreement = class_token_agreement(captured.hidden_states, class_token_in)
+spearman = position_embedding_spearman(model)
+base_spearman = shipped_card()["metrics"]["position_spearman"]
+explain(f"""
+    Model: {subject.name}. encoder.pos_embedding has shape {tuple(model.encoder.pos_embedding.shape)}: one
+    learned vector for the class token and one for each of the {geo.num_patches} patch positions.
+
+    Position embeddings, mean cosine similarity: neighbours (distance 1) {aligned_mean[0]:.2f}; other
+    positions in the same row or column {aligned_mean[1:].mean():.2f}; positions sharing neither
+    {other_mean.mean():.2f}. Random vectors would give about 0 everywhere. One number for "nearby means
+    similar": the Spearman correlation between two positions' similarity and their distance on the grid is
+    {spearman:.2f} (-1: always more similar when closer; a random initialisation: about 0; vitlab's shipped
+    base, which the demo fine-tunes with these embeddings frozen, was pretrained on generated fractals until
+    it reached {base_spearman:.2f}, its card says). Whatever structure you see, the model learned from
+    data: nothing told it the patches form a grid. Asserted: the lesson's position_similarity_by_hand equals
+    vitlab.analysis.structure.position_embedding_similarity.
+
+    The class token (model.class_token, shape {tuple(model.class_token.shape)}) is the same learned vector
+    for every image: across {shown.images.shape[0]} images its cosine similarity at the encoder input is
+    {agreement[0]:.2f}, after block 1 it is {agreement[1]:.2f} and after the last block {agreement[-1]:.2f}.
+    Attention filled it with what it read from the patches; the classifier looks only at it.
+""")
+
+
+# %%
 def figure_distance_and_class_token(by_distance: dict[str, tuple[Tensor, Tensor]], agreement: Tensor,
                                     title: str, count: int) -> Figure:
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -119,55 +188,17 @@ def figure_distance_and_class_token(by_distance: dict[str, tuple[Tensor, Tensor]
     return fig
 
 
-@run_lesson
-def main(argv: Sequence[str] | None = None) -> int:
-    args, subject = start(__file__, __doc__, argv)
-    model, geo = subject.model, geometry(subject.model)
+save(figure_distance_and_class_token(by_distance, agreement, subject.name, shown.images.shape[0]), settings.out,
+     FIGURES[1])
 
-    similarity = position_similarity_by_hand(model)  # (grid, grid, grid, grid)
-    torch.testing.assert_close(
-        position_embedding_similarity(model), similarity,
-        msg=lambda why: f"vitlab's position_embedding_similarity differs from the lesson's: {why}")
-    by_distance = similarity_by_distance(similarity)
-    aligned_distance, aligned_mean = by_distance["same row or column"]
-    _, other_mean = by_distance["other pairs"]
-
-    shown = subject.pick(16 if subject.small else 4)
-    with torch.no_grad():
-        _, captured = capture_forward(model, subject.inputs(shown.images))
-        # What the class token is at the encoder input: the learned vector plus its own position embedding.
-        class_token_in = (model.class_token + model.encoder.pos_embedding[:, :1])[0]  # (1, hidden)
-        agreement = class_token_agreement(captured.hidden_states, class_token_in)
-
-    spearman = position_embedding_spearman(model)
-    base_spearman = shipped_card()["metrics"]["position_spearman"]
-    explain(f"""
-        Model: {subject.name}. encoder.pos_embedding has shape {tuple(model.encoder.pos_embedding.shape)}: one
-        learned vector for the class token and one for each of the {geo.num_patches} patch positions.
-
-        Position embeddings, mean cosine similarity: neighbours (distance 1) {aligned_mean[0]:.2f}; other
-        positions in the same row or column {aligned_mean[1:].mean():.2f}; positions sharing neither
-        {other_mean.mean():.2f}. Random vectors would give about 0 everywhere. One number for "nearby means
-        similar": the Spearman correlation between two positions' similarity and their distance on the grid is
-        {spearman:.2f} (-1: always more similar when closer; a random initialisation: about 0; vitlab's shipped
-        base, which the demo fine-tunes with these embeddings frozen, was pretrained on generated fractals until
-        it reached {base_spearman:.2f}, its card says). Whatever structure you see, the model learned from
-        data: nothing told it the patches form a grid. Asserted: the lesson's position_similarity_by_hand equals
-        vitlab.analysis.attention.position_embedding_similarity.
-
-        The class token (model.class_token, shape {tuple(model.class_token.shape)}) is the same learned vector
-        for every image: across {shown.images.shape[0]} images its cosine similarity at the encoder input is
-        {agreement[0]:.2f}, after block 1 it is {agreement[1]:.2f} and after the last block {agreement[-1]:.2f}.
-        Attention filled it with what it read from the patches; the classifier looks only at it.
-    """)
-    fig = plot_position_similarity(similarity)
-    fig.colorbar(fig.axes[0].images[0], ax=fig.axes, shrink=0.5, label="cosine similarity")  # all maps: -1 to 1
-    save(fig, args.out, FIGURES[0])
-    save(figure_distance_and_class_token(by_distance, agreement, subject.name, shown.images.shape[0]),
-         args.out, FIGURES[1])
-    print_questions(__doc__)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+# %% [markdown]
+# ## Questions
+#
+# 1. Neighbouring positions end up with similar embeddings, yet the model was never told that patches form a grid.
+#    What in the training data could have taught it?
+# 2. The paper's ViT-B/16 shows row and column stripes in the similarity maps. Look for them in your figure: what
+#    would they let the model do that a blob around each position would not?
+# 3. The class token enters identical for all images and leaves different. Through which operation does
+#    information reach it, and why can it not be the MLP?
+# 4. Fine-tuning ViT-B/16 at 384x384 gives a 24x24 grid, but it learned 14x14 position embeddings. What could you
+#    do with them? (torchvision interpolates: which interpolation keeps the pattern you see here?)

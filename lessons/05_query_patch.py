@@ -1,31 +1,31 @@
-"""Lesson 5: pick one patch and follow where it looks, block by block.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-Lesson 4 looked at the class token's row of attention. Every patch has a row too: the patch is a query, and its
-row says which tokens it reads from. This lesson picks a patch on the object and a patch on the background, draws
-their rows (heads averaged) for every block, and measures how far each looks: the attention-weighted distance in
-pixels from the query patch to the patches it reads.
+# %% [markdown]
+# # Lesson 5: pick one patch and follow where it looks, block by block
+#
+# Lesson 4 looked at the class token's row of attention. Every patch has a row too: the patch is a query, and its
+# row says which tokens it reads from. This lesson picks a patch on the object and a patch on the background,
+# draws their rows (heads averaged) for every block, and measures how far each looks: the attention-weighted
+# distance in pixels from the query patch to the patches it reads.
+#
+# Builds on: `vitlab/capture.py` (`capture_forward`), `vitlab/analysis/attention.py` (`query_attention`,
+# `fuse_heads`, `patch_distances`), `vitlab/analysis/localization.py` (`masks_at`, `object_patches`),
+# `vitlab/plotting.py` (`draw_overlay`).
+#
+# Figures, in `lesson_outputs/05_query_patch/`: `query_patch_by_block.png` (two query patches of one image, every
+# block), `query_distance_by_block.png` (how far object and background patches look, and how much of it lands on
+# the object, over many images).
 
-Builds on: vitlab/capture.py (`capture_forward`), vitlab/analysis/attention.py (`query_attention`, `fuse_heads`,
-`patch_distances`), vitlab/plotting.py (`draw_overlay`).
-
-Run: python lessons/05_query_patch.py [--patch ROW COL] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
-Figures: query_patch_by_block.png (two query patches of one image, every block), query_distance_by_block.png
-(how far object and background patches look, and how much of it lands on the object, over many images).
-
-Questions:
-1. In the first block, does a patch look mostly at itself and its neighbours, or everywhere? Why might a network
-   that can look anywhere from the start still choose to look nearby?
-2. Does the object patch read mostly from the object? What does the background patch read from, and why could
-   that be useful for classifying the shape?
-3. Token i in block 2 is no longer "patch i": it already mixes what block 1 read. What does that mean for how
-   you should read the later maps?
-4. Choose your own query with --patch ROW COL (lesson 1's figure numbers the patches: index = ROW * grid + COL).
-   Find a patch whose map surprises you and explain it.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
+# %%
+import argparse
 
 import torch
 from matplotlib.figure import Figure
@@ -38,17 +38,44 @@ from vitlab.capture import Geometry, capture_forward, geometry
 from vitlab.cli import Rule, number_flag
 from vitlab.errors import VitlabError
 from vitlab.plotting import draw_overlay, style_depth_axes
-from vitlab.teaching.lesson import LARGEST_GRID, explain, print_questions, run_lesson, save, start
+from vitlab.teaching.lesson import LARGEST_GRID, explain, save, start, study
 
 FIGURES = ("query_patch_by_block.png", "query_distance_by_block.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
+
+# %% [markdown]
+# ## Settings and the model
+#
+# As a script: `python lessons/05_query_patch.py [--patch ROW COL] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
+# In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--patch", "3", "4"]`) and
+# run the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+
+# %%
 
 
+def own_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patch", type=number_flag("patch", Rule(0, LARGEST_GRID - 1, "--patch 3 4")), nargs=2,
+                        metavar=("ROW", "COL"), default=None,
+                        help="query patch for the first row of the figure (default: the patch at the object's centre)")
+
+
+settings = start("05_query_patch", FLAGS, own_flags)
+subject = study(settings)
+model, geo = subject.model, geometry(subject.model)
+if settings.patch is not None and not all(0 <= v < geo.grid_size for v in settings.patch):
+    raise VitlabError(f"--patch {settings.patch[0]} {settings.patch[1]} is off the {geo.grid_size}x{geo.grid_size} "
+                      f"grid: use 0 to {geo.grid_size - 1} for both.")
+
+# %% [markdown]
+# ## Two queries per image
+#
+# With object masks, the patch holding the object's centroid and the object-free patch farthest from it; without
+# (CIFAR), the centre patch and the top-left corner.
+
+
+# %%
 def object_and_background_patches(masks: Tensor | None, geo: Geometry) -> tuple[Tensor, Tensor, str, str]:
-    """One query patch on the object and one on the background per image: (B,), (B,) patch indices and names.
-
-    With masks: the patch holding the object's centroid, and the object-free patch farthest from it. Without
-    (CIFAR): the centre patch and the top-left corner patch.
-    """
+    """One query patch on the object and one on the background per image: (B,), (B,) patch indices and names."""
     g = geo.grid_size
     if masks is None:
         return torch.tensor([(g // 2) * g + g // 2]), torch.tensor([0]), "centre patch", "corner patch"
@@ -64,12 +91,23 @@ def object_and_background_patches(masks: Tensor | None, geo: Geometry) -> tuple[
     return on_object, background, "object patch", "background patch"
 
 
-def fused_query_maps(attentions: list[Tensor], geo: Geometry, image: int, patch: int) -> Tensor:
-    """Heads-averaged attention row of one patch of one image, for every block: (blocks, g, g)."""
-    token = geo.num_prefix_tokens + patch
-    return torch.stack([fuse_heads(query_attention(a[image : image + 1], geo, token))[0] for a in attentions])
+measured = subject.examples.take(64 if subject.small else 8)
+inputs = subject.inputs(measured.images)
+with torch.no_grad():
+    _, captured = capture_forward(model, inputs)
+attentions = captured.attentions
+on_object, background, object_name, background_name = object_and_background_patches(measured.masks, geo)
+queries = {object_name: on_object.expand(len(inputs)), background_name: background.expand(len(inputs))}
+
+# %% [markdown]
+# ## How far does each query look?
+#
+# A query's row over the patches (heads averaged, renormalised), weighted by the pixel distance from the query to
+# each patch: the distance it looks. Uniform attention gives the reference; on the shapes, the row's share on the
+# object says how much of it lands there.
 
 
+# %%
 def query_rows(attentions: list[Tensor], geo: Geometry, queries: Tensor) -> Tensor:
     """Each image's query-patch row over the patches, heads averaged and renormalised: (B,) -> (blocks, B, P)."""
     batch = torch.arange(queries.shape[0])
@@ -84,6 +122,35 @@ def query_distance(rows: Tensor, geo: Geometry, queries: Tensor) -> Tensor:
     return (rows * distances[queries]).sum(dim=-1)
 
 
+rows = {name: query_rows(attentions, geo, q) for name, q in queries.items()}  # each (blocks, B, P)
+distances = {name: query_distance(rows[name], geo, q) for name, q in queries.items()}  # each (blocks, B)
+all_distances = patch_distances(geo.grid_size, geo.patch_size)
+uniform = {name: all_distances[q].mean().item() for name, q in queries.items()}
+share_on_object, object_share = None, 0.0
+if measured.masks is not None:
+    objects = object_patches(measured.masks, geo).float()  # (B, P)
+    share_on_object = {name: (r * objects).sum(dim=-1) for name, r in rows.items()}  # each (blocks, B)
+    object_share = objects.mean().item()
+lines = [f"  {name + ':':<18} {d[0].mean():5.1f} px in block 1 -> {d[-1].mean():5.1f} px in block "
+         f"{len(attentions)}   (uniform attention: {uniform[name]:5.1f} px)" for name, d in distances.items()]
+if share_on_object is not None:
+    lines += [f"  {name + ':':<18} {100 * v[0].mean():3.0f}% on the object in block 1 -> "
+              f"{100 * v[-1].mean():3.0f}% in block {len(attentions)}   (uniform: {100 * object_share:.0f}%)"
+              for name, v in share_on_object.items()]
+explain(f"""
+    Model: {subject.name}, {len(attentions)} blocks, {geo.patch_size}-px patches. In each of {len(inputs)}
+    test images, one query {object_name} and one {background_name}; heads averaged. How far each looks
+    (attention-weighted distance), and how much of its attention lands on the object:
+""")
+print("\n".join(lines) + "\n")
+
+# %% [markdown]
+# ## One image, every block
+#
+# The first image's two queries (or yours, with `--patch ROW COL`), their heads-averaged rows drawn over it.
+
+
+# %%
 def outline(ax, patch: int, geo: Geometry, size: int, colour: str) -> None:
     """Draw a box around one patch of a (size x size) image."""
     step = size / geo.grid_size
@@ -109,6 +176,29 @@ def figure_by_block(image: Tensor, maps: dict[str, Tensor], patches: dict[str, i
     return fig
 
 
+def fused_query_maps(attentions: list[Tensor], geo: Geometry, image: int, patch: int) -> Tensor:
+    """Heads-averaged attention row of one patch of one image, for every block: (blocks, g, g)."""
+    token = geo.num_prefix_tokens + patch
+    return torch.stack([fuse_heads(query_attention(a[image : image + 1], geo, token))[0] for a in attentions])
+
+
+first_name, first = object_name, int(on_object[0])
+if settings.patch is not None:
+    first_name, first = "your patch", settings.patch[0] * geo.grid_size + settings.patch[1]
+patches = {first_name: first, background_name: int(background[0])}
+maps = {name: fused_query_maps(attentions, geo, 0, patch) for name, patch in patches.items()}
+save(figure_by_block(inputs[0], maps, patches, geo,
+                     f"{subject.name}: where one patch attends (heads averaged; cyan box = the query)"),
+     settings.out, FIGURES[0])
+
+# %% [markdown]
+# ## Over many images
+#
+# Per block, the mean and the 25-75% band over the images: how far each kind of query looks, and how much of it is
+# on the object; dashed, what uniform attention would give.
+
+
+# %%
 def figure_measures(distances: dict[str, Tensor], uniform: dict[str, float], on_object: dict[str, Tensor] | None,
                     object_share: float, title: str) -> Figure:
     """Per block, mean and 25-75% band over images: how far each kind of query looks; how much of it is on the
@@ -133,61 +223,17 @@ def figure_measures(distances: dict[str, Tensor], uniform: dict[str, float], on_
     return fig
 
 
-@run_lesson
-def main(argv: Sequence[str] | None = None) -> int:
-    args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
-        "--patch", type=number_flag("patch", Rule(0, LARGEST_GRID - 1, "--patch 3 4")), nargs=2, metavar=("ROW", "COL"),
-        default=None,
-        help="query patch for the first row of the figure (default: the patch at the object's centre)"))
-    model, geo = subject.model, geometry(subject.model)
+save(figure_measures(distances, uniform, share_on_object, object_share,
+                     f"{subject.name}: where a patch looks, over {len(inputs)} images"), settings.out, FIGURES[1])
 
-    measured = subject.examples.take(64 if subject.small else 8)
-    inputs = subject.inputs(measured.images)
-    with torch.no_grad():
-        _, captured = capture_forward(model, inputs)
-    attentions = captured.attentions
-    on_object, background, object_name, background_name = object_and_background_patches(measured.masks, geo)
-    queries = {object_name: on_object.expand(len(inputs)), background_name: background.expand(len(inputs))}
-    rows = {name: query_rows(attentions, geo, q) for name, q in queries.items()}  # each (blocks, B, P)
-    distances = {name: query_distance(rows[name], geo, q) for name, q in queries.items()}  # each (blocks, B)
-    all_distances = patch_distances(geo.grid_size, geo.patch_size)
-    uniform = {name: all_distances[q].mean().item() for name, q in queries.items()}
-    share_on_object, object_share = None, 0.0
-    if measured.masks is not None:
-        objects = object_patches(measured.masks, geo).float()  # (B, P)
-        share_on_object = {name: (r * objects).sum(dim=-1) for name, r in rows.items()}  # each (blocks, B)
-        object_share = objects.mean().item()
-
-    lines = [f"  {name + ':':<18} {d[0].mean():5.1f} px in block 1 -> {d[-1].mean():5.1f} px in block "
-             f"{len(attentions)}   (uniform attention: {uniform[name]:5.1f} px)" for name, d in distances.items()]
-    if share_on_object is not None:
-        lines += [f"  {name + ':':<18} {100 * v[0].mean():3.0f}% on the object in block 1 -> "
-                  f"{100 * v[-1].mean():3.0f}% in block {len(attentions)}   (uniform: {100 * object_share:.0f}%)"
-                  for name, v in share_on_object.items()]
-    explain(f"""
-        Model: {subject.name}, {len(attentions)} blocks, {geo.patch_size}-px patches. In each of {len(inputs)}
-        test images, one query {object_name} and one {background_name}; heads averaged. How far each looks
-        (attention-weighted distance), and how much of its attention lands on the object:
-    """)
-    print("\n".join(lines) + "\n")
-
-    first_name, first = object_name, int(on_object[0])
-    if args.patch is not None:
-        row, col = args.patch
-        if not (0 <= row < geo.grid_size and 0 <= col < geo.grid_size):
-            raise VitlabError(f"--patch {row} {col} is off the {geo.grid_size}x{geo.grid_size} grid: use 0 to "
-                              f"{geo.grid_size - 1} for both.")
-        first_name, first = "your patch", row * geo.grid_size + col
-    patches = {first_name: first, background_name: int(background[0])}
-    maps = {name: fused_query_maps(attentions, geo, 0, patch) for name, patch in patches.items()}
-    save(figure_by_block(inputs[0], maps, patches, geo,
-                         f"{subject.name}: where one patch attends (heads averaged; cyan box = the query)"),
-         args.out, FIGURES[0])
-    save(figure_measures(distances, uniform, share_on_object, object_share,
-                         f"{subject.name}: where a patch looks, over {len(inputs)} images"), args.out, FIGURES[1])
-    print_questions(__doc__)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+# %% [markdown]
+# ## Questions
+#
+# 1. In the first block, does a patch look mostly at itself and its neighbours, or everywhere? Why might a network
+#    that can look anywhere from the start still choose to look nearby?
+# 2. Does the object patch read mostly from the object? What does the background patch read from, and why could
+#    that be useful for classifying the shape?
+# 3. Token i in block 2 is no longer "patch i": it already mixes what block 1 read. What does that mean for how
+#    you should read the later maps?
+# 4. Choose your own query with --patch ROW COL (lesson 1's figure numbers the patches: index = ROW * grid + COL).
+#    Find a patch whose map surprises you and explain it.

@@ -1,36 +1,31 @@
-"""Lesson 6: attention across depth, how far each head looks.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-A CNN's early layers can only see a few pixels; its receptive field grows with depth. A ViT head can attend
-anywhere from the first block on. Does it? The ViT paper's Figure 7 (right) answers with the mean attention
-distance: for every query patch, the distance in pixels to the patches it attends to, weighted by attention and
-averaged over queries and images; one dot per head and block. In ViT-B/16 some early heads are local (small
-distance, like a convolution) while others already look across the image, and late heads are nearly all global.
-This lesson measures it on your model and compares it with two references: uniform attention (every patch
-equally) and the same architecture at its random initialisation.
+# %% [markdown]
+# # Lesson 6: attention across depth, how far each head looks
+#
+# A CNN's early layers can only see a few pixels; its receptive field grows with depth. A ViT head can attend
+# anywhere from the first block on. Does it? The ViT paper's Figure 7 (right) answers with the mean attention
+# distance, one dot per head and block. In ViT-B/16 some early heads are local (small distance, like a
+# convolution) while others already look across the image, and late heads are nearly all global. This lesson
+# measures it on your model and compares it with two references: uniform attention (every patch equally) and the
+# same architecture at its random initialisation.
+#
+# Builds on: `vitlab/analysis/attention.py` (`mean_attention_distance`, `patch_distances`), `vitlab/capture.py`
+# (`capture_forward`), `vitlab/plotting.py` (`plot_mean_distance`).
+#
+# Figures, in `lesson_outputs/06_attention_distance/`: `attention_distance.png` (one dot per head and block, as in
+# the paper), `attention_distance_range.png` (per block: the most local head, the mean and the most global head,
+# trained vs random initialisation).
 
-The lesson writes the measure out in a dozen lines (`mean_distance`) and asserts that vitlab's equals it.
-
-Builds on: vitlab/analysis/attention.py (`mean_attention_distance`, `patch_distances`), vitlab/capture.py
-(`capture_forward`), vitlab/plotting.py (`plot_mean_distance`).
-
-Run: python lessons/06_attention_distance.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
-Figures: attention_distance.png (one dot per head and block, as in the paper), attention_distance_range.png
-(per block: the most local head, the mean and the most global head, trained vs random initialisation).
-
-Questions:
-1. Uniform attention over ViT-B/16's 14x14 grid gives about 116 px, over the demo's 8x8 grid about 16.5 px. Why
-   is the maximum possible value not the image's diagonal?
-2. The demo's base learned its local heads from fractals, by filling in hidden patches. Why would that task need
-   heads that look nearby, and why would classifying an image not (vitlab tried both: BENCHMARKS.md)?
-3. A randomly initialised model's heads sit near the uniform value. Why does random attention look "global"?
-4. The paper reports that ViT models pre-trained on more data have more local heads in early blocks. Why might a
-   model learn to imitate a convolution when nobody built one in?
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-
+# %%
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -40,17 +35,35 @@ from vitlab.analysis.attention import mean_attention_distance, patch_distances
 from vitlab.capture import capture_forward, geometry
 from vitlab.plotting import plot_mean_distance, style_depth_axes
 from vitlab.shipped import shipped_card
-from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("attention_distance.png", "attention_distance_range.png")
 LOCAL_SHARE = 0.5  # a head is "local" when it looks less than half as far as uniform attention would
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
+
+# %% [markdown]
+# ## Settings and the model
+#
+# As a script: `python lessons/06_attention_distance.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a
+# notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--arch", "vit_b_16"]`) and run
+# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+
+# %%
+settings = start("06_attention_distance", FLAGS)
+subject = study(settings)
+model, geo = subject.model, geometry(subject.model)
+
+# %% [markdown]
+# ## Mean attention distance, written out
+#
+# For every query patch: the distance in pixels to every key patch, weighted by how much the query attends to it;
+# averaged over queries and images. The class token is neither query nor key here, so each query's weights over
+# the patches are renormalised to sum to 1.
 
 
-def mean_distance(attentions: list[Tensor], patch_size: int) -> Tensor:
-    """The paper's mean attention distance, written out: one (B, heads, T, T) per block -> (blocks, heads) pixels.
-
-    For each query patch: the pixel distance to every key patch, weighted by how much the query attends to it.
-    """
+# %%
+def mean_distance_by_hand(attentions: list[Tensor], patch_size: int) -> Tensor:
+    """The paper's mean attention distance: one (B, heads, T, T) per block -> (blocks, heads) in pixels."""
     patches = attentions[0].shape[-1] - 1  # the class token (token 0) is neither query nor key here
     grid = round(patches**0.5)
     rows, cols = torch.arange(patches) // grid, torch.arange(patches) % grid  # each patch's place, row-major
@@ -65,21 +78,24 @@ def mean_distance(attentions: list[Tensor], patch_size: int) -> Tensor:
     return torch.stack(per_block)  # (blocks, heads)
 
 
+# %% [markdown]
+# Measured in batches over a few hundred test images, for the trained model and for a random twin; on every batch
+# vitlab's `mean_attention_distance` must equal the dozen lines above.
+
+
+# %%
 def distances_of(model: VisionTransformer, inputs: Tensor, batch_size: int) -> Tensor:
     """Mean attention distance (blocks, heads), averaged over `inputs` in batches; vitlab's checked on each."""
-    total, count = None, 0
+    total = torch.zeros(())
     for first in range(0, len(inputs), batch_size):
         batch = inputs[first : first + batch_size]
         with torch.no_grad():
             _, captured = capture_forward(model, batch)
-        by_hand = mean_distance(captured.attentions, model.patch_size)  # (blocks, heads)
-        torch.testing.assert_close(
-            mean_attention_distance(captured.attentions, model.patch_size), by_hand,
-            msg=lambda why: f"vitlab's mean_attention_distance differs from the lesson's mean_distance: {why}")
-        distance = by_hand * len(batch)
-        total = distance if total is None else total + distance
-        count += len(batch)
-    return total / count
+        by_hand = mean_distance_by_hand(captured.attentions, model.patch_size)  # (blocks, heads)
+        assert_same(mean_attention_distance(captured.attentions, model.patch_size), by_hand,
+                    vitlab="vitlab's mean_attention_distance", lesson="mean_distance_by_hand")
+        total = total + by_hand * len(batch)
+    return total / len(inputs)
 
 
 def random_twin(model: VisionTransformer) -> VisionTransformer:
@@ -90,6 +106,55 @@ def random_twin(model: VisionTransformer) -> VisionTransformer:
                              hidden_dim=model.hidden_dim, mlp_dim=model.mlp_dim).eval()
 
 
+inputs = subject.inputs(subject.examples.take(256 if subject.small else 8).images)
+batch_size = 128 if subject.small else 4
+trained = distances_of(model, inputs, batch_size)  # (blocks, heads)
+random = distances_of(random_twin(model), inputs, batch_size)
+uniform = patch_distances(geo.grid_size, geo.patch_size).mean().item()
+local = trained < LOCAL_SHARE * uniform  # (blocks, heads): heads that look much closer than uniform
+explain(f"""
+    Model: {subject.name}, {geo.grid_size}x{geo.grid_size} patches of {geo.patch_size} px, averaged over
+    {len(inputs)} test images. Uniform attention would give {uniform:.1f} px; a head counts as local here
+    when its distance is under {LOCAL_SHARE:.0%} of that ({LOCAL_SHARE * uniform:.1f} px). Asserted: the
+    lesson's mean_distance_by_hand equals vitlab.analysis.attention.mean_attention_distance.
+""")
+print("\n".join(
+    f"  block {b + 1:2d}: most local head {trained[b].min():6.1f} px, mean {trained[b].mean():6.1f} px, "
+    f"most global {trained[b].max():6.1f} px, {int(local[b].sum())} local heads "
+    f"(random init: mean {random[b].mean():5.1f} px)" for b in range(trained.shape[0])) + "\n")
+
+# %% [markdown]
+# ## Local heads, and where they come from
+#
+# The demo model's first 2 blocks are vitlab's shipped base, frozen, pretrained for five minutes on generated
+# fractals by predicting hidden patches from their neighbours (`vitlab.training.pretrain`). Its card holds what
+# its heads measured then.
+
+# %%
+card = shipped_card()["metrics"]
+if local.any():
+    explain(f"""
+        {int(local.sum())} of {local.numel()} heads are local, {int(local[: len(local) // 2].sum())} of them in
+        the first half of the blocks: early blocks mix local and global heads, like the paper's Figure 7.
+    """)
+else:
+    explain(f"""
+        No head of this model is local: every head, in every block, averages within
+        {(trained - uniform).abs().max():.1f} px of uniform attention. Local heads are not built in; they are
+        learned, in the paper from far more data and training than this model saw.
+    """)
+if subject.source == "demo":
+    explain(f"""
+        The shipped base's card, measured on these shapes after pretraining: the most local head of block 1 at
+        {card['first_block_min_distance_ratio']:.2f}x uniform, the last block's heads at
+        {card['last_block_mean_distance_ratio']:.2f}x on average. Here, after fine-tuning the last 2 blocks on the
+        shapes: block 1's most local head at {trained[0].min() / uniform:.2f}x, the last block at
+        {trained[-1].mean() / uniform:.2f}x. Compare the random initialisation beside them: local heads are
+        learned, not built in.
+    """)
+
+
+# %%
 def figure_range(trained: Tensor, random: Tensor, uniform: float, title: str) -> Figure:
     """Per block: min, mean and max over heads, for the trained and the random model."""
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
@@ -105,75 +170,23 @@ def figure_range(trained: Tensor, random: Tensor, uniform: float, title: str) ->
     return fig
 
 
-def explain_demo_base(trained: Tensor, uniform: float) -> None:
-    """Where the demo's local heads come from: the shipped base's pretraining, with the numbers on its card."""
-    card = shipped_card()["metrics"]
-    explain(f"""
-        Where they come from: the demo model's first 2 blocks are vitlab's shipped base, frozen, pretrained for
-        five minutes on generated fractals by predicting hidden patches from their neighbours
-        (vitlab.training.pretrain).
-        Its card, measured on these shapes after pretraining: the most local head of block 1 at
-        {card['first_block_min_distance_ratio']:.2f}x uniform, the last block's heads at
-        {card['last_block_mean_distance_ratio']:.2f}x on average. Here, after fine-tuning the last 2 blocks on
-        the shapes: block 1's most local head at {trained[0].min() / uniform:.2f}x, the last block at
-        {trained[-1].mean() / uniform:.2f}x. Compare the random initialisation beside them: local heads are
-        learned, not built in.
-    """)
+fig = plot_mean_distance(trained, geo.patch_size)
+ax = fig.axes[0]
+ax.axhline(uniform, color="grey", linestyle="--", linewidth=1, label="uniform")
+ax.set_ylim(0, 1.15 * max(uniform, trained.max().item()))  # from 0, as the paper: small differences look small
+ax.set_title(f"{subject.name}: how far each head looks")
+ax.legend(fontsize=7, ncol=2, loc="lower right")
+save(fig, settings.out, FIGURES[0])
+save(figure_range(trained, random, uniform, f"{subject.name}: local and global heads by depth"), settings.out,
+     FIGURES[1])
 
-
-@run_lesson
-def main(argv: Sequence[str] | None = None) -> int:
-    args, subject = start(__file__, __doc__, argv)
-    model, geo = subject.model, geometry(subject.model)
-    measured = subject.examples.take(256 if subject.small else 8)
-    inputs = subject.inputs(measured.images)
-    batch_size = 128 if subject.small else 4
-    trained = distances_of(model, inputs, batch_size)  # (blocks, heads)
-    random = distances_of(random_twin(model), inputs, batch_size)
-    uniform = patch_distances(geo.grid_size, geo.patch_size).mean().item()
-
-    local = trained < LOCAL_SHARE * uniform  # (blocks, heads): heads that look much closer than uniform
-    explain(f"""
-        Model: {subject.name}, {geo.grid_size}x{geo.grid_size} patches of {geo.patch_size} px, averaged over
-        {len(inputs)} test images. Uniform attention would give {uniform:.1f} px; a head counts as local here
-        when its distance is under {LOCAL_SHARE:.0%} of that ({LOCAL_SHARE * uniform:.1f} px). Asserted: the
-        lesson's mean_distance (a dozen lines) equals vitlab.analysis.attention.mean_attention_distance.
-    """)
-    print("\n".join(
-        f"  block {b + 1:2d}: most local head {trained[b].min():6.1f} px, mean {trained[b].mean():6.1f} px, "
-        f"most global {trained[b].max():6.1f} px, {int(local[b].sum())} local heads "
-        f"(random init: mean {random[b].mean():5.1f} px)" for b in range(trained.shape[0])) + "\n")
-    if local.any():
-        explain(f"""
-            {int(local.sum())} of {local.numel()} heads are local, {int(local[: len(local) // 2].sum())} of them in
-            the first half of the blocks: early blocks mix local and global heads, like the paper's Figure 7.
-        """)
-        if subject.source == "demo":
-            explain_demo_base(trained, uniform)
-    else:
-        explain(f"""
-            No head of this model is local: every head, in every block, averages within
-            {(trained - uniform).abs().max():.1f} px of uniform attention. Local heads are not built in; they are
-            learned, in the paper from far more data and training than this model saw.
-        """)
-        if subject.source == "demo":
-            explain("""
-                Lessons 4 and 5 showed why for the demo model: its patches attend to the object wherever it is,
-                so how far they look depends on where the object is, not on depth, and its position embeddings
-                carry little locality (lesson 3). Run with --arch vit_b_16 to see local heads.
-            """)
-    fig = plot_mean_distance(trained, geo.patch_size)
-    ax = fig.axes[0]
-    ax.axhline(uniform, color="grey", linestyle="--", linewidth=1, label="uniform")
-    ax.set_ylim(0, 1.15 * max(uniform, trained.max().item()))  # from 0, as the paper: small differences look small
-    ax.set_title(f"{subject.name}: how far each head looks")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    save(fig, args.out, FIGURES[0])
-    save(figure_range(trained, random, uniform, f"{subject.name}: local and global heads by depth"),
-         args.out, FIGURES[1])
-    print_questions(__doc__)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+# %% [markdown]
+# ## Questions
+#
+# 1. Uniform attention over ViT-B/16's 14x14 grid gives about 116 px, over the demo's 8x8 grid about 16.5 px. Why
+#    is the maximum possible value not the image's diagonal?
+# 2. The demo's base learned its local heads from fractals, by filling in hidden patches. Why would that task need
+#    heads that look nearby, and why would classifying an image not (vitlab tried both: BENCHMARKS.md)?
+# 3. A randomly initialised model's heads sit near the uniform value. Why does random attention look "global"?
+# 4. The paper reports that ViT models pre-trained on more data have more local heads in early blocks. Why might a
+#    model learn to imitate a convolution when nobody built one in?

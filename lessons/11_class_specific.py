@@ -1,37 +1,31 @@
-"""Lesson 11: class-specific explanations, "why this class?" rather than "where does it look?".
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-Rollout (lesson 7) answers one question per image, whatever class you care about: it only follows attention
-weights. Gradient-weighted attention (Chefer, Gur & Wolf, 2021) asks a class: it weights each block's attention
-by the gradient of that class's logit with respect to it, keeps the positive part (attention that raised the
-score), averages the heads and accumulates through the blocks like rollout. Asking for the predicted class shows
-the evidence for it; asking for another class shows what, if anything, spoke for that one. The lesson writes it
-out in a dozen lines (`relevance_by_hand`) and asserts that vitlab's `gradient_weighted_attention` equals it.
+# %% [markdown]
+# # Lesson 11: class-specific explanations, "why this class?" rather than "where does it look?"
+#
+# Rollout (lesson 7) answers one question per image, whatever class you care about: it only follows attention
+# weights. Gradient-weighted attention (Chefer, Gur & Wolf, 2021) asks a class. Asking for the predicted class shows
+# the evidence for it; asking for another class shows what, if anything, spoke for that one. The lesson draws both
+# next to rollout, and measures how class-specific the maps are (the cosine similarity of the two classes' maps;
+# rollout's would be exactly 1) and, on the shapes, how much of each lands on the object.
+#
+# Builds on: `vitlab/analysis/attention.py` (`gradient_weighted_attention`, `rollout`),
+# `vitlab/analysis/localization.py` (`pointing_game`, `attention_mass_ratio`), `vitlab/capture.py` (`capture`).
+#
+# Figures, in `lesson_outputs/11_class_specific/`: `class_specific_maps.png` (images x: rollout, predicted class,
+# other class), `class_specific_scores.png` (how similar the two classes' maps are, how strong, and how
+# object-focused).
 
-The lesson draws both next to rollout, and measures how class-specific the maps are (the cosine similarity of
-the two classes' maps; rollout's would be exactly 1) and, on the shapes, how much of each lands on the object.
-
-Builds on: vitlab/analysis/attention.py (`gradient_weighted_attention`, `rollout`, `pointing_game`,
-`attention_mass_ratio`), vitlab/capture.py (`capture_forward`).
-
-Run: python lessons/11_class_specific.py [--other CLASS] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
-Figures: class_specific_maps.png (images x: rollout, predicted class, other class), class_specific_scores.png
-(how similar the two classes' maps are, how strong, and how object-focused).
-
-Questions:
-1. Why must the gradient be taken with respect to the attention probabilities, and why does a frozen block still
-   get one? (Hint: vitlab makes the input require a gradient.)
-2. Compare the total relevance of the predicted class with the runner-up's. The map keeps only attention that
-   raised that class's logit: how can a class the model rejected still collect as much positive evidence?
-   (Think of what else pushes its logit down.)
-3. Could gradient-weighted attention for "cross" highlight part of a square? Find an image where the two maps
-   disagree and explain what each says.
-4. Rollout and gradient-weighted attention can both land on the object. Which of them could tell you the model
-   is right for the wrong reason?
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
+# %%
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -45,23 +39,47 @@ from vitlab.analysis.localization import attention_mass_ratio, object_patches, p
 from vitlab.capture import Geometry, capture, capture_forward, geometry
 from vitlab.errors import VitlabError
 from vitlab.plotting import draw_overlay
-from vitlab.teaching.lesson import Subject, explain, print_questions, run_lesson, save, start
+from vitlab.teaching.lesson import Subject, assert_same, explain, save, start, study
 
 FIGURES = ("class_specific_maps.png", "class_specific_scores.png")
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
+
+# %% [markdown]
+# ## Settings and the model
+#
+# As a script: `python lessons/11_class_specific.py [--other CLASS] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
+# In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--other", "circle"]`) and
+# run the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
+
+# %%
 
 
-def other_classes(logits: Tensor, other: int | None) -> Tensor:
-    """The class to contrast with the prediction, per image: `other`, or the runner-up when None. (B,)"""
-    if other is not None:
-        return torch.full((logits.shape[0],), other, dtype=torch.long)
-    return logits.topk(2, dim=-1).indices[:, 1]
+def own_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--other", metavar="CLASS", default=None,
+                        help="the class to contrast with the prediction (default: each image's runner-up)")
 
 
+settings = start("11_class_specific", FLAGS, own_flags)
+subject = study(settings)
+geo = geometry(subject.model)
+other = None
+if settings.other is not None:
+    if settings.other not in subject.classes:
+        listed = ", ".join(subject.classes[:10]) + (", ..." if len(subject.classes) > 10 else "")
+        raise VitlabError(f"--other {settings.other!r} is not one of this model's classes: {listed}")
+    other = subject.classes.index(settings.other)
+
+# %% [markdown]
+# ## Gradient-weighted attention, written out
+#
+# Weight each block's attention by the gradient of the class's logit with respect to it, keep the positive part
+# (attention that raised the score), average the heads and accumulate through the blocks like rollout:
+# R = I, then for each block R = R + mean over heads of max(dA * A, 0) @ R, with dA = d logit[target] / d A.
+
+
+# %%
 def relevance_by_hand(model: VisionTransformer, inputs: Tensor, target: Tensor) -> Tensor:
-    """Gradient-weighted attention (Chefer et al. 2021), written out: inputs (B, 3, S, S), target (B,) -> (B, patches).
-
-    R = I; for each block, R = R + mean over heads of clamp(dA * A, min=0) @ R, with dA = d logit[target] / d A.
-    """
+    """Gradient-weighted attention: inputs (B, 3, S, S), target (B,) -> (B, patches)."""
     with torch.enable_grad(), capture(model) as captured:
         logits = model(inputs)  # (B, classes)
     score = logits.gather(1, target[:, None]).sum()  # each image's logit for its target class, summed
@@ -73,24 +91,63 @@ def relevance_by_hand(model: VisionTransformer, inputs: Tensor, target: Tensor) 
     return relevance[:, 0, 1:]  # the class token's row, over the patch tokens
 
 
-def explain_maps(subject: Subject, inputs: Tensor, other: int | None) -> dict[str, tuple[Tensor, Tensor]]:
-    """{"rollout" / "predicted class" / "other class": (maps (B, patches), class per image (B,))}.
+# %% [markdown]
+# Two classes per image: the predicted one and another (each image's runner-up, or `--other CLASS`). For both,
+# vitlab's `gradient_weighted_attention` must equal the lines above.
 
-    Asserts that vitlab's `gradient_weighted_attention` equals `relevance_by_hand` for both classes.
-    """
-    model = subject.model
+
+# %%
+def class_maps(subject: Subject, inputs: Tensor, other: int | None) -> dict[str, tuple[Tensor, Tensor]]:
+    """{"rollout" / "predicted class" / "other class": (maps (B, patches), class per image (B,))}, checked."""
     with torch.no_grad():
-        logits, captured = capture_forward(model, inputs)
+        logits, captured = capture_forward(subject.model, inputs)
     predicted = logits.argmax(dim=-1)
+    contrast = torch.full_like(predicted, other) if other is not None else logits.topk(2, dim=-1).indices[:, 1]
     maps = {"rollout": (rollout(captured.attentions), predicted)}
-    for name, target in (("predicted class", predicted), ("other class", other_classes(logits, other))):
-        maps[name] = (relevance_by_hand(model, inputs, target), target)
-        torch.testing.assert_close(
-            gradient_weighted_attention(model, inputs, target)[0], maps[name][0],
-            msg=lambda why: f"vitlab's gradient_weighted_attention differs from relevance_by_hand: {why}")
+    for name, target in (("predicted class", predicted), ("other class", contrast)):
+        maps[name] = (relevance_by_hand(subject.model, inputs, target), target)
+        assert_same(gradient_weighted_attention(subject.model, inputs, target)[0], maps[name][0],
+                    vitlab="vitlab's gradient_weighted_attention", lesson="relevance_by_hand")
     return maps
 
 
+measured = subject.examples.take(200 if subject.small else 4)
+maps = class_maps(subject, subject.inputs(measured.images), other)
+relevance, predicted = maps["predicted class"]
+contrast_relevance, contrast = maps["other class"]
+same_class = (predicted == contrast).float().mean().item()
+similarity = F.cosine_similarity(relevance, contrast_relevance, dim=-1, eps=1e-12)  # (B,)
+totals = {"predicted class": relevance.sum(dim=-1).mean().item(),
+          "other class": contrast_relevance.sum(dim=-1).mean().item()}
+contrast_name = "runner-up class" if other is None else f"class {settings.other!r}"
+note = f" (the same as the prediction on {100 * same_class:.0f}% of images)" if same_class else ""
+explain(f"""
+    Model: {subject.name}, {len(measured)} test images; the other class is each image's {contrast_name}{note}.
+    Cosine similarity between the predicted class's map and the other class's, mean over images:
+    {similarity.mean():.2f}, lowest {similarity.min():.2f} (rollout gives one map for every class: similarity
+    1). Mean total relevance: predicted class {totals['predicted class']:.2f}, other class
+    {totals['other class']:.2f}: the maps say where each class's logit was pushed up, not which class won.
+    Asserted: the lesson's relevance_by_hand equals vitlab.analysis.attention.gradient_weighted_attention.
+""")
+if not relevance.any():
+    explain("""
+        Every relevance map is zero: no attention weight raised the class logits, so the logits do not depend on
+        attention (an untrained head does this). The mass ratios below are then undefined (nan).
+    """)
+ratios = None
+if measured.masks is not None:
+    objects = object_patches(measured.masks, geo)  # (B, patches)
+    ratios = {name: attention_mass_ratio(flat, objects) for name, (flat, _) in maps.items()}
+    ratios["random map"] = attention_mass_ratio(random_maps(objects.shape), objects)
+    pointing = {name: pointing_game(flat, objects) for name, (flat, _) in maps.items()}
+    print("\n".join(f"  {name:<16} mass ratio {ratios[name]:5.2f}" +
+                    (f"   pointing game {pointing[name]:4.2f}" if name in pointing else "") for name in ratios) + "\n")
+
+# %% [markdown]
+# ## The maps, and how class-specific they are
+
+
+# %%
 def figure_maps(images: Tensor, maps: dict[str, tuple[Tensor, Tensor]], subject: Subject, geo: Geometry,
                 title: str) -> Figure:
     rows = images.shape[0]
@@ -132,63 +189,22 @@ def figure_scores(similarity: Tensor, totals: dict[str, float], ratios: dict[str
     return fig
 
 
-@run_lesson
-def main(argv: Sequence[str] | None = None) -> int:
-    args, subject = start(__file__, __doc__, argv, lambda p: p.add_argument(
-        "--other", metavar="CLASS", default=None,
-        help="the class to contrast with the prediction (default: each image's runner-up)"))
-    geo = geometry(subject.model)
-    other = None
-    if args.other is not None:
-        if args.other not in subject.classes:
-            shown = ", ".join(subject.classes[:10]) + (", ..." if len(subject.classes) > 10 else "")
-            raise VitlabError(f"--other {args.other!r} is not one of this model's classes: {shown}")
-        other = subject.classes.index(args.other)
+shown_inputs = subject.inputs(subject.pick(4).images)
+save(figure_maps(shown_inputs, class_maps(subject, shown_inputs, other), subject, geo,
+                 f"{subject.name}: rollout vs gradient-weighted attention for two classes\n"
+                 f"(each map scaled to its own maximum)"), settings.out, FIGURES[0])
+save(figure_scores(similarity, totals, ratios, f"{subject.name}: class-specific maps on {len(measured)} test images"),
+     settings.out, FIGURES[1])
 
-    measured = subject.examples.take(200 if subject.small else 4)
-    inputs = subject.inputs(measured.images)
-    maps = explain_maps(subject, inputs, other)
-    relevance, predicted = maps["predicted class"]
-    contrast_relevance, contrast = maps["other class"]
-    same_class = (predicted == contrast).float().mean().item()
-    similarity = F.cosine_similarity(relevance, contrast_relevance, dim=-1, eps=1e-12)  # (B,)
-    totals = {"predicted class": relevance.sum(dim=-1).mean().item(),
-              "other class": contrast_relevance.sum(dim=-1).mean().item()}
-    contrast_name = "runner-up class" if other is None else f"class {args.other!r}"
-    note = f" (the same as the prediction on {100 * same_class:.0f}% of images)" if same_class else ""
-    explain(f"""
-        Model: {subject.name}, {len(inputs)} test images; the other class is each image's {contrast_name}{note}.
-        Cosine similarity between the predicted class's map and the other class's, mean over images:
-        {similarity.mean():.2f}, lowest {similarity.min():.2f} (rollout gives one map for every class:
-        similarity 1). Mean total relevance: predicted class {totals['predicted class']:.2f}, other class
-        {totals['other class']:.2f}: the maps say where each class's logit was pushed up, not which class won.
-        Asserted: the lesson's relevance_by_hand equals vitlab.analysis.attention.gradient_weighted_attention.
-    """)
-    if not relevance.any():
-        explain("""
-            Every relevance map is zero: no attention weight raised the class logits, so the logits do not depend
-            on attention (an untrained head does this). The mass ratios below are then undefined (nan).
-        """)
-    ratios = None
-    if measured.masks is not None:
-        objects = object_patches(measured.masks, geo)  # (B, patches)
-        ratios = {name: attention_mass_ratio(flat, objects) for name, (flat, _) in maps.items()}
-        ratios["random map"] = attention_mass_ratio(random_maps(objects.shape), objects)
-        pointing = {name: pointing_game(flat, objects) for name, (flat, _) in maps.items()}
-        print("\n".join(f"  {name:<16} mass ratio {ratios[name]:5.2f}" +
-                        (f"   pointing game {pointing[name]:4.2f}" if name in pointing else "")
-                        for name in ratios) + "\n")
-
-    shown = subject.pick(4)
-    shown_inputs = subject.inputs(shown.images)
-    save(figure_maps(shown_inputs, explain_maps(subject, shown_inputs, other), subject, geo,
-                     f"{subject.name}: rollout vs gradient-weighted attention for two classes\n"
-                     f"(each map scaled to its own maximum)"), args.out, FIGURES[0])
-    save(figure_scores(similarity, totals, ratios, f"{subject.name}: class-specific maps on {len(inputs)} test images"),
-         args.out, FIGURES[1])
-    print_questions(__doc__)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+# %% [markdown]
+# ## Questions
+#
+# 1. Why must the gradient be taken with respect to the attention probabilities, and why does a frozen block still
+#    get one? (Hint: vitlab makes the input require a gradient.)
+# 2. Compare the total relevance of the predicted class with the runner-up's. The map keeps only attention that
+#    raised that class's logit: how can a class the model rejected still collect as much positive evidence?
+#    (Think of what else pushes its logit down.)
+# 3. Could gradient-weighted attention for "cross" highlight part of a square? Find an image where the two maps
+#    disagree and explain what each says.
+# 4. Rollout and gradient-weighted attention can both land on the object. Which of them could tell you the model
+#    is right for the wrong reason?

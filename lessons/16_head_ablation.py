@@ -1,31 +1,28 @@
-"""Lesson 16: head ablation, which heads the prediction needs.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-Attention maps show where a head looks, not whether the model needs it. Michel et al. (2019, "Are Sixteen Heads
-Really Better than One?") switched heads off one at a time and found that most can go with little loss. A head
-writes its own slice of the vector that the block's `out_proj` reads; ablating it sets that slice to zero. This
-lesson ablates every head of every block alone and measures the accuracy lost, then a whole block's attention.
+# %% [markdown]
+# # Lesson 16: head ablation, which heads the prediction needs
+#
+# Attention maps show where a head looks, not whether the model needs it. Michel et al. (2019, "Are Sixteen Heads
+# Really Better than One?") switched heads off one at a time and found that most can go with little loss. A head
+# writes its own slice of the vector that the block's `out_proj` reads; ablating it sets that slice to zero. This
+# lesson ablates every head of every block alone and measures the accuracy lost, then a whole block's attention.
+#
+# Builds on: `vitlab/analysis/ablation.py` (`ablate_heads`, `ablation_table`, `probability_change`),
+# `vitlab/capture_grad.py` (`attention_probs`).
+#
+# Figure, in `lesson_outputs/16_head_ablation/`: `head_ablation.png` (blocks x heads: accuracy lost when that head
+# alone is switched off).
 
-The lesson writes one ablated head out (`without_head`: the block's attention recomputed with that head's slice
-zeroed) and asserts that vitlab's `ablate_heads` gives the same logits.
-
-Builds on: vitlab/analysis/ablation.py (`ablate_heads`, `ablation_table`, `probability_change`), vitlab/capture_grad.py
-(`attention_probs`).
-
-Run: python lessons/16_head_ablation.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]
-Figures: head_ablation.png (blocks x heads: accuracy lost when that head alone is switched off).
-
-Questions:
-1. The demo's first two blocks are frozen fractal features. Would you expect their heads to matter less or more
-   than the fine-tuned blocks' heads? What does the table say?
-2. Removing one head costs little, yet removing a whole block's attention may cost a lot. Why can the other heads
-   stand in for one, but not for all?
-3. A head with a small accuracy drop may still change the probabilities. Why is the accuracy a coarse measure?
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-
+# %%
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -33,13 +30,34 @@ from torchvision.models import VisionTransformer
 
 from vitlab.analysis.ablation import ablate_heads, ablation_table, probability_change
 from vitlab.capture_grad import attention_probs
-from vitlab.teaching.lesson import explain, print_questions, run_lesson, save, start
+from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("head_ablation.png",)
+FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
+
+# %% [markdown]
+# ## Settings and the model
+#
+# As a script: `python lessons/16_head_ablation.py [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`. In a notebook,
+# put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--checkpoint", "runs/demo"]`) and run
+# the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached. (ViT-B/16 takes
+# 144 ablations, each a forward pass: minutes on a CPU.)
+
+# %%
+settings = start("16_head_ablation", FLAGS)
+subject = study(settings)
+model = subject.model
+
+# %% [markdown]
+# ## One ablated head, written out
+#
+# A hook replaces one block's attention output: recompute it from the attention probabilities and the values,
+# zero the ablated head's slice, and let `out_proj` read the rest.
 
 
+# %%
 def without_head(model: VisionTransformer, images: Tensor, block: int, head: int) -> Tensor:
-    """The model's logits with one head's output slice zeroed, written out: a hook replaces that block's attention."""
+    """The model's logits (B, classes) with one head's output slice zeroed."""
     attention = model.encoder.layers[block].self_attention
 
     def recompute(module, args, output):
@@ -56,6 +74,43 @@ def without_head(model: VisionTransformer, images: Tensor, block: int, head: int
         handle.remove()
 
 
+# %% [markdown]
+# vitlab's `ablate_heads` must give the same logits, for the first head of the last block.
+
+# %%
+shown = subject.examples.take(500 if subject.small else 3)  # ViT-B/16: 144 ablations, each a forward pass
+images = subject.inputs(shown.images)
+last = len(model.encoder.layers) - 1
+with torch.no_grad():
+    with ablate_heads(model, {last: [0]}):
+        theirs = model(images)
+    assert_same(theirs, without_head(model, images, last, 0), vitlab=f"vitlab's ablate_heads (block {last + 1}, "
+                "head 0)", lesson="without_head", rtol=1e-4, atol=1e-5)
+
+# %% [markdown]
+# ## Every head, one at a time; every block's attention at once
+#
+# With labels that index the model's classes, the accuracy lost; otherwise the agreement with the unablated model.
+
+# %%
+with torch.no_grad():
+    labels = shown.labels if subject.labels_match else model(images).argmax(-1)  # else: agreement with itself
+    table = ablation_table(model, images, labels)
+    whole_block = {block: probability_change(model, images, {block: range(table.drop.shape[1])}).mean().item()
+                   for block in range(table.drop.shape[0])}
+measure = "accuracy" if subject.labels_match else "agreement with the unablated model"
+block, head = divmod(int(table.drop.argmax()), table.drop.shape[1])
+explain(f"""
+    Model: {subject.name}, {len(shown)} test images; {measure} with every head: {table.accuracy:.1%}. Asserted:
+    vitlab's ablate_heads equals the lesson's without_head. The most needed head: block {block + 1}, head
+    {head}, whose removal costs {table.drop[block, head]:.1%}; {int((table.drop <= 0.01).sum())} of
+    {table.drop.numel()} heads cost at most one point.
+""")
+for index, change in whole_block.items():
+    print(f"  block {index + 1:2d}: every head off changes the predicted class's probability by {change:+.1%}")
+
+
+# %%
 def figure_table(drop: Tensor, title: str) -> Figure:
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -69,36 +124,13 @@ def figure_table(drop: Tensor, title: str) -> Figure:
     return fig
 
 
-@run_lesson
-def main(argv: Sequence[str] | None = None) -> int:
-    args, subject = start(__file__, __doc__, argv)
-    shown = subject.examples.take(500 if subject.small else 3)  # ViT-B/16: 144 ablations, each a forward pass
-    images = subject.inputs(shown.images)
-    model = subject.model
-    with torch.no_grad():
-        last = len(model.encoder.layers) - 1
-        with ablate_heads(model, {last: [0]}):
-            theirs = model(images)
-        if not torch.allclose(without_head(model, images, last, 0), theirs, rtol=1e-4, atol=1e-5):
-            raise AssertionError("vitlab.analysis.ablation.ablate_heads differs from the lesson's without_head.")
-        labels = shown.labels if subject.labels_match else model(images).argmax(-1)  # else: agreement with itself
-        table = ablation_table(model, images, labels)
-        whole_block = {block: probability_change(model, images, {block: range(table.drop.shape[1])}).mean().item()
-                       for block in range(table.drop.shape[0])}
-    measure = "accuracy" if subject.labels_match else "agreement with the unablated model"
-    block, head = divmod(int(table.drop.argmax()), table.drop.shape[1])
-    explain(f"""
-        Model: {subject.name}, {len(shown)} test images; {measure} with every head: {table.accuracy:.1%}. Asserted:
-        vitlab's ablate_heads equals the lesson's without_head. The most needed head: block {block + 1}, head
-        {head}, whose removal costs {table.drop[block, head]:.1%}; {int((table.drop <= 0.01).sum())} of
-        {table.drop.numel()} heads cost at most one point.
-    """)
-    for index, change in whole_block.items():
-        print(f"  block {index + 1:2d}: every head off changes the predicted class's probability by {change:+.1%}")
-    save(figure_table(table.drop, f"{subject.name}: {measure} lost per head"), args.out, FIGURES[0])
-    print_questions(__doc__)
-    return 0
+save(figure_table(table.drop, f"{subject.name}: {measure} lost per head"), settings.out, FIGURES[0])
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+# %% [markdown]
+# ## Questions
+#
+# 1. The demo's first two blocks are frozen fractal features. Would you expect their heads to matter less or more
+#    than the fine-tuned blocks' heads? What does the table say?
+# 2. Removing one head costs little, yet removing a whole block's attention may cost a lot. Why can the other heads
+#    stand in for one, but not for all?
+# 3. A head with a small accuracy drop may still change the probabilities. Why is the accuracy a coarse measure?

@@ -224,11 +224,10 @@ def test_a_planted_vit_b_32_file_is_read_and_interpolated_to_another_size(torch_
     assert loaded["heads.head.weight"].shape == (10, 768)
 
 def test_lessons_take_every_arch_and_name_the_missing_file(torch_home: Path, capsys, tmp_path: Path):
-    from vitlab.teaching.lesson import parse_args
+    from vitlab.teaching.flags import parse_args
+    from vitlab.teaching.subject import study
 
-    assert parse_args("lessons/04_attention_heads.py", "A lesson.", ["--arch", "vit_l_16"]).arch == "vit_l_16"
-    from vitlab.teaching.lesson import start
-
+    assert parse_args("04_attention_heads", ["--arch", "vit_l_16"]).arch == "vit_l_16"
     with torch.device("meta"), pytest.raises(WeightsUnavailableError) as error:
-        start("lessons/04_attention_heads.py", "A lesson.", ["--arch", "vit_h_14", "--out", str(tmp_path)])
+        study(parse_args("04_attention_heads", ["--arch", "vit_h_14", "--out", str(tmp_path)]))
     assert "vit_h_14_swag-80465313.pth" in str(error.value)  # its default weights' own file

@@ -14,14 +14,12 @@ A handful of valid cheap command lines run for real (marked slow) and their outp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -30,7 +28,8 @@ from PIL import Image
 
 from vitlab.data import DATASETS
 from vitlab.model import ARCHS
-from vitlab.teaching import lesson
+from vitlab.teaching import subject
+from vitlab.teaching.cells import run_lesson_file
 from vitlab.training import finetune, pretrain
 from vitlab.training.checkpoint import load_checkpoint
 from vitlab.training.train import RECIPES
@@ -197,20 +196,11 @@ def test_pretrain_command_lines_exit_2_in_one_line_or_pass_the_checks(data, tmp_
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The lessons' common flags (lesson 4, whose --block is a lesson's own)
+# The lessons' common flags (lesson 4, whose --block is a lesson's own), run as `python lessons/04_...py` runs it
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_lesson_4() -> ModuleType:
-    """Import lessons/04_attention_heads.py as a module (importing a lesson runs nothing)."""
-    path = Path(__file__).resolve().parents[1] / "lessons" / "04_attention_heads.py"
-    spec = importlib.util.spec_from_file_location("lesson_04_properties", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-LESSON_4 = load_lesson_4()
+LESSON_4 = Path(__file__).resolve().parents[1] / "lessons" / "04_attention_heads.py"
 
 
 @pytest.fixture()
@@ -241,10 +231,10 @@ def lesson_flags(paths: dict[str, Path], out: Path) -> dict[str, Flag]:
 def test_lesson_command_lines_exit_2_in_one_line_or_pass_the_checks(data, lesson_paths, tmp_path, capsys,
                                                                     monkeypatch):
     for loader in ("_demo", "_from_checkpoint", "_imagenet_model"):
-        monkeypatch.setattr(lesson, loader, reached)
+        monkeypatch.setattr(subject, loader, reached)
     out = tmp_path / "out"
     argv, named = command_line(data, lesson_flags(lesson_paths, out))
-    code, err = outcome(LESSON_4.main, ["--out", str(out), *argv], capsys)
+    code, err = outcome(lambda argv: run_lesson_file(LESSON_4, argv), ["--out", str(out), *argv], capsys)
     assert_refused_or_reached(code, err, named, argv, out)
 
 

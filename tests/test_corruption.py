@@ -10,7 +10,6 @@ always refused: torch.load does not check the CRC-32s, vitlab.integrity does.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import shutil
 import struct
@@ -24,6 +23,7 @@ import torch
 from vitlab import shipped
 from vitlab.errors import CheckpointError, VitlabError, WeightsUnavailableError
 from vitlab.model import build_model
+from vitlab.teaching.cells import run_lesson_file
 from vitlab.training import finetune
 from vitlab.training.checkpoint import BEST, LAST, load_checkpoint, load_trained_model
 
@@ -131,15 +131,12 @@ def test_resume_from_a_damaged_checkpoint_exits_2_without_a_traceback(
 def test_a_lesson_given_a_damaged_checkpoint_exits_2(demo_files: dict, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     file = next((Path(__file__).resolve().parents[1] / "lessons").glob("12_*.py"))  # the logit lens
-    spec = importlib.util.spec_from_file_location("lesson_12_damaged", file)
-    lesson = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lesson)
     data = demo_files[BEST].read_bytes()
     start = max(entry_ranges(demo_files[BEST]), key=len).start  # the largest tensor's first byte
     flipped = data[:start] + bytes([data[start] ^ 0x01]) + data[start + 1:]
     for damaged in (data[: len(data) // 2], flipped):
         (tmp_path / BEST).write_bytes(damaged)
-        assert lesson.main(["--checkpoint", str(tmp_path / BEST), "--out", str(tmp_path / "figures")]) == 2
+        assert run_lesson_file(file, ["--checkpoint", str(tmp_path / BEST), "--out", str(tmp_path / "figures")]) == 2
         err = capsys.readouterr().err
         assert str(tmp_path / BEST) in err and "damaged" in err
 
