@@ -74,6 +74,7 @@ class FinetuneConfig:
     cache_trunk: bool = False  # train the last blocks on cached outputs of the frozen trunk (flip-only augmentation)
     preset: str | None = None  # a named bundle of the settings above, e.g. "demo"
     quiet: bool = False  # no progress bars or per-epoch lines
+    tensorboard: bool = True  # TensorBoard events in the run folder (losses, accuracy, lr, attention each epoch)
 
 
 PRESETS: dict[str, dict] = {
@@ -146,6 +147,9 @@ HELP = {
     "in under 30 s; 'laptop' fine-tunes ImageNet ViT-B/16 at 112 px on a CIFAR-100 subset with the trunk cached, "
     "sized for 30 minutes of a laptop CPU",
     "quiet": "no progress bars or per-epoch lines",
+    "tensorboard": "write TensorBoard events into the run folder: losses, accuracies, learning rate, images/s and, "
+    "each epoch, the attention of 8 validation images (default: on; --no-tensorboard turns it off; metrics.csv is "
+    "always written)",
 }
 
 
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     for field in fields(FinetuneConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=HELP[field.name])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP[field.name])
         else:
             parser.add_argument(flag, type=types.get(field.name, str), choices=choices.get(field.name),
                                 help=HELP[field.name], metavar=METAVARS.get(field.name))

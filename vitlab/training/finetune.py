@@ -32,9 +32,11 @@ from vitlab.errors import CheckpointError, Interrupted, VitlabError
 from vitlab.model import build_model, count_parameters, num_blocks
 from vitlab.plotting import plot_curves, plot_predictions, save_figure
 from vitlab.training import distributed, trunk_cache
-from vitlab.training.checkpoint import BEST, LAST, load_checkpoint, save_json
+from vitlab.training.checkpoint import BEST, LAST, WEIGHTS_FILE, load_checkpoint, save_json, write_safetensors
 from vitlab.training.config import FinetuneConfig, resolve_config
+from vitlab.training.model_card import write_model_card
 from vitlab.training.run_folder import Run, prepare_out, record_epoch, restore
+from vitlab.training.run_log import WATCHED_IMAGES, RunLog
 from vitlab.training.train import (
     RECIPES,
     NonFiniteLossError,
@@ -101,6 +103,8 @@ def setup(config: FinetuneConfig, checkpoint: dict | None = None) -> Run:
     job.trainer = _trainer(job)
     if checkpoint is not None:
         restore(job, checkpoint)
+    if process.is_main:  # 8 fixed validation images, drawn with their attention each epoch
+        job.log = RunLog(out, splits.val.take(WATCHED_IMAGES).images.cpu(), tensorboard=config.tensorboard)
     return job
 
 
@@ -225,8 +229,19 @@ def finish(job: Run) -> dict:
                 + f"written to {out}")
     summary["wall_seconds"] = time.perf_counter() - job.started
     if job.process.is_main:
-        save_json(out / "summary.json", summary)
+        _hand_on(job, best, summary)
+        save_json(out / "summary.json", summary)  # last: a folder with summary.json holds a finished run
     return summary
+
+
+def _hand_on(job: Run, best: dict | None, summary: dict) -> None:
+    """What practitioners take away: model.safetensors (best.pt's weights), MODEL_CARD.md; the log closed."""
+    if job.log is not None:
+        job.log.close()
+    if best is None:  # no epoch ran: there are no weights to hand on
+        return
+    write_safetensors(job.out / WEIGHTS_FILE, best)
+    write_model_card(job.out, job.config, summary, job.splits, job.model, job.eval_transform)
 
 
 def _draw(job: Run) -> None:
