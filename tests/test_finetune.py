@@ -26,7 +26,7 @@ from vitlab.training.resume import resume_config
 # on the shipped base, is trained once per session by the demo_cache fixture and checked there.
 SMOKE = ["--preset", "demo", "--pretrained", "none", "--trainable-blocks", "all", "--lr", "1e-3",
          "--subset", "192", "--epochs", "2", "--batch-size", "32", "--quiet"]
-HISTORY_FIELDS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second"}
+HISTORY_FIELDS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second", "lr"}
 TIMINGS = {"seconds", "images_per_second"}
 
 
@@ -48,7 +48,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_run_writes_every_output(smoke_run: Path) -> None:
     for name in ("config.json", "history.json", "summary.json", "curves.png", "predictions.png",
-                 "checkpoint.pt", "best.pt"):
+                 "checkpoint.pt", "best.pt", "metrics.csv", "model.safetensors", "MODEL_CARD.md", "attention.png"):
         assert (smoke_run / name).stat().st_size > 0, name
     for name in ("curves.png", "predictions.png"):
         assert (smoke_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,8 @@ code: opening someone else's checkpoint cannot run their code.
 A run folder (`python -m vitlab.finetune --out DIR`) holds two checkpoints, and what a command wants decides which
 one it reads (`checkpoint_file`): `--resume` reads checkpoint.pt, the last completed epoch with everything needed
 to continue; studying the model (the test pass, the lessons' `--checkpoint`, the explorer) reads best.pt, the
-weights of the best validation epoch.
+weights of the best validation epoch. A finished run also holds `model.safetensors`, best.pt's weights in the format
+every library reads (`write_safetensors`); studying reads it too, when a folder has no .pt file left.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import safetensors
+import safetensors.torch
 import torch
 from torchvision.models import VisionTransformer
 
@@ -31,9 +34,12 @@ FORMAT = "vitlab-checkpoint-v1"
 CONFIG = "config.json"  # the run's settings, written before its first epoch
 LAST = "checkpoint.pt"  # the last completed epoch: weights, optimizer, scheduler, RNG and history, to resume
 BEST = "best.pt"  # the weights of the best validation epoch: what the test pass measures and what is studied
+WEIGHTS_FILE = "model.safetensors"  # best.pt's weights as safetensors, written when the run finishes
+SAFETENSORS_FORMAT = "vitlab-finetune"  # the safetensors header's "format": what `read_safetensors` accepts
 
 Purpose = Literal["resume", "study"]
-_READS: dict[str, tuple[str, ...]] = {"resume": (LAST,), "study": (BEST, LAST)}  # a run folder's files, by preference
+# A run folder's files each purpose reads, by preference.
+_READS: dict[str, tuple[str, ...]] = {"resume": (LAST,), "study": (BEST, LAST, WEIGHTS_FILE)}
 
 
 def checkpoint_file(path: str | os.PathLike, purpose: Purpose) -> Path:
@@ -78,6 +84,8 @@ def load_checkpoint(path: str | os.PathLike, purpose: Purpose = "resume") -> dic
     The default reads a run folder's checkpoint.pt, the one that holds everything (see `checkpoint_file`).
     """
     path = checkpoint_file(path, purpose)
+    if path.suffix == ".safetensors":
+        return _weights_only_checkpoint(path, purpose)
     checkpoint = safe_torch_load(path, lambda error: _unreadable(path, error))
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(
@@ -85,6 +93,19 @@ def load_checkpoint(path: str | os.PathLike, purpose: Purpose = "resume") -> dic
             f"state dict, use vitlab.build_model(..., pretrained=PATH)."
         )
     return checkpoint
+
+
+def _weights_only_checkpoint(path: Path, purpose: Purpose) -> dict[str, Any]:
+    """A model.safetensors as a checkpoint dict, for studying only: it holds no optimiser state to resume from."""
+    if purpose == "resume":
+        raise CheckpointError(f"{path} holds weights only (no optimiser, schedule or history): it cannot be resumed. "
+                              f"Resume from the run folder's {LAST}, or study the weights with --checkpoint {path}.")
+    try:
+        return read_safetensors(path)
+    except Exception as error:  # a foreign or damaged file: safetensors raises its own types, we raise ours
+        raise CheckpointError(f"{path} is not a model.safetensors written by python -m vitlab.finetune "
+                              f"({type(error).__name__}: {str(error)[:160]}). For a timm or Hugging Face file use "
+                              f"vitlab.import_vit.") from None
 
 
 def saved_run(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -136,7 +157,8 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
 
 
 def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
-    """Rebuild the model a vitlab run trained, in eval mode, from a .pt file or a run folder (its best.pt).
+    """Rebuild the model a vitlab run trained, in eval mode, from a run folder (its best.pt), a .pt file or the run's
+    model.safetensors.
 
     Returns:
         (model, checkpoint): the checkpoint dict holds "config", "classes", "epoch" and more.
@@ -159,3 +181,30 @@ def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict
 def _trained_image_size(checkpoint: dict[str, Any]) -> int | None:
     """The input size the run trained at: its config's, else the checkpoint's own record; None (native) if neither."""
     return checkpoint["config"].get("image_size") or checkpoint.get("image_size")
+
+
+def write_safetensors(path: Path, checkpoint: dict[str, Any]) -> Path:
+    """The model weights of a vitlab checkpoint (best.pt) as safetensors, with what rebuilding needs in its header."""
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in checkpoint["model"].items()}
+    header = {"format": SAFETENSORS_FORMAT, "arch": checkpoint["arch"],
+              "classes": json.dumps(list(checkpoint["classes"])), "image_size": str(checkpoint["image_size"]),
+              "trainable_blocks": str(checkpoint["trainable_blocks"]), "epoch": str(checkpoint["epoch"]),
+              "config": json.dumps(checkpoint["config"])}
+    data = safetensors.torch.save(tensors, metadata=header)
+    return atomic_write(path, lambda file: file.write(data))
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """A `model.safetensors` written by `write_safetensors`, as a checkpoint-shaped dict ("model", "config", ...).
+
+    Raises:
+        ValueError: the file is not one vitlab wrote (its header lacks vitlab's "format").
+    """
+    with safetensors.safe_open(str(path), framework="pt") as opened:
+        header = opened.metadata() or {}
+        if header.get("format") != SAFETENSORS_FORMAT:
+            raise ValueError(f"its header has no format {SAFETENSORS_FORMAT!r}")
+        state = {name: opened.get_tensor(name) for name in opened.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    return {"model": state, "arch": header["arch"], "classes": json.loads(header["classes"]),
+            "image_size": int(header["image_size"]), "trainable_blocks": int(header["trainable_blocks"]),
+            "epoch": int(header["epoch"]), "config": json.loads(header["config"])}

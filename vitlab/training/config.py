@@ -96,6 +96,7 @@ class FinetuneConfig:
     cache_trunk: bool = False  # train the last blocks on cached outputs of the frozen trunk (flip-only augmentation)
     preset: str | None = None  # a named bundle of the settings above, e.g. "demo"
     quiet: bool = False  # no progress bars or per-epoch lines
+    tensorboard: bool = True  # TensorBoard events in the run folder (losses, accuracy, lr, attention each epoch)
 
 
 PRESETS: dict[str, dict] = {

@@ -36,11 +36,13 @@ from vitlab.errors import CheckpointError, Interrupted, VitlabError
 from vitlab.model import build_model, count_parameters, num_blocks
 from vitlab.plotting import plot_curves, plot_predictions, save_figure
 from vitlab.training import distributed, trunk_cache
-from vitlab.training.checkpoint import BEST, LAST, load_checkpoint, save_json
+from vitlab.training.checkpoint import BEST, LAST, WEIGHTS_FILE, load_checkpoint, save_json, write_safetensors
 from vitlab.training.config import FinetuneConfig
 from vitlab.training.flags import resolve_config
 from vitlab.training.folder_lock import lock_folder
+from vitlab.training.model_card import write_model_card
 from vitlab.training.run_folder import Run, prepare_out, record_epoch, restore, run_folder_path
+from vitlab.training.run_log import WATCHED_IMAGES, RunLog
 from vitlab.training.train import (
     RECIPES,
     NonFiniteLossError,
@@ -136,6 +138,8 @@ def setup(config: FinetuneConfig, checkpoint: dict | None, process: distributed.
     run.trainer = _trainer(run)
     if checkpoint is not None:
         restore(run, checkpoint)
+    if process.is_main:  # 8 fixed validation images, drawn with their attention each epoch
+        run.log = RunLog(out, splits.val.take(WATCHED_IMAGES).images.cpu(), tensorboard=config.tensorboard)
     return run
 
 
@@ -260,8 +264,19 @@ def finish(run: Run) -> dict:
                 + f"written to {out}")
     summary["wall_seconds"] = time.perf_counter() - run.started
     if run.process.is_main:
-        save_json(out / "summary.json", summary)
+        _hand_on(run, best, summary)
+        save_json(out / "summary.json", summary)  # last: a folder with summary.json holds a finished run
     return summary
+
+
+def _hand_on(run: Run, best: dict | None, summary: dict) -> None:
+    """What practitioners take away: model.safetensors (best.pt's weights), MODEL_CARD.md; the log closed."""
+    if run.log is not None:
+        run.log.close()
+    if best is None:  # no epoch ran: there are no weights to hand on
+        return
+    write_safetensors(run.out / WEIGHTS_FILE, best)
+    write_model_card(run.out, run.config, summary, run.splits, run.model, run.eval_transform)
 
 
 def _draw(run: Run) -> None:

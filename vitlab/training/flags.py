@@ -54,6 +54,9 @@ HELP = {
     "sized for 30 minutes of a laptop CPU. A flag typed beside it wins, and a preset setting that cannot apply "
     "yields with a note; every on/off setting has a --no- form to undo it",
     "quiet": "no progress bars or per-epoch lines",
+    "tensorboard": "write TensorBoard events into the run folder: losses, accuracies, learning rate, images/s and, "
+    "each epoch, the attention of 8 validation images (default: on; --no-tensorboard turns it off; metrics.csv is "
+    "always written)",
 }
 
 

@@ -32,7 +32,7 @@ ON_RESUME: dict[str, str] = {
     "recipe": "plan", "lr": "plan", "seed": "plan", "batch_size": "plan", "subset": "plan", "val_size": "plan",
     "max_rotation": "plan", "cache_trunk": "plan",
     "epochs": "epochs",
-    "device": "free", "data_dir": "free", "compile": "free", "quiet": "free",
+    "device": "free", "data_dir": "free", "compile": "free", "quiet": "free", "tensorboard": "free",
     "out": "folder", "resume": "folder", "preset": "refused",
 }
 

@@ -25,13 +25,24 @@ from vitlab.atomic import remove_stale_temporaries
 from vitlab.data import BatchTransform, DataSplits
 from vitlab.errors import VitlabError
 from vitlab.training import distributed
-from vitlab.training.checkpoint import BEST, CONFIG, LAST, load_optimizer_state, save_checkpoint, save_json
+from vitlab.training.checkpoint import (
+    BEST,
+    CONFIG,
+    LAST,
+    WEIGHTS_FILE,
+    load_optimizer_state,
+    save_checkpoint,
+    save_json,
+)
 from vitlab.training.config import FinetuneConfig
+from vitlab.training.model_card import CARD_FILE, GALLERY_FILE
+from vitlab.training.run_log import METRICS_CSV, RunLog
 from vitlab.training.train import Recipe
 from vitlab.training.trunk_cache import CachedTrunk
 
 # Every file a run folder holds (vitlab.training.finetune writes them all through vitlab.atomic.atomic_write).
-RUN_FILES = (CONFIG, "history.json", "summary.json", LAST, BEST, "curves.png", "predictions.png")
+RUN_FILES = (CONFIG, "history.json", "summary.json", LAST, BEST, "curves.png", "predictions.png", METRICS_CSV,
+             WEIGHTS_FILE, CARD_FILE, GALLERY_FILE)
 
 
 @dataclass
@@ -54,6 +65,7 @@ class Run:
     trainer: nn.Module | None = None  # what training steps call: the model, or DDP, the cached top, torch.compile
     cached: CachedTrunk | None = None  # --cache-trunk: the frozen trunk's output for train and val
     trunk_cache_seconds: float | None = None  # time spent building that cache
+    log: RunLog | None = None  # metrics.csv and TensorBoard events (rank 0 only)
     history: list[dict] = field(default_factory=list)  # one record per completed epoch
     best_val_acc: float = -1.0
     start_epoch: int = 0  # epochs already done (resuming)
@@ -108,7 +120,8 @@ def record_epoch(run: Run, epoch: int, train: dict, val: dict) -> None:
     """
     record = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
               "val_loss": val["loss"], "val_acc": val["acc"],
-              "seconds": train["seconds"] + val["seconds"], "images_per_second": train["images_per_second"]}
+              "seconds": train["seconds"] + val["seconds"], "images_per_second": train["images_per_second"],
+              "lr": max(group["lr"] for group in run.optimizer.param_groups)}  # the head's rate after the epoch
     run.history.append(record)
     improved = val["acc"] > run.best_val_acc
     run.best_val_acc = max(run.best_val_acc, val["acc"])
@@ -132,3 +145,5 @@ def _save_epoch(run: Run, epoch: int, improved: bool) -> None:
         "rng": {"torch": torch.get_rng_state()}, "history": run.history, "best_val_acc": run.best_val_acc,
     })
     save_json(run.out / "history.json", run.history)
+    if run.log is not None:
+        run.log.epoch(run.history, run.model, run.eval_transform)
