@@ -12,7 +12,8 @@ The layers, each importing only from those below it (tests/test_structure.py che
     vitlab/bench/        speed, measured against the notebook's way
     vitlab/teaching/     what the lessons share;  vitlab/explorer/  the attention explorer's work
     vitlab/training/     the fine-tuning and pretraining jobs, checkpoints, the demo model
-    vitlab/analysis/     one analysis per paper: attention, localization, structure, lens, probes, ablation, ...
+    vitlab/analysis/     one analysis per paper: attention, localization, structure, lens, probes, ablation, ...,
+                         and explain (every relevance map)
     core (this folder)   model, archs, capture, data/, plotting, the command-line kit, errors, safe files
 
 "The notebook", wherever vitlab's code says it, is the public notebook vitlab wraps: github.com/mbastola/
@@ -33,6 +34,8 @@ from vitlab.analysis.attention import (
     query_attention,
     rollout,
 )
+from vitlab.analysis.explain import METHODS as EXPLAIN_METHODS
+from vitlab.analysis.explain import explain
 from vitlab.analysis.lens import logit_lens, logit_lens_forward
 from vitlab.analysis.localization import attention_mass_ratio, object_patches, pointing_game, random_maps
 from vitlab.analysis.norms import high_norm_tokens, token_norms
@@ -53,6 +56,7 @@ __all__ = [
     "ARCHS",
     "BatchTransform",
     "Captured",
+    "EXPLAIN_METHODS",
     "Geometry",
     "VitlabError",
     "ablate_heads",
@@ -64,6 +68,7 @@ __all__ = [
     "cls_attention",
     "count_parameters",
     "distance_ratios",
+    "explain",
     "features_by_depth",
     "fit_probe",
     "fuse_heads",
