@@ -13,7 +13,7 @@ The layers, each importing only from those below it (tests/test_structure.py che
     vitlab/teaching/     what the lessons share;  vitlab/explorer/  the attention explorer's work
     vitlab/training/     the fine-tuning and pretraining jobs, checkpoints, the demo model
     vitlab/analysis/     one analysis per paper: attention, localization, structure, lens, probes, ablation, ...,
-                         and explain (every relevance map)
+                         and explain (every relevance map) with the tests of a map (faithfulness, randomization)
     core (this folder)   model, archs, capture, data/, plotting, the command-line kit, errors, safe files
 
 "The notebook", wherever vitlab's code says it, is the public notebook vitlab wraps: github.com/mbastola/
@@ -36,6 +36,7 @@ from vitlab.analysis.attention import (
 )
 from vitlab.analysis.explain import METHODS as EXPLAIN_METHODS
 from vitlab.analysis.explain import explain
+from vitlab.analysis.faithfulness import CurveResult, deletion_curve, insertion_curve, road_curve
 from vitlab.analysis.lens import logit_lens, logit_lens_forward
 from vitlab.analysis.localization import attention_mass_ratio, object_patches, pointing_game, random_maps
 from vitlab.analysis.norms import high_norm_tokens, token_norms
@@ -56,6 +57,7 @@ __all__ = [
     "ARCHS",
     "BatchTransform",
     "Captured",
+    "CurveResult",
     "EXPLAIN_METHODS",
     "Geometry",
     "VitlabError",
@@ -67,6 +69,7 @@ __all__ = [
     "capture_forward",
     "cls_attention",
     "count_parameters",
+    "deletion_curve",
     "distance_ratios",
     "explain",
     "features_by_depth",
@@ -75,6 +78,7 @@ __all__ = [
     "geometry",
     "gradient_weighted_attention",
     "high_norm_tokens",
+    "insertion_curve",
     "load_dataset",
     "load_demo_model",
     "load_trained_model",
@@ -91,6 +95,7 @@ __all__ = [
     "probes_by_depth",
     "query_attention",
     "random_maps",
+    "road_curve",
     "rollout",
     "token_norms",
 ]
