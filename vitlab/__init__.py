@@ -42,6 +42,7 @@ from vitlab.analysis.localization import attention_mass_ratio, object_patches, p
 from vitlab.analysis.norms import high_norm_tokens, token_norms
 from vitlab.analysis.probes import features_by_depth, fit_probe, probes_by_depth
 from vitlab.analysis.projections import patch_pca_rgb, pca
+from vitlab.analysis.randomization import RandomizationResult, randomization_check
 from vitlab.analysis.structure import (
     distance_ratios,
     patch_filter_components,
@@ -60,6 +61,7 @@ __all__ = [
     "CurveResult",
     "EXPLAIN_METHODS",
     "Geometry",
+    "RandomizationResult",
     "VitlabError",
     "ablate_heads",
     "ablation_table",
@@ -95,6 +97,7 @@ __all__ = [
     "probes_by_depth",
     "query_attention",
     "random_maps",
+    "randomization_check",
     "road_curve",
     "rollout",
     "token_norms",
