@@ -97,3 +97,21 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def shortcut():
+    """tests/shortcut.py's model whose class is set only by a marker at known patches, trained once per session.
+
+    Trained on one thread: on a busy 2-core machine that is several times faster for a model this small."""
+    import torch
+    from shortcut import train_shortcut_model
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trained = train_shortcut_model()
+    finally:
+        torch.set_num_threads(previous)
+    assert trained.accuracy >= 0.95, f"the shortcut model did not learn its marker ({trained.accuracy:.1%})"
+    return trained

@@ -12,7 +12,8 @@ The layers, each importing only from those below it (tests/test_structure.py che
     vitlab/bench/        speed, measured against the notebook's way
     vitlab/teaching/     what the lessons share;  vitlab/explorer/  the attention explorer's work
     vitlab/training/     the fine-tuning and pretraining jobs, checkpoints, the demo model
-    vitlab/analysis/     one analysis per paper: attention, localization, structure, lens, probes, ablation, ...
+    vitlab/analysis/     one analysis per paper: attention, localization, structure, lens, probes, ablation, ...,
+                         and explain (every relevance map) with the tests of a map (faithfulness, randomization)
     core (this folder)   model, archs, capture, data/, plotting, the command-line kit, errors, safe files
 
 "The notebook", wherever vitlab's code says it, is the public notebook vitlab wraps: github.com/mbastola/
@@ -33,11 +34,15 @@ from vitlab.analysis.attention import (
     query_attention,
     rollout,
 )
+from vitlab.analysis.explain import METHODS as EXPLAIN_METHODS
+from vitlab.analysis.explain import explain
+from vitlab.analysis.faithfulness import CurveResult, deletion_curve, insertion_curve, road_curve
 from vitlab.analysis.lens import logit_lens, logit_lens_forward
 from vitlab.analysis.localization import attention_mass_ratio, object_patches, pointing_game, random_maps
 from vitlab.analysis.norms import high_norm_tokens, token_norms
 from vitlab.analysis.probes import features_by_depth, fit_probe, probes_by_depth
 from vitlab.analysis.projections import patch_pca_rgb, pca
+from vitlab.analysis.randomization import RandomizationResult, randomization_check
 from vitlab.analysis.structure import (
     distance_ratios,
     patch_filter_components,
@@ -54,8 +59,11 @@ __all__ = [
     "ARCHS",
     "BatchTransform",
     "Captured",
+    "CurveResult",
+    "EXPLAIN_METHODS",
     "Geometry",
     "ImportedViT",
+    "RandomizationResult",
     "VitlabError",
     "ablate_heads",
     "ablation_table",
@@ -65,14 +73,17 @@ __all__ = [
     "capture_forward",
     "cls_attention",
     "count_parameters",
+    "deletion_curve",
     "distance_ratios",
+    "explain",
     "features_by_depth",
     "fit_probe",
     "fuse_heads",
     "geometry",
-    "import_vit",
     "gradient_weighted_attention",
     "high_norm_tokens",
+    "import_vit",
+    "insertion_curve",
     "load_dataset",
     "load_demo_model",
     "load_trained_model",
@@ -89,6 +100,8 @@ __all__ = [
     "probes_by_depth",
     "query_attention",
     "random_maps",
+    "randomization_check",
+    "road_curve",
     "rollout",
     "token_norms",
 ]

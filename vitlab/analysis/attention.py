@@ -73,6 +73,14 @@ def rollout(
     weight to the class token); add the identity for the residual connection; renormalise every row. Then multiply
     the layers, last on the left: R = A_L ... A_2 A_1.
 
+    Compared with other code: `discard_ratio` drops the weakest share of each row's patch weights, row by row,
+    and always keeps the prefix-token (class-token) column. jacobgil/vit-explain, the rollout many tutorials copy,
+    differs twice: it zeroes the lowest share of all T*T entries of a layer under one global threshold (sparing only
+    the class token's weight to itself), and it divides by row sums taken without keepdim, so entry (i, j) is
+    divided by row j's sum (its issue #16). Its maps therefore differ from these, except with head_fusion="mean"
+    and discard_ratio=0, where the rows already sum to 1: then, both divided by their maximum as vit-explain returns
+    them, the two agree to float rounding (2.4e-7 in float32; tests/test_rollout_reference.py checks it).
+
     Args:
         attentions: one (B, heads, T, T) tensor per block, first block first.
     Returns:

@@ -1,0 +1,86 @@
+"""Class activation maps on a ViT's tokens, through pytorch-grad-cam: Grad-CAM and the gradient-free ScoreCAM.
+
+A CAM weights the channels of a feature map (B, C, h, w) and sums them: Grad-CAM (Selvaraju et al. 2017) by each
+channel's mean gradient of the target logit, ScoreCAM (Wang et al. 2020) by the softmax of the target logit when the
+input is masked by that channel's (upsampled, min-max scaled) activation, one forward pass per channel. A ViT has
+tokens (B, T, D) instead; pytorch-grad-cam's recipe for ViTs makes them a feature map by dropping the class token
+and laying the patch tokens on their grid: (B, 1 + g*g, D) -> (B, D, g, g), the library's `vit_reshape_transform`.
+
+The layer is the last block's first LayerNorm (`encoder.layers[-1].ln_1`), as in pytorch-grad-cam's ViT tutorial
+(`blocks[-1].norm1` in timm). Not the last block's output: torchvision's head reads only the class token, so the
+patch tokens that leave the last block reach no logit and their gradient is zero; at ln_1 they still feed the class
+token through the last attention.
+
+Maps come back at patch resolution, (B, patches): the library's map, ReLU and per-image min-max scaling included
+(values in [0, 1]), before its resize to the image. That resize (bilinear to S x S, scaled again) is what the library
+returns itself; `tests/test_explain.py` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import VisionTransformer
+
+from vitlab.analysis.extras import require_extra
+from vitlab.capture import geometry
+
+SCORECAM_BATCH = 32  # masked copies of one image per forward pass (ViT-B/16 masks 768 copies per image)
+
+
+def cam_target_layer(model: VisionTransformer) -> nn.Module:
+    """The layer whose tokens the CAMs weight: the last encoder block's first LayerNorm (see the module docstring)."""
+    return model.encoder.layers[-1].ln_1
+
+
+def grad_cam(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
+    """Grad-CAM on the last block's normalised tokens.
+
+    Args:
+        images: (B, 3, S, S) normalised inputs.
+        targets: (B,) the class each map explains.
+    Returns:
+        (B, patches) in [0, 1] on the CPU: ReLU of the gradient-weighted channel sum, scaled per image.
+    """
+    library = require_extra("pytorch_grad_cam", "Grad-CAM")
+    # The ln_1 output must carry gradients even when every weight before it is frozen: let the input carry them.
+    return _cam_maps(library.GradCAM, model, images.detach().requires_grad_(True), targets)
+
+
+def score_cam(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
+    """ScoreCAM on the last block's normalised tokens: one forward pass per channel and image, no gradient.
+
+    Args:
+        images: (B, 3, S, S) normalised inputs.
+        targets: (B,) the class each map explains.
+    Returns:
+        (B, patches) in [0, 1] on the CPU.
+    """
+    library = require_extra("pytorch_grad_cam", "ScoreCAM")
+    maps = []
+    for image, target in zip(images, targets, strict=True):  # one image at a time: (channels, 3, S, S) masked copies
+        with torch.no_grad():
+            maps.append(_cam_maps(library.ScoreCAM, model, image[None], target[None], batch_size=SCORECAM_BATCH))
+    return torch.cat(maps)  # (B, patches)
+
+
+def _cam_maps(cam_class: type, model: VisionTransformer, images: Tensor, targets: Tensor, **settings: int) -> Tensor:
+    """Run one pytorch-grad-cam class on the token grid and return its map per patch: (B, patches) on the CPU."""
+    grid = geometry(model).grid_size
+    transforms = require_extra("pytorch_grad_cam.utils.reshape_transforms", "CAMs on ViT tokens")
+    model_targets = require_extra("pytorch_grad_cam.utils.model_targets", "CAMs on ViT tokens")
+    cam = cam_class(model, target_layers=[cam_target_layer(model)],
+                    reshape_transform=partial(transforms.vit_reshape_transform, height=grid, width=grid))
+    for name, value in settings.items():
+        setattr(cam, name, value)  # e.g. batch_size, which ScoreCAM reads if set
+    cam.get_target_width_height = lambda _: (grid, grid)  # keep one value per patch: no resize to the image
+    try:
+        with redirect_stderr(io.StringIO()):  # ScoreCAM draws a tqdm progress bar per image
+            scaled = cam(images, [model_targets.ClassifierOutputTarget(int(t)) for t in targets])  # (B, g, g)
+    finally:
+        cam.activations_and_grads.release()  # its hooks, removed also when the call raises
+    return torch.from_numpy(scaled).flatten(1)  # (B, g, g) -> (B, patches)
