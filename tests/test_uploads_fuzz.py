@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -264,6 +265,8 @@ def test_an_animation_shows_its_first_frame_and_says_so(name):
 def test_the_explorer_shows_the_error_then_the_views_for_the_next_upload(demo_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    # The app reads its own flags from sys.argv; pytest's would be refused, so give it none, as `streamlit run`.
+    monkeypatch.setattr(sys, "argv", [str(APP)])
     app = AppTest.from_file(str(APP), default_timeout=300).run()
     app.radio(key="image_source").set_value("upload").run()
     # The page's uploader offers every format the explorer decodes; what a file holds is found from its bytes,
