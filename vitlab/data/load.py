@@ -10,7 +10,7 @@ from vitlab.data.folder import load_folder
 from vitlab.data.shapes import load_shapes
 from vitlab.errors import VitlabError
 
-DATASETS = ("cifar100", "cifar10", "shapes", "folder")
+DATASETS = ("cifar100", "cifar10", "shapes", "fashion_mnist", "folder")
 
 
 def load_dataset(
@@ -28,14 +28,17 @@ def load_dataset(
 
     Args:
         name: "cifar100" or "cifar10" (torchvision's files, downloaded into `data_dir` when missing), "shapes"
-            (synthetic 32x32 images made in memory: 8000 train, 1000 val, 1000 test; see `vitlab.data.shapes`) or
-            "folder" (your images, one subfolder per class, under `data_dir`; optional train/, val/, test/).
-        data_dir: where the CIFAR files are (or will go), or the image folder.
-        val_size: CIFAR only: how many of the 50,000 training images are held out for validation.
+            (synthetic 32x32 images made in memory: 8000 train, 1000 val, 1000 test; see `vitlab.data.shapes`),
+            "fashion_mnist" (Fashion-MNIST's 70,000 photos of clothing, 32x32, from `data_dir`, Debian's package or
+            a download; see `vitlab.data.fashion`) or "folder" (your images, one subfolder per class, under
+            `data_dir`; optional train/, val/, test/).
+        data_dir: where the CIFAR or Fashion-MNIST files are (or will go), or the image folder.
+        val_size: CIFAR and fashion_mnist: how many of the training images are held out for validation.
         seed: makes the validation split, the folder split and the shapes reproducible.
-        download: CIFAR only: allow downloading when the files are missing.
+        download: CIFAR and fashion_mnist: allow downloading when the files are missing.
         subset: keep only the first `subset` images of each split, for quick smoke runs.
-        image_size: folder only: the stored side length. CIFAR and shapes stay 32x32 (BatchTransform resizes).
+        image_size: folder only: the stored side length. CIFAR, shapes and Fashion-MNIST are 32x32 (BatchTransform
+            resizes).
         progress: show a progress bar while reading a folder (torchvision's download bar always shows).
 
     Returns:
@@ -48,6 +51,11 @@ def load_dataset(
         splits = load_cifar(name, Path(data_dir).expanduser(), val_size, seed, download)
     elif name == "shapes":
         splits = load_shapes(seed)
+    elif name == "fashion_mnist":
+        # Imported here, not above: `python -m vitlab.data.fashion --rebuild` then runs that module only once.
+        from vitlab.data.fashion import load_fashion_mnist
+
+        splits = load_fashion_mnist(Path(data_dir).expanduser(), val_size, seed, download)
     elif name == "folder":
         splits = load_folder(Path(data_dir).expanduser(), image_size, seed, progress)
     else:
