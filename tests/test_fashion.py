@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
+import shutil
 import socket
 import struct
 import urllib.error
@@ -190,8 +193,45 @@ def test_ring_of_dark_pixels_reaching_the_border_stays_background() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The subset to ship: which photos, and an archive whose bytes depend on them only
+# fashion: the shipped subset, its card, its hash check and its rebuild
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_shipped_subset_loads_balanced_and_matches_its_card() -> None:
+    splits = load_dataset("fashion")
+    card = json.loads((fashion.SHIPPED_DIR / fashion.CARD).read_text())
+    archive = fashion.SHIPPED_DIR / fashion.ARCHIVE
+    assert archive.stat().st_size <= 10 * 10**6 and card["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert "MIT" in (fashion.SHIPPED_DIR / "FASHION_MNIST_LICENSE").read_text()
+    for split, per_class in fashion.PER_CLASS.items():
+        data = getattr(splits, split)
+        assert data.images.shape == (10 * per_class, 3, 32, 32) and data.images.dtype == torch.uint8
+        assert torch.bincount(data.labels).tolist() == [per_class] * 10
+        assert data.images[:, :, :2].eq(0).all() and data.masks[:, :2].eq(False).all()  # the black padding
+        assert data.masks.any(dim=(1, 2)).all() and (data.images[:, 0] > fashion.FOREGROUND_THRESHOLD).le(
+            data.masks).all()  # every photo has a garment, and every bright pixel is in it
+        assert card["arrays"][f"{split}_images"]["shape"] == [10 * per_class, 28, 28]
+    train_indices = np.load(archive)["train_indices"]
+    assert len(set(train_indices) & set(np.load(archive)["val_indices"])) == 0  # val photos are not train photos
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "missing", "no_card"])
+def test_damaged_shipped_subset_is_refused_with_the_rebuild_command(tmp_path: Path, damage: str) -> None:
+    folder = tmp_path / "files"
+    shutil.copytree(fashion.SHIPPED_DIR, folder)
+    archive = folder / fashion.ARCHIVE
+    data = bytearray(archive.read_bytes())
+    if damage == "flip_byte":
+        data[len(data) // 2] ^= 0x01
+        archive.write_bytes(bytes(data))
+    elif damage == "truncate":
+        archive.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "missing":
+        archive.unlink()
+    else:
+        (folder / fashion.CARD).unlink()
+    with pytest.raises(DataUnavailableError, match="python -m vitlab.data.fashion --rebuild"):
+        fashion.load_fashion(folder)
 
 
 def test_selection_takes_the_first_photos_of_each_class_in_file_order() -> None:
@@ -211,6 +251,16 @@ def test_archive_bytes_depend_only_on_the_arrays() -> None:
         assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     loaded = np.load(io.BytesIO(data))
     assert all(np.array_equal(loaded[name], value) for name, value in arrays.items())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_DEBIAN, reason=NO_DEBIAN)
+def test_rebuild_from_debian_gives_the_shipped_bytes(tmp_path: Path) -> None:
+    assert fashion.main(["--rebuild", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / fashion.ARCHIVE).read_bytes() == (fashion.SHIPPED_DIR / fashion.ARCHIVE).read_bytes()
+    rebuilt = json.loads((tmp_path / fashion.CARD).read_text())
+    shipped = json.loads((fashion.SHIPPED_DIR / fashion.CARD).read_text())
+    assert rebuilt["sha256"] == shipped["sha256"] and rebuilt["source_files"] == shipped["source_files"]
 
 
 def test_rebuild_without_source_files_says_where_to_get_them(tmp_path: Path,

@@ -10,7 +10,7 @@ from vitlab.data.folder import load_folder
 from vitlab.data.shapes import load_shapes
 from vitlab.errors import VitlabError
 
-DATASETS = ("cifar100", "cifar10", "shapes", "fashion_mnist", "folder")
+DATASETS = ("cifar100", "cifar10", "shapes", "fashion", "fashion_mnist", "folder")
 
 
 def load_dataset(
@@ -29,9 +29,10 @@ def load_dataset(
     Args:
         name: "cifar100" or "cifar10" (torchvision's files, downloaded into `data_dir` when missing), "shapes"
             (synthetic 32x32 images made in memory: 8000 train, 1000 val, 1000 test; see `vitlab.data.shapes`),
-            "fashion_mnist" (Fashion-MNIST's 70,000 photos of clothing, 32x32, from `data_dir`, Debian's package or
-            a download; see `vitlab.data.fashion`) or "folder" (your images, one subfolder per class, under
-            `data_dir`; optional train/, val/, test/).
+            "fashion" (photos of clothing, 32x32: the Fashion-MNIST subset that ships inside vitlab, 18,000 train,
+            1,000 val, 2,000 test; see `vitlab.data.fashion`), "fashion_mnist" (all 70,000, from `data_dir`,
+            Debian's package or a download) or "folder" (your images, one subfolder per class, under `data_dir`;
+            optional train/, val/, test/).
         data_dir: where the CIFAR or Fashion-MNIST files are (or will go), or the image folder.
         val_size: CIFAR and fashion_mnist: how many of the training images are held out for validation.
         seed: makes the validation split, the folder split and the shapes reproducible.
@@ -51,11 +52,14 @@ def load_dataset(
         splits = load_cifar(name, Path(data_dir).expanduser(), val_size, seed, download)
     elif name == "shapes":
         splits = load_shapes(seed)
-    elif name == "fashion_mnist":
+    elif name in ("fashion", "fashion_mnist"):
         # Imported here, not above: `python -m vitlab.data.fashion --rebuild` then runs that module only once.
-        from vitlab.data.fashion import load_fashion_mnist
+        from vitlab.data.fashion import load_fashion, load_fashion_mnist
 
-        splits = load_fashion_mnist(Path(data_dir).expanduser(), val_size, seed, download)
+        if name == "fashion":
+            splits = load_fashion()
+        else:
+            splits = load_fashion_mnist(Path(data_dir).expanduser(), val_size, seed, download)
     elif name == "folder":
         splits = load_folder(Path(data_dir).expanduser(), image_size, seed, progress)
     else:
