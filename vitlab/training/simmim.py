@@ -11,6 +11,10 @@ image is, `loss = L1(masked pixels) + class_weight * cross_entropy(class)`. vitl
 (`class_weight=0`): measured with weight 1, the pixel loss stalled at the "predict the average colour" level and
 neither position structure nor local heads appeared, while SimMIM alone found both within 1,200 steps (BENCHMARKS.md).
 
+An optional third signal gives the class token a job without labels: predict the whole image at one pixel per patch
+(each patch's mean colour), `+ global_weight * L1`. SimMIM's loss reads only the patch tokens, so otherwise the class
+token's output, which fine-tuning's head reads, is never trained (measured on the photos: docs/pretrained-base.md).
+
     objective = MaskedImageModel(vit, mask_ratio=0.5, mask_block=1)
     mask = objective.random_mask(batch_size, generator)            # bool (B, patches), half of them True
     pixels, logits = objective(images, mask)                       # (B, patches, 3 p p), (B, 100)
@@ -34,7 +38,7 @@ class MaskedImageModel(nn.Module):
     """
 
     def __init__(self, vit: VisionTransformer, mask_ratio: float = 0.5, mask_block: int = 1,
-                 class_weight: float = 0.0) -> None:
+                 class_weight: float = 0.0, global_weight: float = 0.0) -> None:
         super().__init__()
         grid = vit.image_size // vit.patch_size
         if grid % mask_block:
@@ -44,6 +48,9 @@ class MaskedImageModel(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.hidden_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.decoder = nn.Linear(vit.hidden_dim, 3 * vit.patch_size**2)  # one token -> its patch's pixels
+        self.global_weight = global_weight
+        # The class token -> the whole image at one pixel per patch (3 x grid x grid), for the global loss.
+        self.global_decoder = nn.Linear(vit.hidden_dim, 3 * grid**2) if global_weight else None
 
     def random_mask(self, batch_size: int, generator: torch.Generator) -> Tensor:
         """bool (B, patches): `mask_ratio` of the (mask_block x mask_block)-patch squares, chosen per image.
@@ -62,22 +69,34 @@ class MaskedImageModel(nn.Module):
         mask = mask.repeat_interleave(self.mask_block, 1).repeat_interleave(self.mask_block, 2)  # (B, grid, grid)
         return mask.flatten(1)  # (B, patches)
 
-    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """images (B, 3, S, S) normalised, mask bool (B, patches) -> (pixels (B, patches, 3 p p), logits (B, K))."""
+    def encode(self, images: Tensor, mask: Tensor) -> Tensor:
+        """images (B, 3, S, S) normalised, mask bool (B, patches) -> encoded tokens (B, 1 + patches, hidden)."""
         tokens = self.vit._process_input(images)  # (B, patches, hidden): torchvision's patchify + projection
         tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
         class_token = self.vit.class_token.expand(tokens.shape[0], -1, -1)  # (B, 1, hidden)
-        encoded = self.vit.encoder(torch.cat([class_token, tokens], dim=1))  # (B, 1 + patches, hidden)
+        return self.vit.encoder(torch.cat([class_token, tokens], dim=1))  # (B, 1 + patches, hidden)
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """images (B, 3, S, S) normalised, mask bool (B, patches) -> (pixels (B, patches, 3 p p), logits (B, K))."""
+        encoded = self.encode(images, mask)  # (B, 1 + patches, hidden)
         return self.decoder(encoded[:, 1:]), self.vit.heads(encoded[:, 0])
 
     def loss(self, images: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The total loss and its parts ("pixel": L1 on masked patches, "class": cross-entropy), all 0-d."""
-        pixels, logits = self(images, mask)
+        """The total loss and its parts ("pixel": L1 on masked patches, "class": cross-entropy, "global": L1 of the
+        class token's small image), all 0-d."""
+        encoded = self.encode(images, mask)  # (B, 1 + patches, hidden)
+        pixels, logits = self.decoder(encoded[:, 1:]), self.vit.heads(encoded[:, 0])
         p = self.vit.patch_size
         target = rearrange(images, "b c (gh p1) (gw p2) -> b (gh gw) (p1 p2 c)", p1=p, p2=p)  # (B, patches, 3pp)
         per_patch = (pixels - target).abs().mean(dim=-1)  # (B, patches)
         pixel_loss = (per_patch * mask).sum() / mask.sum().clamp(min=1)
         class_loss = F.cross_entropy(logits, labels)
         total = pixel_loss + self.class_weight * class_loss
+        global_loss = torch.zeros(())
+        if self.global_decoder is not None:
+            small = F.avg_pool2d(images, p).flatten(1)  # (B, 3 * grid * grid): each patch's mean colour
+            global_loss = (self.global_decoder(encoded[:, 0]) - small).abs().mean()
+            total = total + self.global_weight * global_loss
         accuracy = (logits.argmax(dim=-1) == labels).float().mean()
-        return total, {"pixel": pixel_loss.detach(), "class": class_loss.detach(), "class_acc": accuracy}
+        return total, {"pixel": pixel_loss.detach(), "class": class_loss.detach(), "class_acc": accuracy,
+                       "global": global_loss.detach()}
