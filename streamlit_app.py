@@ -41,8 +41,8 @@ from vitlab.explorer.sources import (
 from vitlab.model import weights_cache_file
 
 SOURCE_LABELS = {
-    "demo": "Demo model (shapes, offline)",
-    "base": "Pretrained base (fractals, offline)",
+    "demo": "Demo model (photos of clothing, offline)",
+    "base": "Pretrained base (no labels, offline)",
     "checkpoint": "A vitlab checkpoint",
     "imagenet": "ImageNet ViT-B/16",
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitlab.data import BatchTransform, ImageDataset
 from vitlab.errors import VitlabError
@@ -44,6 +45,20 @@ def test_top_of_trunk_is_the_model(trainable_blocks: int) -> None:
         split = TrainableTop(model, trainable_blocks)(tokens)
         whole = model(inputs)
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)
+
+
+def test_the_top_trains_as_the_whole_model_does() -> None:
+    # The last block is computed for the class token alone: the gradients of every trainable weight, the last
+    # block's patch-token queries and MLP included in the whole model's graph, must be the same.
+    model = _tiny(2)
+    inputs = BatchTransform(32, train=False)(_images(6))  # (6, 3, 32, 32)
+    labels = torch.arange(6) % model.num_classes
+    tokens = trunk_forward(model, inputs, 2).detach()  # (6, 65, 64)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    split = torch.autograd.grad(F.cross_entropy(TrainableTop(model, 2)(tokens), labels), trainable)
+    whole = torch.autograd.grad(F.cross_entropy(model(inputs), labels), trainable)
+    for ours, theirs in zip(split, whole, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
 def test_the_top_holds_the_models_own_parameters() -> None:

@@ -50,6 +50,10 @@ ARCHS = tuple(SPECS)
 TORCHVISION_ARCHS = tuple(arch for arch in ARCHS if arch != "vit_tiny")
 # The weights `pretrained=True` loads for each arch: torchvision's ImageNet-trained ones, vit_tiny's shipped base.
 PRETRAINED = {**{arch: "imagenet" for arch in TORCHVISION_ARCHS}, "vit_tiny": "fractal"}
+# Every named base `--pretrained` takes for each arch: vit_tiny has two shipped ones (vitlab.shipped), the fractal
+# base and the fashion base made from it, which the demo fine-tunes.
+BASES = {**{arch: ("imagenet",) for arch in TORCHVISION_ARCHS}, "vit_tiny": ("fractal", "fashion")}
+BASE_NAMES = ("imagenet", "fractal", "fashion")
 
 LARGEST_IMAGE = 1024  # pixels per side; ViT-H/14's SWAG weights, the largest torchvision has, take 518
 

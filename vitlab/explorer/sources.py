@@ -1,7 +1,7 @@
 """Where the explorer's model comes from: the demo model, a vitlab run's checkpoint, or the ImageNet ViT-B/16.
 
     loaded = load_model_source("demo")             # LoadedModel: model (eval), class names, images to browse
-    loaded.images.images[0]                        # uint8 (3, 32, 32), from the shapes test split
+    loaded.images.images[0]                        # uint8 (3, 32, 32), from the demo's test photos
     load_model_source("checkpoint", "runs/demo")   # a run folder (its best.pt) or a .pt file
     load_model_source("imagenet")                  # only from torchvision's local cache: nothing is downloaded
     load_model_source("base")                      # the pretrained vit_tiny base the demo was fine-tuned from
@@ -27,13 +27,13 @@ from vitlab.explorer.runs_folder import DEFAULT_RUNS, is_inside, within_runs
 from vitlab.model import build_model, weights_cache_file
 from vitlab.shipped import shipped_base_file
 from vitlab.training.checkpoint import checkpoint_file, load_trained_model
-from vitlab.training.config import make_config
+from vitlab.training.config import PRESETS, make_config
 from vitlab.training.demo import default_cache_dir, load_demo_model
 
 # Where the explorer's model comes from: the sidebar's choices. "base" is the pretrained base the demo was
 # fine-tuned from, for comparing with it (its head is untrained: the page labels it so, see _load_base_source).
 SOURCES = ("demo", "base", "checkpoint", "imagenet")
-BASE_HEAD_SEED = 0  # the base's head is random (it never saw the shapes): seeded, so every load gives the same one
+BASE_HEAD_SEED = 0  # the base's head is random (it never saw a label): seeded, so every load gives the same one
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
     if source == "imagenet":
         return f"imagenet:{weights_cache_file()}"
     if source == "base":
-        return f"base:{shipped_base_file()}"
+        return f"base:{shipped_base_file(name=DEMO_BASE)}"
     raise _unknown_source(source)
 
 
@@ -116,10 +116,10 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
     """Load the model for one of SOURCES.
 
     Args:
-        source: "demo" (vit_tiny on shapes, trained on first use and cached; see vitlab.training.demo), "checkpoint" (a
-            vitlab run, `checkpoint_path`), "imagenet" (torchvision's ViT-B/16, only from its local cache), or
-            "base" (the fractal-pretrained vit_tiny vitlab ships, the demo's starting point, with a random head:
-            `head_trained` is False).
+        source: "demo" (vit_tiny on photos of clothing, trained on first use and cached; see
+            vitlab.training.demo), "checkpoint" (a vitlab run, `checkpoint_path`), "imagenet" (torchvision's
+            ViT-B/16, only from its local cache), or "base" (the pretrained vit_tiny vitlab ships that the demo
+            starts from, with a random head: `head_trained` is False).
         checkpoint_path: a run folder or .pt file, for source="checkpoint".
 
     Raises:
@@ -140,6 +140,7 @@ def load_model_source(source: str, checkpoint_path: str | Path | None = None) ->
     raise _unknown_source(source)
 
 
+DEMO_BASE = PRESETS["demo"]["pretrained"]  # the shipped base the demo fine-tunes: "fashion"
 _CHOOSE_A_CHECKPOINT = "Choose a run under runs/ or type the path of a checkpoint."
 
 
@@ -153,8 +154,8 @@ def _load_demo_source() -> LoadedModel:
     return LoadedModel(
         model=model.eval(), classes=list(splits.classes), key=source_stamp("demo"),
         description=f"Demo: a tiny ViT ({blocks} blocks, {heads} heads, {model.patch_size}-px patches), vitlab's "
-        f"fractal-pretrained base with its last blocks fine-tuned on synthetic shapes, offline.",
-        images=splits.test, images_note=f"shapes test set, {len(splits.test)} images",
+        f"pretrained base with its last blocks fine-tuned on photos of clothing (Fashion-MNIST), offline.",
+        images=splits.test, images_note=f"Fashion-MNIST test photos, {len(splits.test)} images",
     )
 
 
@@ -164,9 +165,9 @@ def _load_imagenet_source() -> LoadedModel:
     # A state-dict path whose head already has 1000 outputs keeps that head (build_model keeps ImageNet's).
     model = build_model("vit_b_16", num_classes=1000, pretrained=weights_cache_file(), progress=False)
     images, note = _browse_images("cifar100", "./data")
-    if images is None:  # offline and no CIFAR: the synthetic shapes still give something to look at
-        images, _ = _browse_images("shapes")
-        note = "no CIFAR-100 under ./data, so synthetic shapes: upload a photo for a real test"
+    if images is None:  # offline and no CIFAR: the photos that ship with vitlab still give something to look at
+        images, _ = _browse_images("fashion")
+        note = "no CIFAR-100 under ./data, so the Fashion-MNIST photos that ship with vitlab: or upload a photo"
     return LoadedModel(
         model=model.eval(), classes=list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]),
         key=source_stamp("imagenet"),
@@ -176,19 +177,21 @@ def _load_imagenet_source() -> LoadedModel:
 
 
 def _load_base_source() -> LoadedModel:
-    # The demo's own settings pick the same shapes test split the demo model is browsed on.
+    # The demo's own settings pick the same test photos the demo model is browsed on.
     demo = make_config({"preset": "demo"})
-    splits = load_dataset("shapes", seed=demo.seed, subset=demo.subset, progress=False)
+    splits = load_dataset(demo.dataset, seed=demo.seed, subset=demo.subset, progress=False)
     with torch.random.fork_rng(devices=[]):  # a seeded head without touching anyone's random state
         torch.manual_seed(BASE_HEAD_SEED)
-        model = build_model("vit_tiny", num_classes=len(splits.classes), pretrained=True, progress=False)
+        model = build_model("vit_tiny", num_classes=len(splits.classes), progress=False,
+                            pretrained=shipped_base_file(name=DEMO_BASE))
     blocks, heads = len(model.encoder.layers), model.encoder.layers[0].self_attention.num_heads
     return LoadedModel(
         model=model.eval(), classes=list(splits.classes), key=source_stamp("base"),
-        description=f"Base: vitlab's tiny ViT ({blocks} blocks, {heads} heads) pretrained on generated fractals, "
-        f"before the demo fine-tuned it. It never saw the shapes: its head is random, so the class names and "
+        description=f"Base: vitlab's tiny ViT ({blocks} blocks, {heads} heads) pretrained without labels (on "
+        f"generated fractals, then on the photos), before the demo fine-tuned it. It never saw a label: its head is "
+        f"random, so the class names and "
         f"probabilities mean nothing; its attention shows what pretraining alone learned.",
-        images=splits.test, images_note=f"shapes test set (the demo's), {len(splits.test)} images",
+        images=splits.test, images_note=f"Fashion-MNIST test photos (the demo's), {len(splits.test)} images",
         head_trained=False,
     )
 
@@ -213,7 +216,8 @@ def _load_checkpoint_source(path: Path) -> LoadedModel:
 
 def _browse_images(dataset: str, data_dir: str = "./data", **options: Any) -> tuple[ImageDataset | None, str]:
     """The test split of `dataset` (never downloaded), or None and one line saying why not."""
-    names = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "shapes": "shapes", "folder": "image folder"}
+    names = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "shapes": "shapes", "folder": "image folder",
+             "fashion": "Fashion-MNIST (shipped)", "fashion_mnist": "Fashion-MNIST"}
     try:
         splits = load_dataset(dataset, data_dir, download=False, progress=False, **options)
     except DataUnavailableError:

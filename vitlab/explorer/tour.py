@@ -51,8 +51,8 @@ TOUR: tuple[TourStep, ...] = (
         "One linear map (a strided convolution) turns every patch into a vector. Its filters, reduced to their "
         "principal components, show the basis the model uses to describe a patch.",
         "Before you look: will the main components look like noise, or like smooth colour and edge patterns?",
-        "The first components are smooth: colour blobs and gradients, like the first filters of a convolutional "
-        "network.", "02_patch_embeddings.py"),
+        "The first components are smooth: blobs of brightness and gradients (the photos are gray), like the first "
+        "filters of a convolutional network.", "02_patch_embeddings.py"),
     TourStep(
         "position_embeddings", "Where is each patch?",
         "Patches carry no position of their own, so the model adds a learned position embedding to each. Each small "
@@ -92,8 +92,9 @@ TOUR: tuple[TourStep, ...] = (
         "class_specific", "Evidence for one class",
         "Attention alone does not say which class it supports. Gradient-weighted attention (Chefer et al. 2021) "
         "keeps only the attention that raised the predicted class's score.",
-        "Will the evidence for the predicted class sit on the object or on the background?",
-        "On the object's patches, when the model is right; a wrong prediction often points somewhere odd.",
+        "Where does the model look to tell a shirt from a T-shirt or a coat: the sleeves, the collar, the buttons?",
+        "On the garment's telling parts when it is right (sleeves and collar separate a shirt from a T-shirt); a "
+        "wrong prediction often points somewhere odd. Switch the class to compare the evidence.",
         "11_class_specific.py"),
     TourStep(
         "logit_lens", "The logit lens: when is the answer there?",

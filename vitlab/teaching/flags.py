@@ -42,7 +42,8 @@ def parse_args(name: str, argv: Sequence[str], own_flags: OwnFlags | None = None
     """
     parser = Parser(prog=f"python lessons/{name}.py", description=title or None, allow_abbrev=False)
     parser.add_argument("--arch", choices=ARCHS, default=None,
-                        help="vit_tiny (default): the small demo model trained on shapes; vit_b_16 (or vit_b_32, "
+                        help="vit_tiny (default): the small demo model, trained on photos of clothing; "
+                        "vit_b_16 (or vit_b_32, "
                         "vit_l_16, vit_l_32, vit_h_14): torchvision's ImageNet ViT (needs its cached weights file)")
     parser.add_argument("--checkpoint", metavar="PATH", default=None, type=checkpoint_flag,
                         help="study the model of a vitlab run instead (its best.pt); not with --arch")
@@ -68,16 +69,17 @@ def refuse_unused_flags(args: argparse.Namespace) -> None:
         raise VitlabError(f"--arch {args.arch} and --checkpoint {args.checkpoint} both choose the model to study: "
                           f"give one. The checkpoint knows its own arch, so drop --arch.")
     if args.data_dir is not None and args.checkpoint is None and args.arch in (None, DEMO_ARCH):
-        raise VitlabError(f"--data-dir {args.data_dir} does nothing for the demo model (vit_tiny on shapes, which "
-                          f"are made in memory). It says where CIFAR-100 is for an ImageNet --arch (for example "
-                          f"--arch vit_b_16 --data-dir ./data) or a --checkpoint's data: leave it out, or add one.")
+        raise VitlabError(f"--data-dir {args.data_dir} does nothing for the demo model (vit_tiny on the "
+                          f"Fashion-MNIST photos that ship with vitlab). It says where CIFAR-100 is for an ImageNet "
+                          f"--arch (for example --arch vit_b_16 --data-dir ./data) or a --checkpoint's data: leave it "
+                          f"out, or add one.")
 
 
 def refuse_data_dir_for(args: argparse.Namespace, dataset: str, model: str) -> None:
     """Refuse --data-dir for a model whose dataset is generated in memory (known once its checkpoint is read)."""
     if args.data_dir is not None and dataset in GENERATED_DATASETS:
         raise VitlabError(f"--data-dir {args.data_dir} does nothing for {model}: it was trained on {dataset}, "
-                          f"which are made in memory. Leave --data-dir out.")
+                          f"which ships with vitlab or is made in memory. Leave --data-dir out.")
 
 
 def checkpoint_flag(text: str) -> str:
@@ -101,7 +103,7 @@ def data_dir_flag(text: str) -> str:
     """--data-dir: an existing folder (a lesson never downloads, so a missing folder is a typo)."""
     if not Path(text).expanduser().is_dir():
         raise VitlabError(f"--data-dir {text} is not a folder. Give the folder that holds CIFAR (for example "
-                          f"--data-dir ./data), or leave the flag out to use the synthetic shapes.")
+                          f"--data-dir ./data), or leave the flag out to use the photos that ship with vitlab.")
     return text
 
 

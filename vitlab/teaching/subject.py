@@ -1,13 +1,15 @@
 """The model a lesson studies and the images it shows it: `study(settings)` picks them from the flags.
 
-- default: vitlab's demo model, the shipped fractal-pretrained vit_tiny with its last 2 blocks and a new head
-  fine-tuned on the synthetic `shapes` (4 classes, 32x32 images, 4x4 patches, an 8x8 grid). It is fine-tuned once
-  (under 30 s) and cached by `vitlab.training.demo.load_demo_model`, so no lesson retrains what another already
-  trained. Its examples are the test images of the dataset it learned (the shapes come with object masks).
+- default: vitlab's demo model, the shipped vit_tiny fashion base with its last 2 blocks and a new head fine-tuned
+  on the Fashion-MNIST photos that ship with vitlab (10 classes of clothing, 28x28 gray photos on black, padded to
+  32x32: 4x4 patches, an 8x8 grid). It is fine-tuned once (under a minute) and cached by
+  `vitlab.training.demo.load_demo_model`, so no lesson retrains what another already trained. Its examples are the
+  test photos of the dataset it learned, each with its garment's silhouette as the object mask.
 - `--checkpoint PATH`: the model a vitlab run saved (`best.pt`), on its own dataset's test images.
 - `--arch vit_b_16` (or vit_b_32, vit_l_16, vit_l_32, vit_h_14): torchvision's ViT with its default ImageNet
   weights and ImageNet head (so its predictions are ImageNet classes), on CIFAR-100 test images when they are under
-  `--data-dir`, else on shapes images resized to the model's input size (224x224; ViT-H/14's SWAG weights: 518).
+  `--data-dir`, else on the shipped Fashion-MNIST test photos resized to the model's input size (224x224;
+  ViT-H/14's SWAG weights: 518).
   Nothing is downloaded without a network; a missing file gives vitlab's message and exit code 2.
 
 Lessons never name a dataset or a model themselves: what they study is this module's choice, so pointing the course
@@ -112,7 +114,7 @@ def _from_checkpoint(path: Path, args: argparse.Namespace) -> Subject:
     if config["dataset"] in GENERATED_DATASETS:
         splits, matched = load_dataset(config["dataset"], seed=config["seed"]), True
     else:
-        splits, matched = _cifar_or_shapes(args.data_dir or config["data_dir"], config["dataset"])
+        splits, matched = _files_or_photos(args.data_dir or config["data_dir"], config["dataset"])
     return Subject(model, config["arch"], name, list(checkpoint["classes"]), splits, labels_match=matched,
                    small=config["arch"] == "vit_tiny", source="checkpoint", weights_path=path, run_config=config)
 
@@ -126,18 +128,19 @@ def _imagenet_model(arch: str, args: argparse.Namespace) -> Subject:
         build_model(arch, num_classes=1000, pretrained=True, trainable_blocks=0)
     # The file's head has 1000 rows = num_classes, so build_model keeps it: predictions are ImageNet classes.
     model = build_model(arch, num_classes=1000, pretrained=cache_file, trainable_blocks=0)
-    splits, _ = _cifar_or_shapes(args.data_dir or "./data", "cifar100")
+    splits, _ = _files_or_photos(args.data_dir or "./data", "cifar100")
     classes = list(weights_enum(arch).meta["categories"])
     _, letter, patch = arch.split("_")  # "vit_b_16" -> "ViT-B/16"
     return Subject(model.eval(), arch, f"ViT-{letter.upper()}/{patch} (ImageNet)", classes, splits, labels_match=False,
                    small=False, source="imagenet", weights_path=cache_file)
 
 
-def _cifar_or_shapes(data_dir: str, name: str) -> tuple[DataSplits, bool]:
-    """CIFAR test images when they are on disk (never downloaded); else the shapes, with a note. -> (splits, found)"""
+def _files_or_photos(data_dir: str, name: str) -> tuple[DataSplits, bool]:
+    """The dataset's images when they are on disk (never downloaded); else the Fashion-MNIST photos that ship with
+    vitlab, with a note. -> (splits, found)"""
     try:
         return load_dataset(name, data_dir, download=False), True
     except DataUnavailableError:
-        print(f"Note: no {name} under {data_dir} (pass --data-dir DIR); showing the synthetic shapes instead, "
-              f"resized to the model's input size.")
-        return load_dataset("shapes"), False
+        print(f"Note: no {name} under {data_dir} (pass --data-dir DIR); showing the Fashion-MNIST photos that ship "
+              f"with vitlab instead, resized to the model's input size.")
+        return load_dataset("fashion"), False

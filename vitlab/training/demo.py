@@ -1,4 +1,5 @@
-"""The offline demo model: vit_tiny fine-tuned on synthetic shapes, shared by the lessons, the explorer and tests.
+"""The offline demo model: vit_tiny fine-tuned on the shipped Fashion-MNIST photos, shared by the lessons, the explorer
+and tests.
 
 Lessons and the explorer share one trained demo model through a cache file, so nothing retrains what another
 already trained: `load_demo_model()` trains it once (under 30 s on a laptop CPU: the shipped pretrained base,
@@ -27,7 +28,8 @@ def default_cache_dir() -> Path:
 def load_demo_model(
     cache_dir: str | os.PathLike | None = None, quiet: bool = True
 ) -> tuple[VisionTransformer, DataSplits]:
-    """The trained demo model (eval mode) and the shapes splits it was trained on; trains it on first use.
+    """The trained demo model (eval mode) and the splits it was trained on (the run's own dataset: the shipped
+    Fashion-MNIST photos for `--preset demo`); trains it on first use.
 
     The run lives in `<cache_dir>/demo` (default `~/.cache/vitlab/demo`, or `$VITLAB_CACHE/demo`); delete that
     folder to retrain. A run that was interrupted is continued from its last completed epoch.
@@ -40,7 +42,7 @@ def load_demo_model(
         train_demo(run_dir, quiet)
     model, checkpoint = load_trained_model(run_dir)  # a run folder: its best.pt
     config = checkpoint["config"]
-    splits = load_dataset("shapes", seed=config["seed"], subset=config["subset"])
+    splits = load_dataset(config["dataset"], seed=config["seed"], subset=config["subset"])
     return model, splits
 
 

@@ -35,6 +35,7 @@ from vitlab.device import pick_device
 from vitlab.errors import CheckpointError, Interrupted, VitlabError
 from vitlab.model import build_model, count_parameters, num_blocks
 from vitlab.plotting import plot_curves, plot_predictions, save_figure
+from vitlab.shipped import shipped_base_file
 from vitlab.training import distributed, trunk_cache
 from vitlab.training.checkpoint import BEST, LAST, WEIGHTS_FILE, load_checkpoint, save_json, write_safetensors
 from vitlab.training.config import FinetuneConfig
@@ -157,6 +158,8 @@ def _build_model(config: FinetuneConfig, splits: DataSplits, checkpoint: dict | 
                  progress: bool) -> VisionTransformer:
     """The model with its start weights (the checkpoint's when resuming) and all but the last blocks frozen."""
     weights = {"imagenet": True, "fractal": True, "none": False}.get(config.pretrained, config.pretrained)
+    if config.pretrained == "fashion":
+        weights = shipped_base_file(name="fashion")  # checked against its card, as the fractal base is
     model = build_model(config.arch, splits.num_classes, pretrained=weights,
                         trainable_blocks=config.trainable_blocks, progress=progress, image_size=config.image_size,
                         weights=config.weights)

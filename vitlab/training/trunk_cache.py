@@ -64,9 +64,30 @@ class TrainableTop(nn.Module):
         self.heads = model.heads
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """Trunk tokens (B, T, D) -> class logits (B, C)."""
-        tokens = self.norm(self.blocks(tokens))  # (B, T, D)
-        return self.heads(tokens[:, 0])  # (B, D) -> (B, C): the class token alone decides, as in torchvision
+        """Trunk tokens (B, T, D) -> class logits (B, C), exactly as the full blocks would give them.
+
+        Only the class token's output reaches the head, so the last block is computed for that one token: its
+        attention reads every token (keys and values) but answers one query, and its MLP runs on one token instead
+        of T. The same function, (T - 1) / T of the last block's MLP and attention queries saved.
+        """
+        if len(self.blocks) == 0:  # a linear probe: the head reads the trunk's class token
+            return self.heads(self.norm(tokens[:, 0]))  # (B, D) -> (B, C)
+        *early, last = self.blocks
+        for block in early:
+            tokens = block(tokens)  # (B, T, D)
+        return self.heads(self.norm(class_token_output(last, tokens)))  # (B, D) -> (B, C)
+
+
+def class_token_output(block: nn.Module, tokens: Tensor) -> Tensor:
+    """A torchvision EncoderBlock's output for the class token alone: tokens (B, T, D) -> (B, D).
+
+    Equal to `block(tokens)[:, 0]` (the block's own steps: LayerNorm, attention, dropout, residual, LayerNorm, MLP,
+    residual), with the attention asked one query.
+    """
+    normed = block.ln_1(tokens)  # (B, T, D)
+    attended, _ = block.self_attention(normed[:, :1], normed, normed, need_weights=False)  # (B, 1, D)
+    first = tokens[:, :1] + block.dropout(attended)  # (B, 1, D)
+    return (first + block.mlp(block.ln_2(first)))[:, 0]  # (B, D)
 
 
 @dataclass
