@@ -227,17 +227,23 @@ def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: 
     def fake_job(args: list[str], out: Path, fresh_process: bool = False) -> dict:
         seen.append(args)  # the pretrained side scores higher on seed 42 only; seed 43 is a tie
         scratch, seed = "none" in args, args[args.index("--seed") + 1]
-        return {"test_acc": 0.5 if scratch or seed != "42" else 0.9, "seconds": 1.0}
+        epochs = int(args[args.index("--epochs") + 1]) if "--epochs" in args else 5
+        # From scratch takes 4 s an epoch, the preset 8 s in all: equal wall time is 2 epochs from scratch.
+        return {"test_acc": 0.5 if scratch or seed != "42" else 0.9, "seconds": 4.0 * epochs if scratch else 8.0,
+                "epochs": epochs}
 
     monkeypatch.setattr(bench_rows, "finetune_job", fake_job)
     row = bench_rows.bench_transfer(tiny(repeats=2), variants={"few": {"subset": 64}})
     pretrained, scratch = [a for a in seen if "none" not in a], [a for a in seen if "none" in a]
-    assert len(pretrained) == len(scratch) == 2 and all("--subset" in a and "64" in a for a in seen)
-    assert all(a[-len(bench_rows.FROM_SCRATCH):] == bench_rows.FROM_SCRATCH for a in scratch)
-    assert [a[a.index("--seed") + 1] for a in seen] == ["42", "42", "43", "43"]
-    assert ["none" in a for a in seen] == [False, True, True, False]  # the sides alternate their order
-    assert row["wins"] == {"few": 1} and row["met"] is False
+    assert len(pretrained) == 2 and len(scratch) == 4 and all("--subset" in a and "64" in a for a in seen)
+    assert all(bench_rows.FROM_SCRATCH == a[a.index("--pretrained"):][:len(bench_rows.FROM_SCRATCH)] for a in scratch)
+    assert [a[a.index("--seed") + 1] for a in seen] == ["42", "42", "42", "43", "43", "43"]
+    assert ["none" in a for a in seen] == [False, True, True, True, False, True]  # the sides alternate their order
+    equal_time = [a for a in scratch if a[-2:] == ["--epochs", "2"]]
+    assert len(equal_time) == 2  # 8 s of the preset buys round(8 / 4) = 2 epochs from scratch, on each seed
+    assert row["wins"] == {"few": {"scratch": 1, "scratch_equal_time": 1}} and row["met"] is False
     assert row["table"]["few"]["42"]["pretrained"]["test_acc"] == 0.9 and row["vitlab"] == pytest.approx(0.7)
+    assert row["table"]["few"]["43"]["scratch_equal_time"]["epochs"] == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from vitlab.bench.rows import transfer_runs
 from vitlab.data import BatchTransform, load_dataset
 from vitlab.errors import WeightsUnavailableError
 from vitlab.model import build_model
-from vitlab.shipped import CARD_NAME, shipped_base_file, shipped_card, shipped_weights_dir
+from vitlab.shipped import SHIPPED_BASES, card_name, shipped_base_file, shipped_card, shipped_weights_dir
 from vitlab.training import pretrain
 from vitlab.training.checkpoint import load_checkpoint, save_checkpoint
+from vitlab.training.simmim import MaskedImageModel
 from vitlab.training.train import make_scheduler
 
 TINY = ["--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--num-classes", "5", "--quiet"]
@@ -77,21 +78,23 @@ def test_a_run_folder_is_never_overwritten(pretrained_run: Path, capsys: pytest.
     assert (pretrained_run / "checkpoint.pt").read_bytes() == before
 
 
-def test_the_shipped_base_passes_its_hash_check_and_loads() -> None:
-    path = shipped_base_file()
-    card = shipped_card()
-    assert path.name == f"vit_tiny_fractal-{card['sha256'][:8]}.pt"
+@pytest.mark.parametrize("name", SHIPPED_BASES)
+def test_the_shipped_base_passes_its_hash_check_and_loads(name: str) -> None:
+    path = shipped_base_file(name=name)
+    card = shipped_card(name=name)
+    assert path.name == f"vit_tiny_{name}-{card['sha256'][:8]}.pt"
     assert path.stat().st_size <= 8 * 2**20  # the issue's limit for weights shipped in the package
-    model = build_model("vit_tiny", num_classes=4, pretrained=True, trainable_blocks=0)
+    model = build_model("vit_tiny", num_classes=4, pretrained=True if name == "fractal" else path, trainable_blocks=0)
     state = torch.load(path, weights_only=True)["model"]
     torch.testing.assert_close(model.encoder.pos_embedding, state["encoder.pos_embedding"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", SHIPPED_BASES)
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "missing", "no_card"])
-def test_a_damaged_shipped_base_is_refused_with_the_rebuild_command(tmp_path: Path, damage: str) -> None:
+def test_a_damaged_shipped_base_is_refused_with_the_rebuild_command(tmp_path: Path, damage: str, name: str) -> None:
     folder = tmp_path / "weights"
     shutil.copytree(shipped_weights_dir(), folder)
-    weights = next(folder.glob("vit_tiny_fractal-*.pt"))
+    weights = next(folder.glob(f"vit_tiny_{name}-*.pt"))
     data = bytearray(weights.read_bytes())
     if damage == "flip_byte":
         data[len(data) // 2] ^= 0xFF
@@ -101,22 +104,27 @@ def test_a_damaged_shipped_base_is_refused_with_the_rebuild_command(tmp_path: Pa
     elif damage == "missing":
         weights.unlink()
     else:
-        (folder / CARD_NAME).unlink()
+        (folder / card_name(name)).unlink()
     with pytest.raises(WeightsUnavailableError, match="python -m vitlab.pretrain"):
-        shipped_base_file(folder)
+        shipped_base_file(folder, name)
 
 
 def shapes_probe() -> torch.Tensor:
     return BatchTransform(32, train=False)(load_dataset("shapes").test.images[:250])  # (250, 3, 32, 32)
 
 
-def test_the_shipped_base_has_the_structure_the_lessons_teach() -> None:
+def photos_probe() -> torch.Tensor:
+    return BatchTransform(32, train=False)(load_dataset("fashion").val.images[:250])  # (250, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name, probe", [("fractal", "shapes"), ("fashion", "shapes"), ("fashion", "photos")])
+def test_the_shipped_base_has_the_structure_the_lessons_teach(name: str, probe: str) -> None:
     """The issue's thresholds, measured on the shipped weights; a random init fails every one of them."""
-    base = build_model("vit_tiny", num_classes=4, pretrained=True, trainable_blocks=0).eval()
+    base = build_model("vit_tiny", num_classes=4, pretrained=shipped_base_file(name=name), trainable_blocks=0).eval()
     torch.manual_seed(0)
     random = build_model("vit_tiny", num_classes=4, pretrained=False, trainable_blocks=0).eval()
-    probe = shapes_probe()
-    base_ratios, random_ratios = distance_ratios(base, probe), distance_ratios(random, probe)
+    images = shapes_probe() if probe == "shapes" else photos_probe()
+    base_ratios, random_ratios = distance_ratios(base, images), distance_ratios(random, images)
     assert position_embedding_spearman(base) <= -0.6 < position_embedding_spearman(random)
     assert float(base_ratios[0].min()) <= 0.5 < float(random_ratios[0].min())
     assert float(base_ratios[-1].mean()) >= 0.8
@@ -183,3 +191,48 @@ def test_a_pretraining_checkpoint_whose_optimiser_does_not_fit_is_a_clear_exit_2
     assert pretrain.main(["--resume", str(old), "--epochs", "2"]) == 2  # as one saved by an optimiser grouped otherwise
     err = capsys.readouterr().err
     assert "does not fit this run's optimizer" in err and "Traceback" not in err
+
+
+FASHION_TINY = ["--data", "fashion", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--quiet"]
+
+
+@pytest.mark.parametrize("flag, value", [("--num-classes", "5"), ("--system-seed", "3"), ("--class-weight", "1")])
+def test_a_fractal_setting_is_refused_for_photos(flag: str, value: str, tmp_path: Path, capsys) -> None:
+    assert pretrain.main([*FASHION_TINY, flag, value, "--out", str(tmp_path / "run")]) == 2
+    message = capsys.readouterr().err
+    assert flag in message and "--data fractals only" in message and len(message.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_photo_batches_are_training_photos_or_their_mirror_images() -> None:
+    photos = load_dataset("fashion")
+    source = pretrain.ImageSource(photos=photos.train.images[:50])
+    images, labels = source.draw(64, torch.Generator().manual_seed(0))  # uint8 (64, 3, 32, 32)
+    train = photos.train.images[:50].flatten(1)  # (50, 3072)
+    mirrored = photos.train.images[:50].flip(-1).flatten(1)
+    for image in images.flatten(1):
+        assert (train == image).all(1).any() or (mirrored == image).all(1).any()
+    assert labels.tolist() == [0] * 64  # unlabelled: no class loss is possible
+
+
+def test_init_fractal_starts_from_the_shipped_fractal_base(tmp_path: Path) -> None:
+    config, _ = pretrain.make_config([*FASHION_TINY, "--init", "fractal"])
+    run = pretrain.setup(config, None, tmp_path)
+    shipped = torch.load(shipped_base_file(name="fractal"), weights_only=True)["model"]
+    body = run.objective.vit.state_dict()
+    for name, value in shipped.items():
+        assert torch.equal(body[name], value), name
+
+
+def test_the_global_loss_is_the_class_tokens_error_on_the_small_image() -> None:
+    torch.manual_seed(0)
+    vit = build_model("vit_tiny", num_classes=3, pretrained=False, trainable_blocks=4)
+    objective = MaskedImageModel(vit, global_weight=2.0)
+    images = torch.randn(4, 3, 32, 32)
+    mask = objective.random_mask(4, torch.Generator().manual_seed(1))  # (4, 64)
+    total, parts = objective.loss(images, torch.zeros(4, dtype=torch.int64), mask)
+    class_out = objective.encode(images, mask)[:, 0]  # (4, 64)
+    small = images.reshape(4, 3, 8, 4, 8, 4).mean(dim=(3, 5)).flatten(1)  # (4, 192): each patch's mean colour
+    expected = (objective.global_decoder(class_out) - small).abs().mean()
+    torch.testing.assert_close(parts["global"], expected.detach())
+    torch.testing.assert_close(total, parts["pixel"] + 2.0 * expected)

@@ -37,10 +37,18 @@ def card_name(name: str = "fractal") -> str:
     return f"vit_tiny_{name}.json"
 
 
+# The commands that make each base (its card holds the exact command line of the shipped file).
+SHIP_COMMANDS = {
+    "fractal": "python -m vitlab.pretrain --threads 1 --ship",
+    "fashion": "python -m vitlab.pretrain --data fashion --init fractal --epochs 120 --mask-ratio 0.75 "
+               "--global-weight 1 --threads 1 --ship",
+}
+
+
 def rebuild_hint(name: str = "fractal") -> str:
     """How to make a shipped base again, or train without it."""
-    command = "python -m vitlab.pretrain --ship" if name == "fractal" else "the two commands in docs/pretrained-base.md"
-    return (f"Rebuild it with {command} (the card's command), or reinstall vitlab. To train without it: "
+    after = "" if name == "fractal" else " (it starts from the shipped fractal base)"
+    return (f"Rebuild it with: {SHIP_COMMANDS[name]}{after}, or reinstall vitlab. To train without it: "
             f"--pretrained none --trainable-blocks all.")
 
 

@@ -47,6 +47,7 @@ ROWS: dict[str, Row] = {
     "demo": Row(rows.bench_demo, frozenset({"device"})),  # the preset as it ships
     "epoch": Row(epoch.bench_epoch, STEPS - {"repeats"} | {"force_epoch", "epoch_images", "compile"}),
     "transfer": Row(rows.bench_transfer, RUNS, optional=True),
+    "demo_frontier": Row(rows.bench_demo_frontier, frozenset({"device"}), optional=True),
     "train_step_160": Row(partial(rows.bench_resolution_step, image_size=160), STEPS, optional=True),
     "train_step_112": Row(partial(rows.bench_resolution_step, image_size=112), STEPS, optional=True),
     "laptop_estimate": Row(epoch.bench_laptop_estimate, RUNS, optional=True),

@@ -21,9 +21,11 @@ from vitlab.cli import flag_name
 from vitlab.data import BatchTransform, batches
 from vitlab.training import finetune
 
-# transfer: the demo's 8,000 training images, and few labels (500); from scratch at its best measured rate, 1e-3.
-VARIANTS = {"8000 images, 5 epochs": {}, "500 images, 10 epochs": {"subset": 500, "epochs": 10}}
-FROM_SCRATCH = ["--pretrained", "none", "--trainable-blocks", "all", "--lr", "1e-3"]
+# transfer: all the demo's 18,000 training photos, and few labels (500). From scratch: every block at 3e-3, the best of
+# 1e-3 and 3e-3 measured on the photos (83.7% and 84.8% after 5 epochs, 2,000 test photos, 2 cores).
+VARIANTS = {"all photos, 5 epochs": {}, "500 photos, 10 epochs": {"subset": 500, "epochs": 10}}
+FROM_SCRATCH = ["--pretrained", "none", "--trainable-blocks", "all", "--lr", "3e-3"]
+FRONTIER_EPOCHS = (2, 3, 5, 8)  # the demo preset's accuracy against wall time, one run per epoch count
 RESOLUTION_TARGETS = {160: ">= 1.8x", 112: ">= 3.5x"}  # the speed-up over 224 px; 112 px has 1/4 of the tokens
 
 
@@ -184,22 +186,41 @@ def bench_demo(settings: Settings) -> dict:
         run = finetune_job(["--preset", "demo", "--device", settings.device.type, *settings.demo_args],
                            Path(folder) / "demo", fresh_process=True)
     return measure.row_result(
-        "demo", settings, None, run["seconds"], "s", target=">= 97% test acc, <= 30 s",
-        met=run["test_acc"] >= 0.97 and run["seconds"] <= 30.0, test_acc=run["test_acc"],
+        "demo", settings, None, run["seconds"], "s", target=">= 90% test acc, <= 30 s (never < 87% or > 60 s)",
+        met=run["test_acc"] >= 0.90 and run["seconds"] <= 30.0, test_acc=run["test_acc"],
         pointing_game=run.get("pointing_game"), attention_mass_ratio=run.get("attention_mass_ratio"),
-        wall_seconds_in_process=run["wall_seconds"],
+        wall_seconds_in_process=run["wall_seconds"], floor_met=run["test_acc"] >= 0.87 and run["seconds"] <= 60.0,
         notes=f"{' '.join(['--preset', 'demo', *settings.demo_args])}; {run['wall_seconds']:.0f} s inside the run",
     )
 
 
+def bench_demo_frontier(settings: Settings) -> dict:
+    """The demo preset's test accuracy against its wall time (fresh processes), one run per FRONTIER_EPOCHS."""
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-frontier-") as folder:
+        points = [finetune_job(["--preset", "demo", "--device", settings.device.type, "--epochs", str(epochs)],
+                               Path(folder) / str(epochs), fresh_process=True) for epochs in FRONTIER_EPOCHS]
+    frontier = {str(e): {"test_acc": p["test_acc"], "seconds": round(p["seconds"], 1)}
+                for e, p in zip(FRONTIER_EPOCHS, points, strict=True)}
+    return measure.row_result(
+        "demo_frontier", settings, None, max(p["test_acc"] for p in points), "test acc", frontier=frontier,
+        notes="epochs: accuracy, wall s: " + ", ".join(f"{e}: {v['test_acc']:.1%} {v['seconds']:.0f} s"
+                                                         for e, v in frontier.items()))
+
+
 def transfer_runs(seed: int, device: str, extra: dict, folder: Path) -> dict[str, dict[str, float]]:
-    """The demo preset and its from-scratch twin, `extra` on both: {"pretrained" / "scratch": test_acc, seconds}."""
+    """The demo preset, its from-scratch twin at equal epochs, and the twin again at the preset's wall time (the epochs
+    its measured seconds per epoch fit in), `extra` on all: {"pretrained" / "scratch" / "scratch_equal_time":
+    test_acc, seconds (and epochs)}."""
     common = ["--preset", "demo", "--device", device, "--seed", str(seed),
               *(text for name, value in extra.items() for text in (flag_name(name), str(value)))]
     sides, results = [("pretrained", []), ("scratch", FROM_SCRATCH)], {}
     for side, flags in sides if seed % 2 == 0 else sides[::-1]:  # the order alternates from seed to seed
         run = finetune_job([*common, *flags], folder / f"{side}-{seed}")
-        results[side] = {"test_acc": run["test_acc"], "seconds": run["seconds"]}
+        results[side] = {"test_acc": run["test_acc"], "seconds": run["seconds"], "epochs": run["epochs"]}
+    per_epoch = results["scratch"]["seconds"] / results["scratch"]["epochs"]
+    epochs = max(1, round(results["pretrained"]["seconds"] / per_epoch))
+    run = finetune_job([*common, *FROM_SCRATCH, "--epochs", str(epochs)], folder / f"equal-time-{seed}")
+    results["scratch_equal_time"] = {"test_acc": run["test_acc"], "seconds": run["seconds"], "epochs": epochs}
     return results
 
 
@@ -209,13 +230,14 @@ def bench_transfer(settings: Settings, variants: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="vitlab-bench-transfer-") as folder:
         table = {name: {seed: transfer_runs(seed, settings.device.type, extra, Path(folder) / str(index))
                         for seed in seeds} for index, (name, extra) in enumerate(variants.items())}
-    wins = {name: sum(r[s]["pretrained"]["test_acc"] > r[s]["scratch"]["test_acc"] for s in seeds)
-            for name, r in table.items()}
+    wins = {name: {rival: sum(r[s]["pretrained"]["test_acc"] > r[s][rival]["test_acc"] for s in seeds)
+                   for rival in ("scratch", "scratch_equal_time")} for name, r in table.items()}
     first = table[next(iter(table))]
     return measure.row_result(
         "transfer", settings, statistics.mean(first[s]["scratch"]["test_acc"] for s in seeds),
         statistics.mean(first[s]["pretrained"]["test_acc"] for s in seeds), "test acc",
-        target="the pretrained base beats from-scratch on every seed", met=all(n == len(seeds) for n in wins.values()),
+        target="the pretrained base beats from-scratch on every seed, at equal epochs and at equal wall time",
+        met=all(n == len(seeds) for w in wins.values() for n in w.values()),
         table={name: {str(s): r[s] for s in seeds} for name, r in table.items()}, wins=wins,
         notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; seeds (of {len(seeds)}) the base won: {wins}",
     )
