@@ -236,7 +236,7 @@ def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: 
     row = bench_rows.bench_transfer(tiny(repeats=2), variants={"few": {"subset": 64}})
     pretrained, scratch = [a for a in seen if "none" not in a], [a for a in seen if "none" in a]
     assert len(pretrained) == 2 and len(scratch) == 4 and all("--subset" in a and "64" in a for a in seen)
-    assert all(bench_rows.FROM_SCRATCH == a[a.index("--pretrained"):][:len(bench_rows.FROM_SCRATCH)] for a in scratch)
+    assert all(a[a.index("--pretrained"):][:len(bench_rows.FROM_SCRATCH)] == bench_rows.FROM_SCRATCH for a in scratch)
     assert [a[a.index("--seed") + 1] for a in seen] == ["42", "42", "42", "43", "43", "43"]
     assert ["none" in a for a in seen] == [False, True, True, True, False, True]  # the sides alternate their order
     equal_time = [a for a in scratch if a[-2:] == ["--epochs", "2"]]

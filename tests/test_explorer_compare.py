@@ -8,7 +8,7 @@ from torchvision.models import VisionTransformer
 
 from vitlab.errors import VitlabError
 from vitlab.explorer import analyse_image, compare_maps, load_model_source
-from vitlab.explorer.sources import BASE_HEAD_SEED, SOURCES, source_stamp
+from vitlab.explorer.sources import BASE_HEAD_SEED, DEMO_BASE, SOURCES, source_stamp
 from vitlab.model import build_model, load_state_dict_file
 from vitlab.shipped import shipped_base_file
 
@@ -26,13 +26,13 @@ def test_the_base_source_is_the_shipped_base_on_the_demos_images_with_an_honest_
     assert not base.head_trained and "head is random" in base.description
     assert base.classes == splits.classes
     assert torch.equal(base.images.images, splits.test.images) and torch.equal(base.images.labels, splits.test.labels)
-    shipped = load_state_dict_file(shipped_base_file())
+    shipped = load_state_dict_file(shipped_base_file(name=DEMO_BASE))  # the base the demo preset fine-tunes
     body = {name: value for name, value in base.model.state_dict().items() if not name.startswith("heads.")}
     assert body.keys() == shipped.keys() and all(torch.equal(body[n], shipped[n]) for n in body)
     torch.manual_seed(BASE_HEAD_SEED)  # the head is the seeded one: every load of the page shows the same
-    expected_head = build_model("vit_tiny", num_classes=4, pretrained=False).heads.head
+    expected_head = build_model("vit_tiny", num_classes=len(splits.classes), pretrained=False).heads.head
     assert torch.equal(base.model.heads.head.weight, expected_head.weight)
-    assert base.key == source_stamp("base") == f"base:{shipped_base_file()}"
+    assert base.key == source_stamp("base") == f"base:{shipped_base_file(name=DEMO_BASE)}"
     assert not base.model.training
     assert "base" in SOURCES  # the sidebar offers it, labelled as the untrained-head base
 

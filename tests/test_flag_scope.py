@@ -76,7 +76,7 @@ def test_a_presets_settings_yield_to_what_the_user_typed() -> None:
     notes: list[str] = []
     on_b16 = make_config(explicit_flags(["--preset", "demo", "--arch", "vit_b_16"]), notes=notes)
     assert (on_b16.pretrained, on_b16.weights, on_b16.trainable_blocks) == ("imagenet", "IMAGENET1K_V1", 2)
-    assert notes == ["--preset demo's --pretrained fractal yields: vit_b_16's own base is imagenet."]
+    assert notes == ["--preset demo's --pretrained fashion yields: vit_b_16's own base is imagenet."]
     laptop_tiny = make_config(explicit_flags(["--preset", "laptop", "--arch", "vit_tiny"]))
     assert (laptop_tiny.pretrained, laptop_tiny.weights) == ("fractal", None)
     assert make_config(explicit_flags(["--preset", "laptop", "--arch", "vit_b_32"])).image_size == 224  # 112 % 32
@@ -114,11 +114,13 @@ def test_the_command_prints_each_note_once_and_quiet_silences_them(monkeypatch: 
 
 @pytest.mark.parametrize(("argv", "named"), [
     (["--preset", "demo", "--val-size", "999999"], "--val-size applies only to the datasets whose validation images "
-     "are held out of their training images (cifar100, cifar10, fashion_mnist), and shapes"),
+     "are held out of their training images (cifar100, cifar10, fashion_mnist), and fashion"),
     (["--dataset", "shapes", "--arch", "vit_tiny", "--val-size", "100"], "--val-size applies only"),
     (["--preset", "demo", "--data-dir", "/tmp"], "--data-dir applies only to the datasets read from disk (cifar100, "
-     "cifar10, fashion_mnist, folder), and shapes is generated in memory"),
-    (["--preset", "demo", "--subset", "8000"], "--subset 8000 would keep every image of shapes (8,000 train"),
+     "cifar10, fashion_mnist, folder), and fashion ships inside vitlab"),
+    (["--preset", "demo", "--subset", "18000"], "--subset 18000 would keep every image of fashion (18,000 train"),
+    (["--dataset", "shapes", "--arch", "vit_tiny", "--subset", "8000"], "--subset 8000 would keep every image of "
+     "shapes (8,000 train"),
     (["--pretrained", "none", "--weights", "IMAGENET1K_SWAG_E2E_V1", "--image-size", "224"],
      "--weights applies only to runs that start from torchvision's weights"),
     (["--preset", "demo", "--cache-trunk", "--max-rotation", "5"], "--cache-trunk allows the flip as the only"),
@@ -134,8 +136,8 @@ def test_a_flag_that_applies_is_taken(tmp_path: Path) -> None:
     with pytest.raises(VitlabError, match="--subset 49990 would keep every image of cifar100 .49,990 train, 10 val"):
         make_config(explicit_flags(["--arch", "vit_tiny", "--val-size", "10", "--subset", "49990"]))
     assert make_config(explicit_flags(["--preset", "laptop", "--dataset", "cifar10"])).val_size == 2000
-    demo = make_config(explicit_flags(["--preset", "demo", "--subset", "7999", "--max-rotation", "0"]))
-    assert demo.cache_trunk and demo.subset == 7999  # a typed rotation of 0 is what the cache needs
+    demo = make_config(explicit_flags(["--preset", "demo", "--subset", "17999", "--max-rotation", "0"]))
+    assert demo.cache_trunk and demo.subset == 17999  # a typed rotation of 0 is what the cache needs
 
 
 def test_every_dataset_has_a_row_saying_which_data_flags_it_takes() -> None:

@@ -13,6 +13,7 @@ import torch
 from vitlab.analysis.structure import distance_ratios, position_embedding_spearman
 from vitlab.bench.rows import transfer_runs
 from vitlab.data import BatchTransform, load_dataset
+from vitlab.data.unlabelled import ImageSource
 from vitlab.errors import WeightsUnavailableError
 from vitlab.model import build_model
 from vitlab.shipped import SHIPPED_BASES, card_name, shipped_base_file, shipped_card, shipped_weights_dir
@@ -206,7 +207,7 @@ def test_a_fractal_setting_is_refused_for_photos(flag: str, value: str, tmp_path
 
 def test_photo_batches_are_training_photos_or_their_mirror_images() -> None:
     photos = load_dataset("fashion")
-    source = pretrain.ImageSource(photos=photos.train.images[:50])
+    source = ImageSource(photos=photos.train.images[:50])
     images, labels = source.draw(64, torch.Generator().manual_seed(0))  # uint8 (64, 3, 32, 32)
     train = photos.train.images[:50].flatten(1)  # (50, 3072)
     mirrored = photos.train.images[:50].flip(-1).flatten(1)

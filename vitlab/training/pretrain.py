@@ -49,8 +49,8 @@ from tqdm.auto import tqdm
 from vitlab.analysis.structure import distance_ratios, position_embedding_spearman
 from vitlab.atomic import atomic_write
 from vitlab.cli import LARGEST_SEED, Parser, Rule, check_rules, command, folder_to_write, number_flag
-from vitlab.data import BatchTransform, load_dataset
-from vitlab.data.fractals import make_systems, render
+from vitlab.data import BatchTransform
+from vitlab.data.unlabelled import ImageSource, image_source
 from vitlab.errors import CheckpointError, Interrupted, VitlabError
 from vitlab.model import VIT_TINY_CONFIG, build_model
 from vitlab.shipped import card_name, shipped_base_file, shipped_weights_dir
@@ -253,33 +253,6 @@ def _start(init: str | None) -> bool | Path:
     return shipped_base_file(name="fractal") if init == "fractal" else Path(init).expanduser()
 
 
-@dataclass
-class ImageSource:
-    """Where each step's images come from: fresh fractals, or the shipped training photos."""
-
-    systems: list | None = None  # the IFS systems, for --data fractals
-    photos: torch.Tensor | None = None  # uint8 (N, 3, 32, 32), for --data fashion
-
-    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch: uint8 images (B, 3, 32, 32) and labels (B,) (the fractal class; 0 for the unlabelled photos)."""
-        if self.photos is None:
-            return render(self.systems, batch_size, generator)
-        index = torch.randint(len(self.photos), (batch_size,), generator=generator)  # (B,)
-        mirror = torch.rand(batch_size, generator=generator) < 0.5  # (B,) a left-right flip is still a garment
-        images = self.photos[index]  # (B, 3, 32, 32)
-        images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
-        return images, torch.zeros(batch_size, dtype=torch.int64)
-
-
-def image_source(config: PretrainConfig) -> tuple[ImageSource, torch.Tensor]:
-    """The training images and the probe images the structure is measured on (uint8 (250, 3, 32, 32))."""
-    if config.data == "fractals":
-        return ImageSource(systems=make_systems(config.num_classes, config.system_seed)), \
-            load_dataset("shapes").test.images[:250]
-    photos = load_dataset("fashion")
-    return ImageSource(photos=photos.train.images), photos.val.images[:250]
-
-
 def train_epoch(run: PretrainRun, source: ImageSource, transform: BatchTransform, epoch: int) -> dict[str, float]:
     """`steps_per_epoch` steps, each on a fresh batch of images. Returns the epoch's mean losses."""
     config, objective = run.config, run.objective
@@ -318,7 +291,7 @@ def measure(run: PretrainRun, probe_images: torch.Tensor) -> dict[str, float]:
 def fit(run: PretrainRun) -> None:
     """The epoch loop: train, measure, save a resumable checkpoint."""
     config = run.config
-    source, probe_images = image_source(config)
+    source, probe_images = image_source(config.data, config.num_classes, config.system_seed)
     transform = BatchTransform(32, train=False)  # ImageNet normalisation, as fine-tuning uses
     probe = transform(probe_images)  # (250, 3, 32, 32)
     for epoch in range(len(run.history) + 1, config.epochs + 1):
