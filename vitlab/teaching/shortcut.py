@@ -17,11 +17,13 @@ explain row and the tests (tests/conftest.py's `shortcut` fixture, once per sess
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from vitlab.analysis.explain import METHODS, explain
 from vitlab.data import BatchTransform
 from vitlab.data.shapes import make_shapes
 from vitlab.model import build_model
@@ -68,6 +70,13 @@ def marker_hits(maps: Tensor) -> tuple[float, float]:
     top = maps.topk(len(MARKER_PATCHES), dim=1).indices  # (B, 4), most relevant first
     on_marker = marker_mask(maps.shape[0]).gather(1, top.cpu())  # (B, 4)
     return on_marker[:, 0].float().mean().item(), on_marker.all(dim=1).float().mean().item()
+
+
+def hits_by_method(shortcut: Shortcut, methods: Sequence[str] = tuple(METHODS), count: int = 100,
+                   device: torch.device | str = "cpu") -> dict[str, tuple[float, float]]:
+    """Each method's `marker_hits` on the first `count` test images, the model and images moved to `device`."""
+    images = shortcut.test_images[:count].to(device)  # (count, 3, 32, 32)
+    return {name: marker_hits(explain(shortcut.model.to(device), images, name)) for name in methods}
 
 
 def train_shortcut_model(seed: int = 0, steps: int = 50, batch: int = 64) -> Shortcut:
