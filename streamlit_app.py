@@ -8,7 +8,8 @@ model sources and the uploads), and the analyses are vitlab.analysis.attention's
 - Explore: every view of one image (vitlab.explorer.pages.explore), the live head ablation and logit lens;
 - Guided tour: the course's ideas one step per screen (vitlab.explorer.tour, drawn by pages.tour);
 - Gallery: a grid of test images with one overlay each; a click opens one in Explore (pages.gallery);
-- Compare: one image through two models, with the difference map (pages.compare).
+- Compare: one image through two models, with the difference map (pages.compare);
+- Which map?: every relevance method on one image with its deletion and insertion areas (pages.methods).
 
 The model is cached with st.cache_resource (shared by every session, never mutated) and each image's forward pass
 with st.cache_data (vitlab.explorer.pages.common), so a slider redraws from cached attention without running the
@@ -26,7 +27,7 @@ import torch
 
 from vitlab.errors import VitlabError
 from vitlab.explorer import uploads
-from vitlab.explorer.pages import common, compare, explore, gallery, tour
+from vitlab.explorer.pages import common, compare, explore, gallery, methods, tour
 from vitlab.explorer.pages.common import keep_in, load_source, prepare_upload
 from vitlab.explorer.runs_folder import runs_folder
 from vitlab.explorer.sources import (
@@ -46,7 +47,7 @@ SOURCE_LABELS = {
     "checkpoint": "A vitlab checkpoint",
     "imagenet": "ImageNet ViT-B/16",
 }
-MODES = ("Explore", "Guided tour", "Gallery", "Compare")
+MODES = ("Explore", "Guided tour", "Gallery", "Compare", "Which map?")
 
 
 def pick_random_image(count: int) -> None:
@@ -170,6 +171,8 @@ def main() -> None:
         tour.page(loaded, image, image_key, display)
     elif mode == "Compare":
         compare.page(loaded, image, image_key, display)
+    elif mode == "Which map?":
+        methods.page(loaded, image, image_key, display)
     else:
         explore.page(loaded, image, image_key, image_lines, display)
 

@@ -101,11 +101,12 @@ def single_thread():
 
 @pytest.fixture(scope="session")
 def shortcut():
-    """tests/shortcut.py's model whose class is set only by a marker at known patches, trained once per session.
+    """vitlab.teaching.shortcut's model whose class is set only by a marker at known patches, trained once per session.
 
     Trained on one thread: on a busy 2-core machine that is several times faster for a model this small."""
     import torch
-    from shortcut import train_shortcut_model
+
+    from vitlab.teaching.shortcut import train_shortcut_model
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

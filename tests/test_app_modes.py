@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from streamlit.testing.v1 import AppTest
 
 from vitlab import explorer
+from vitlab.analysis.explain import METHODS
 from vitlab.capture import capture_forward
 from vitlab.explorer import export, figures, gallery, live
 from vitlab.explorer.drawing import PROJECTOR_CMAP, PROJECTOR_GRID_PX, jpeg_bytes, overlay_values
@@ -92,7 +93,7 @@ def test_every_tour_step_names_a_lesson_file_in_the_lessons_order():
         assert (ROOT / step.lesson_path).is_file(), step.lesson_path
     named = [step.lesson for step in TOUR]
     assert named == [name for name in lesson_files if name in named]  # the order of lessons/
-    assert [step.lesson_number for step in TOUR] == [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14, 15, 16]
+    assert [step.lesson_number for step in TOUR] == [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14, 15, 16, 17]
     assert len({step.key for step in TOUR}) == len(TOUR)
     assert all(step.question.endswith("?") and step.text and step.answer for step in TOUR)
     assert step_index("rollout") == 6
@@ -274,6 +275,19 @@ def test_compare_shows_both_models_and_their_difference(app, demo_cache, tmp_pat
     shutil.copytree(demo_cache / "demo", tmp_path / "runs" / "other")
     app.text_input(key="compare_path").set_value(str(tmp_path / "runs" / "other")).run()
     assert_healthy(app, images=3)
+
+
+def test_which_map_shows_every_method_with_its_areas_and_the_random_maps(app):
+    app.radio(key="mode").set_value("Which map?").run()
+    assert_healthy(app, images=len(METHODS))
+    captions = " ".join(c.value for c in app.caption)
+    rows = app.table[0].value  # one row per method, then the random maps
+    assert list(rows["method"]) == [*METHODS, "random maps"]
+    for name, deletion, insertion in zip(rows["method"], rows["deletion AUC"], rows["insertion AUC"], strict=True):
+        assert 0.0 <= float(deletion) <= 1.0 and 0.0 <= float(insertion) <= 1.0
+        if name != "random maps":
+            assert f"**{name}**: deletion {deletion}, insertion {insertion}" in captions
+    assert f"random maps {rows['deletion AUC'].iloc[-1]}" in captions
 
 
 def test_live_panel_switches_heads_off_and_reads_the_lens(app, demo_model):

@@ -1,6 +1,6 @@
 """Tests for vitlab.analysis.explain: one interface to every relevance map, against known answers.
 
-The known answers: a model whose class is set only by a marker at known patches (tests/shortcut.py), Captum's
+The known answers: a model whose class is set only by a marker at known patches (vitlab/teaching/shortcut.py), Captum's
 completeness of integrated gradients, and pytorch-grad-cam's own call for the CAMs. Then the interface's promises:
 batches equal one image at a time, target None is the prediction, no_grad and inference_mode change nothing, the
 model comes back untouched, and a missing optional library is named with the command that installs it.
@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from shortcut import MARKER_PATCHES, marker_mask
 from torch import Tensor
 
 from vitlab import explain
@@ -21,6 +20,7 @@ from vitlab.analysis.cams import cam_target_layer
 from vitlab.analysis.explain import METHODS
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
+from vitlab.teaching.shortcut import marker_hits
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
@@ -36,17 +36,10 @@ def tiny_images(batch: int, seed: int = 1) -> Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def marker_first_share(maps: Tensor) -> tuple[float, float]:
-    """Share of maps whose top patch is a marker patch, and whose top 4 are exactly the marker's 4 patches."""
-    top = maps.topk(len(MARKER_PATCHES), dim=1).indices  # (B, 4)
-    on_marker = marker_mask(maps.shape[0]).gather(1, top)  # (B, 4)
-    return on_marker[:, 0].float().mean().item(), on_marker.all(dim=1).float().mean().item()
-
-
 @pytest.mark.slow
 def test_faithful_methods_rank_the_shortcut_marker_first_and_the_methods_disagree(shortcut) -> None:
     images = shortcut.test_images[:60]
-    shares = {method: marker_first_share(explain(shortcut.model, images, method)) for method in METHODS}
+    shares = {method: marker_hits(explain(shortcut.model, images, method)) for method in METHODS}
     # ScoreCAM masks the input by each token channel and keeps what moves the target; integrated gradients adds up to
     # the logit. Both find the marker that alone sets the class.
     assert shares["scorecam"][1] >= 0.95, shares

@@ -2,7 +2,8 @@
 
 A model whose probability is a known function of how many bright patches an image holds gives every curve in closed
 form: for a given order exactly, and for random orders in expectation (hypergeometric). The shortcut model
-(tests/shortcut.py) gives the behaviour a faithful map must show: removing its marker patches drops the class at once.
+(vitlab/teaching/shortcut.py) gives the behaviour a faithful map must show: removing its marker patches drops the
+class at once.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from math import comb
 import pytest
 import torch
 import torch.nn.functional as F
-from shortcut import marker_mask
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
 from vitlab import deletion_curve, explain, insertion_curve, road_curve
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
+from vitlab.teaching.shortcut import marker_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
@@ -144,6 +145,17 @@ def test_curves_are_seeded_and_leave_the_global_generator_alone() -> None:
     with torch.inference_mode():
         inside = deletion_curve(model, images, maps, steps=4)
     assert torch.equal(inside.probabilities, deletion_curve(model, images, maps, steps=4).probabilities)
+
+
+def test_an_images_road_curve_does_not_depend_on_the_other_images_of_its_batch() -> None:
+    """The imputation's noise is seeded per image: a batch gives each image the curve it gets alone."""
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", num_classes=4, pretrained=True).eval()
+    images, maps = torch.randn(3, 3, 32, 32), torch.rand(3, 64)
+    together = road_curve(model, images, maps, steps=4, target=1)
+    for index in range(3):
+        alone = road_curve(model, images[index:index + 1], maps[index:index + 1], steps=4, target=1)
+        torch.testing.assert_close(together.probabilities[index], alone.probabilities[0], atol=1e-6, rtol=0)
 
 
 def test_road_without_pytorch_grad_cam_names_the_explain_extra(monkeypatch: pytest.MonkeyPatch) -> None:

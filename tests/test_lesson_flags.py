@@ -105,7 +105,7 @@ def run_all() -> ModuleType:
 
 
 @pytest.mark.parametrize(("argv", "says"), [
-    (["--arhc", "vit_b_16"], "16 of 16 lessons refuse the flags passed on, 01_patches first: unrecognized "
+    (["--arhc", "vit_b_16"], "17 of 17 lessons refuse the flags passed on, 01_patches first: unrecognized "
                              "arguments: --arhc vit_b_16"),
     (["--only", "01", "04", "--no-quiet", "--block", "2"], "1 of 2 lessons refuse the flags passed on, 01_patches "
                                                            "first: unrecognized arguments: --block 2"),

@@ -187,6 +187,8 @@ BROKEN = {
     "14": ("token_norms", lambda real: lambda states: 1.01 * real(states), None),
     "15": ("pca", lambda real: lambda x, k: real(2 * x, k), "vitlab.analysis.projections.pca"),  # 4x the variances
     "16": ("ablate_heads", lambda real: lambda model, heads: real(model, {0: [0]}), None),
+    "17": ("deletion_curve",  # removes the least relevant patches first
+           lambda real: lambda model, images, maps, *args, **kw: real(model, images, -maps, *args, **kw), None),
 }
 
 

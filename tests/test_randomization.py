@@ -48,6 +48,17 @@ def test_the_cascade_goes_top_down_and_ends_with_nothing_trained_left() -> None:
     assert all(name.startswith(prefixes) for name in model.state_dict())  # every weight is random at the end
 
 
+def test_a_deep_models_cascade_groups_the_blocks_below_the_last_and_randomises_each_once() -> None:
+    levels = cascade(12)
+    assert [name for name, _ in levels] == ["head", "block 12", "blocks 8-11", "blocks 4-7", "blocks 1-3",
+                                            "embeddings"]
+    blocks = [prefix for _, prefixes in levels for prefix in prefixes if prefix.startswith("encoder.layers.")]
+    assert sorted(blocks) == sorted(f"encoder.layers.encoder_layer_{index}." for index in range(12))
+    assert [name for name, _ in cascade(1)] == ["head", "block 1", "embeddings"]
+    assert [name for name, _ in cascade(6)] == ["head", "block 6", "blocks 4-5", "blocks 2-3", "block 1",
+                                                "embeddings"]
+
+
 @pytest.mark.slow
 def test_an_edge_detector_fails_and_a_gradient_map_passes(shortcut) -> None:
     images = shortcut.test_images[:12]

@@ -13,7 +13,8 @@ The layers, each importing only from those below it (tests/test_structure.py che
     vitlab/teaching/     what the lessons share;  vitlab/explorer/  the attention explorer's work
     vitlab/training/     the fine-tuning and pretraining jobs, checkpoints, the demo model
     vitlab/analysis/     one analysis per paper: attention, localization, structure, lens, probes, ablation, ...,
-                         and explain (every relevance map) with the tests of a map (faithfulness, randomization)
+                         and explain (every relevance map) with the tests of a map (faithfulness, randomization),
+                         all of them at once in report (explain_report)
     core (this folder)   model, archs, capture, data/, plotting, the command-line kit, errors, safe files
 
 "The notebook", wherever vitlab's code says it, is the public notebook vitlab wraps: github.com/mbastola/
@@ -43,6 +44,7 @@ from vitlab.analysis.norms import high_norm_tokens, token_norms
 from vitlab.analysis.probes import features_by_depth, fit_probe, probes_by_depth
 from vitlab.analysis.projections import patch_pca_rgb, pca
 from vitlab.analysis.randomization import RandomizationResult, randomization_check
+from vitlab.analysis.report import ExplainReport, explain_report
 from vitlab.analysis.structure import (
     distance_ratios,
     patch_filter_components,
@@ -61,6 +63,7 @@ __all__ = [
     "Captured",
     "CurveResult",
     "EXPLAIN_METHODS",
+    "ExplainReport",
     "Geometry",
     "ImportedViT",
     "RandomizationResult",
@@ -76,6 +79,7 @@ __all__ = [
     "deletion_curve",
     "distance_ratios",
     "explain",
+    "explain_report",
     "features_by_depth",
     "fit_probe",
     "fuse_heads",

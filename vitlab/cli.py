@@ -141,6 +141,14 @@ class Parser(argparse.ArgumentParser):
         self.rules = dict(rules or {})  # number flags: their range and example
         self.examples = dict(examples or {})  # other flags: a valid use, e.g. {"arch": "--arch vit_tiny"}
 
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        """argparse's, except that `--flag=--` is a missing value: argparse drops a "--" value (it reads it as the
+        end of the options) and hands the flag an empty list that no type check sees."""
+        for text in args if args is not None else sys.argv[1:]:
+            if text.startswith("--") and text.endswith("=--"):
+                self.error(f"argument {text[:-3]}: expected one argument")
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         flag = re.match(r"argument (--[\w-]+)", message)
         name = flag.group(1).lstrip("-").replace("-", "_") if flag else ""

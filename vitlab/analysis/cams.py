@@ -29,7 +29,8 @@ from torchvision.models import VisionTransformer
 from vitlab.analysis.extras import require_extra
 from vitlab.capture import geometry
 
-SCORECAM_BATCH = 32  # masked copies of one image per forward pass (ViT-B/16 masks 768 copies per image)
+SCORECAM_BATCH = 32  # masked copies of one image per forward pass
+SCORECAM_CHANNELS = 64  # ScoreCAM weighs at most this many channels: those that vary most over the grid
 
 
 def cam_target_layer(model: VisionTransformer) -> nn.Module:
@@ -54,6 +55,10 @@ def grad_cam(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tenso
 def score_cam(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
     """ScoreCAM on the last block's normalised tokens: one forward pass per channel and image, no gradient.
 
+    A channel becomes a mask; one that barely varies over the grid masks the image almost uniformly and carries no
+    "where". Only the SCORECAM_CHANNELS channels that vary most over each image's grid are scored and summed: every
+    channel of vit_tiny (64), 64 of ViT-B/16's 768 (12x fewer forward passes).
+
     Args:
         images: (B, 3, S, S) normalised inputs.
         targets: (B,) the class each map explains.
@@ -64,17 +69,21 @@ def score_cam(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tens
     maps = []
     for image, target in zip(images, targets, strict=True):  # one image at a time: (channels, 3, S, S) masked copies
         with torch.no_grad():
-            maps.append(_cam_maps(library.ScoreCAM, model, image[None], target[None], batch_size=SCORECAM_BATCH))
+            maps.append(_cam_maps(library.ScoreCAM, model, image[None], target[None], batch_size=SCORECAM_BATCH,
+                                  channels=SCORECAM_CHANNELS))
     return torch.cat(maps)  # (B, patches)
 
 
-def _cam_maps(cam_class: type, model: VisionTransformer, images: Tensor, targets: Tensor, **settings: int) -> Tensor:
-    """Run one pytorch-grad-cam class on the token grid and return its map per patch: (B, patches) on the CPU."""
+def _cam_maps(cam_class: type, model: VisionTransformer, images: Tensor, targets: Tensor, channels: int | None = None,
+              **settings: int) -> Tensor:
+    """Run one pytorch-grad-cam class on the token grid (at most `channels` channels: `_most_varying`) and return its
+    map per patch: (B, patches) on the CPU."""
     grid = geometry(model).grid_size
     transforms = require_extra("pytorch_grad_cam.utils.reshape_transforms", "CAMs on ViT tokens")
     model_targets = require_extra("pytorch_grad_cam.utils.model_targets", "CAMs on ViT tokens")
-    cam = cam_class(model, target_layers=[cam_target_layer(model)],
-                    reshape_transform=partial(transforms.vit_reshape_transform, height=grid, width=grid))
+    to_grid = partial(transforms.vit_reshape_transform, height=grid, width=grid)  # (B, 1 + g*g, D) -> (B, D, g, g)
+    reshape = to_grid if channels is None else lambda tokens: _most_varying(to_grid(tokens), channels)
+    cam = cam_class(model, target_layers=[cam_target_layer(model)], reshape_transform=reshape)
     for name, value in settings.items():
         setattr(cam, name, value)  # e.g. batch_size, which ScoreCAM reads if set
     cam.get_target_width_height = lambda _: (grid, grid)  # keep one value per patch: no resize to the image
@@ -84,3 +93,12 @@ def _cam_maps(cam_class: type, model: VisionTransformer, images: Tensor, targets
     finally:
         cam.activations_and_grads.release()  # its hooks, removed also when the call raises
     return torch.from_numpy(scaled).flatten(1)  # (B, g, g) -> (B, patches)
+
+
+def _most_varying(feature_map: Tensor, count: int) -> Tensor:
+    """(B, C, g, g) -> (B, min(C, count), g, g): the channels whose values vary most over the grid, summed over the
+    batch; all of them, in order, when there are no more than `count`."""
+    if feature_map.shape[1] <= count:
+        return feature_map
+    spread = feature_map.flatten(2).var(dim=2).sum(dim=0)  # (C,)
+    return feature_map[:, spread.topk(count).indices.sort().values]  # (B, count, g, g)

@@ -68,6 +68,8 @@ METHODS: dict[str, MapFunction] = {
     "integrated_gradients": integrated_gradients,
     "input_x_gradient": input_x_gradient,
 }
+# The optional library (vitlab.analysis.extras) each method needs beyond torch, by import name.
+METHOD_EXTRAS = {"gradcam": "pytorch_grad_cam", "scorecam": "pytorch_grad_cam", "integrated_gradients": "captum"}
 
 
 def explain(model: VisionTransformer, images: Tensor, method: str | MapFunction, target: Target = None) -> Tensor:

@@ -30,3 +30,12 @@ def require_extra(module: str, needed_for: str) -> ModuleType:
             f"{needed_for} needs the {EXPLAIN_PACKAGES.get(top, top)} library, which is not installed "
             f"({error}). Install vitlab's explain extra: pip install \"vitlab[explain]\"."
         ) from None
+
+
+def missing_extra(module: str, needed_for: str) -> str | None:
+    """What `require_extra(module, needed_for)` would raise, as text, or None when `module` imports."""
+    try:
+        require_extra(module, needed_for)
+    except VitlabError as error:
+        return str(error)
+    return None

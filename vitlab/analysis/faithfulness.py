@@ -17,12 +17,16 @@ beats them; `tests/test_faithfulness.py` checks the random AUC against its close
 
     result = deletion_curve(model, images, explain(model, images, "scorecam"), baseline="mean")
     result.mean_auc, result.random_auc          # 0.07 against 0.79 on docs/explain.md's shortcut model
+
+`perturbation_curves` computes many curves for many maps at once, which is how `vitlab.analysis.report` scores every
+method: the random maps' curves are computed once for all maps, every perturbed image goes through the model in
+batches, and an image two curves share (the untouched image, the fully removed one) is computed once.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,10 +42,11 @@ from vitlab.capture import geometry
 from vitlab.errors import VitlabError
 
 Baseline = Literal["blur", "mean", "zero"]
+CurveKind = Literal["deletion", "insertion", "road"]
+Order = Literal["most", "least"]
+FILLS: tuple[Baseline, ...] = ("blur", "mean", "zero")
+UNTOUCHED, IMPUTED = -1, len(FILLS)  # fill codes besides FILLS' indices: nothing removed; ROAD's imputation
 FORWARD_BATCH = 64  # perturbed images per forward pass
-# Fills removed pixels: (images (N, 3, S, S), removed (N, S, S) bool, rows (N,): which input image each one is a
-# copy of) -> perturbed images (N, 3, S, S).
-Perturbation = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,21 @@ class CurveResult:
         return self.auc.mean().item()
 
 
+@dataclass(frozen=True)
+class CurveSpec:
+    """One kind of curve: what happens to the patches, how many steps, what fills a removed patch, in which order."""
+
+    kind: CurveKind  # "deletion", "insertion" or "road"
+    steps: int = 16  # deletion and insertion: steps + 1 points, 0 to all patches; ROAD: steps points, never all
+    baseline: Baseline = "blur"  # deletion and insertion: what a removed patch shows; ROAD imputes instead
+    order: Order = "most"  # "most": most relevant patches first; "least": least relevant first (ROAD's LeRF)
+
+    @property
+    def fill(self) -> int:
+        """The fill code of a removed pixel: an index in FILLS, or IMPUTED for ROAD."""
+        return IMPUTED if self.kind == "road" else FILLS.index(self.baseline)
+
+
 def deletion_curve(model: VisionTransformer, images: Tensor, maps: Tensor, target: Target = None, steps: int = 16,
                    baseline: Baseline = "blur", random_count: int = 4, seed: int = 0) -> CurveResult:
     """Target probability as patches are removed, most relevant first: lower AUC = more faithful map.
@@ -74,11 +94,7 @@ def deletion_curve(model: VisionTransformer, images: Tensor, maps: Tensor, targe
     Returns:
         A `CurveResult` with fractions 0, 1/steps, ..., 1.
     """
-    check_images(model, images)
-    with torch.no_grad():
-        fill = _fill(images, baseline, geometry(model).patch_size)  # (B, 3, S, S)
-    return _curve(model, images, maps, target, (steps, True), _replace_with(fill), reveal=False,
-                  random_count=random_count, seed=seed)
+    return _one_curve(model, images, maps, CurveSpec("deletion", steps, baseline), target, random_count, seed)
 
 
 def insertion_curve(model: VisionTransformer, images: Tensor, maps: Tensor, target: Target = None, steps: int = 16,
@@ -87,15 +103,11 @@ def insertion_curve(model: VisionTransformer, images: Tensor, maps: Tensor, targ
 
     Args and returns as `deletion_curve`; fractions are the share of patches revealed.
     """
-    check_images(model, images)
-    with torch.no_grad():
-        fill = _fill(images, baseline, geometry(model).patch_size)  # (B, 3, S, S)
-    return _curve(model, images, maps, target, (steps, True), _replace_with(fill), reveal=True,
-                  random_count=random_count, seed=seed)
+    return _one_curve(model, images, maps, CurveSpec("insertion", steps, baseline), target, random_count, seed)
 
 
 def road_curve(model: VisionTransformer, images: Tensor, maps: Tensor, target: Target = None, steps: int = 8,
-               order: Literal["most", "least"] = "most", random_count: int = 4, seed: int = 0) -> CurveResult:
+               order: Order = "most", random_count: int = 4, seed: int = 0) -> CurveResult:
     """ROAD: target probability as patches are removed and imputed from their neighbours (noisy linear imputation).
 
     Args:
@@ -106,80 +118,160 @@ def road_curve(model: VisionTransformer, images: Tensor, maps: Tensor, target: T
     Raises:
         VitlabError: pytorch-grad-cam is not installed (`pip install "vitlab[explain]"`).
     """
-    if order not in ("most", "least"):
-        raise VitlabError(f"order must be 'most' (MoRF) or 'least' (LeRF), got {order!r}.")
-    road = require_extra("pytorch_grad_cam.metrics.road", "ROAD")
-    ordered = maps if order == "most" else -maps  # (B, patches): least relevant first is the reversed ranking
-    return _curve(model, images, ordered, target, (steps, False), _imputed(road.NoisyLinearImputer(), seed),
-                  reveal=False, random_count=random_count, seed=seed)
+    return _one_curve(model, images, maps, CurveSpec("road", steps, order=order), target, random_count, seed)
 
 
-def _counts(maps: Tensor, steps: int, last: bool) -> Tensor:
-    """How many patches each step perturbs: round(k * patches / steps), k = 0..steps (0..steps-1 if not `last`)."""
-    patches = maps.shape[-1]
-    if not 1 <= steps <= patches:
-        raise VitlabError(f"steps must be between 1 and the number of patches ({patches}), got {steps}.")
-    ks = torch.arange(steps + 1 if last else steps, dtype=torch.float64)  # (points,): steps + 1, or steps
-    return torch.round(ks * patches / steps).long()
+def perturbation_curves(model: VisionTransformer, images: Tensor, maps: Mapping[str, Tensor],
+                        specs: Mapping[str, CurveSpec], target: Target = None, random_count: int = 4,
+                        seed: int = 0) -> dict[str, dict[str, CurveResult]]:
+    """Every curve of `specs` for every map of `maps`, against the same `random_count` seeded random maps.
 
+    Each result equals the single-curve function's (`deletion_curve`, ...) for that map: a perturbed image depends
+    only on its image, its removed patches and its fill (ROAD's noise is seeded per image), so sharing changes
+    nothing but the time. Perturbed images that coincide are computed once.
 
-def _curve(model: VisionTransformer, images: Tensor, maps: Tensor, target: Target, steps: tuple[int, bool],
-           perturb: Perturbation, reveal: bool, random_count: int, seed: int) -> CurveResult:
-    """The curves of `maps` and of `random_count` seeded random maps, for the perturbation `perturb`.
-
-    `steps` is (steps, whether the last point perturbs every patch), checked after the maps."""
+    Args:
+        images: (B, 3, S, S) normalised inputs.
+        maps: name -> (B, patches) relevance, higher = more relevant.
+        specs: name -> the curve to draw (`CurveSpec`).
+    Returns:
+        result[spec name][map name], a `CurveResult`.
+    """
     check_images(model, images)
-    if maps.ndim != 2 or maps.shape[0] != images.shape[0] or maps.shape[1] != geometry(model).num_patches:
-        raise VitlabError(f"maps must be (B, patches) = ({images.shape[0]}, {geometry(model).num_patches}), got "
-                          f"{tuple(maps.shape)}: one relevance value per patch, as explain() returns.")
+    patches = geometry(model).num_patches
+    for name, relevance in maps.items():
+        _check_maps(name, relevance, images.shape[0], patches, len(maps))
     if random_count < 1:
         raise VitlabError(f"random_count must be at least 1 (the random-map baseline), got {random_count}.")
-    counts = _counts(maps, *steps)  # (points,)
+    imputer = _check_specs(specs.values(), patches)
+    shape = (images.shape[0], patches)
+    ranked = [*(m.detach().float().cpu() for m in maps.values()),
+              *(random_maps(shape, seed=seed + index) for index in range(random_count))]  # each (B, patches)
     with torch.no_grad(), borrowed(model):
         targets = resolve_target(model, images, target)  # (B,)
-        curves = [_probabilities(model, images, targets, maps.to(images.device), counts, perturb, reveal)]
-        for index in range(random_count):
-            random = random_maps(maps.shape, seed=seed + index).to(images.device)  # (B, patches)
-            curves.append(_probabilities(model, images, targets, random, counts, perturb, reveal))
-    fractions = counts.double() / maps.shape[-1]  # (points,)
-    areas = [_area(curve, fractions) for curve in curves]  # each (B,)
-    random_curves = torch.stack(curves[1:])  # (random_count, B, points)
-    return CurveResult(fractions=fractions.float(), probabilities=curves[0], auc=areas[0],
-                       random_curve=random_curves.mean(dim=(0, 1)), random_auc=torch.stack(areas[1:]).mean().item())
+        fills = {code: _fill(images, FILLS[code], geometry(model).patch_size)
+                 for code in {spec.fill for spec in specs.values() if spec.kind != "road"}}  # each (B, 3, S, S)
+        jobs = _Jobs(images, ranked, specs.values())
+        probabilities = jobs.evaluate(model, targets, fills, imputer, seed)  # per spec: (maps, B, points)
+    results = {}
+    for (spec_name, spec), curves in zip(specs.items(), probabilities, strict=True):
+        fractions = _counts(patches, spec).double() / patches  # (points,)
+        areas = _area(curves, fractions)  # (maps, B)
+        random_curve = curves[len(maps):].mean(dim=(0, 1))  # (points,)
+        random_auc = areas[len(maps):].mean().item()
+        results[spec_name] = {name: CurveResult(fractions.float(), curves[index], areas[index], random_curve,
+                                                random_auc) for index, name in enumerate(maps)}
+    return results
 
 
-def _probabilities(model: VisionTransformer, images: Tensor, targets: Tensor, maps: Tensor, counts: Tensor,
-                   perturb: Perturbation, reveal: bool) -> Tensor:
-    """(B, points): the target's probability after perturbing the first counts[k] patches of each map's order.
-
-    Images go in groups whose perturbed copies (group, points) fill about one forward pass of FORWARD_BATCH.
-    """
-    geo = geometry(model)
-    ranks = maps.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (B, patches): 0 = most relevant
-    chosen = ranks[:, None, :] < counts.to(ranks.device)[None, :, None]  # (B, points, patches) perturbed or revealed
-    removed = ~chosen if reveal else chosen
-    pixels = removed.view(*removed.shape[:2], geo.grid_size, geo.grid_size)  # (B, points, grid, grid)
-    pixels = pixels.repeat_interleave(geo.patch_size, 2).repeat_interleave(geo.patch_size, 3)  # (B, points, S, S)
-    group = max(1, FORWARD_BATCH // len(counts))
-    probabilities = []
-    for start in range(0, images.shape[0], group):
-        part = slice(start, start + group)
-        rows = torch.arange(images.shape[0], device=images.device)[part].repeat_interleave(len(counts))  # (b*points,)
-        perturbed = perturb(images[rows], pixels[part].flatten(0, 1), rows)  # (b * points, 3, S, S)
-        probabilities.append(_target_probability(model, perturbed, targets[rows]).view(-1, len(counts)))  # (b, points)
-    return torch.cat(probabilities).float().cpu()  # (B, points)
+def _one_curve(model: VisionTransformer, images: Tensor, maps: Tensor, spec: CurveSpec, target: Target,
+               random_count: int, seed: int) -> CurveResult:
+    """One curve of one set of maps: `perturbation_curves` with one entry each."""
+    results = perturbation_curves(model, images, {"map": maps}, {"curve": spec}, target, random_count, seed)
+    return results["curve"]["map"]
 
 
-def _target_probability(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
-    """(N,): softmax probability of each image's target class, in forward passes of FORWARD_BATCH images."""
-    logits = torch.cat([model(chunk) for chunk in images.split(FORWARD_BATCH)])  # (N, classes)
-    return logits.softmax(dim=-1).gather(1, targets[:, None])[:, 0]
+def _check_maps(name: str, maps: Tensor, batch: int, patches: int, count: int) -> None:
+    """Refuse a map that is not (B, patches)."""
+    if maps.ndim != 2 or tuple(maps.shape) != (batch, patches):
+        which = f"map {name!r}" if count > 1 else "maps"
+        raise VitlabError(f"{which} must be (B, patches) = ({batch}, {patches}), got {tuple(maps.shape)}: one "
+                          f"relevance value per patch, as explain() returns.")
 
 
-def _area(curve: Tensor, fractions: Tensor) -> Tensor:
-    """(B, points) -> (B,): trapezoid area over `fractions`, divided by their span (a mean probability)."""
+def _check_specs(specs: object, patches: int) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """Refuse a spec that cannot be drawn, before any work; ROAD's imputer if a spec needs it."""
+    imputer = None
+    for spec in specs:
+        if spec.order not in ("most", "least"):
+            raise VitlabError(f"order must be 'most' (MoRF) or 'least' (LeRF), got {spec.order!r}.")
+        if spec.kind not in ("deletion", "insertion", "road"):
+            raise VitlabError(f"a curve is 'deletion', 'insertion' or 'road', got {spec.kind!r}.")
+        if spec.kind != "road" and spec.baseline not in FILLS:
+            raise VitlabError(f"baseline must be 'blur', 'mean' or 'zero', got {spec.baseline!r}.")
+        if not 1 <= spec.steps <= patches:
+            raise VitlabError(f"steps must be between 1 and the number of patches ({patches}), got {spec.steps}.")
+        if spec.kind == "road" and imputer is None:
+            imputer = require_extra("pytorch_grad_cam.metrics.road", "ROAD").NoisyLinearImputer()
+    return imputer
+
+
+def _counts(patches: int, spec: CurveSpec) -> Tensor:
+    """How many patches each point perturbs: round(k * patches / steps), k = 0..steps (ROAD: 0..steps-1)."""
+    ks = torch.arange(spec.steps if spec.kind == "road" else spec.steps + 1, dtype=torch.float64)  # (points,)
+    return torch.round(ks * patches / spec.steps).long()
+
+
+class _Jobs:
+    """Every perturbed image the curves need, as (fill code, image row, removed patches), each distinct one once."""
+
+    def __init__(self, images: Tensor, ranked: list[Tensor], specs: object) -> None:
+        self.images = images
+        keys, self.shapes = [], []
+        for spec in specs:
+            counts = _counts(ranked[0].shape[1], spec)  # (points,)
+            for relevance in ranked:
+                order = relevance if spec.order == "most" else -relevance  # (B, patches)
+                ranks = order.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0 = first perturbed
+                chosen = ranks[:, None, :] < counts[None, :, None]  # (B, points, patches)
+                removed = ~chosen if spec.kind == "insertion" else chosen
+                keys.append(_keys(removed, spec.fill))  # (B * points, 2 + patches)
+            self.shapes.append((len(ranked), images.shape[0], len(counts)))
+        self.unique, self.inverse = torch.unique(torch.cat(keys), dim=0, return_inverse=True)
+
+    def evaluate(self, model: VisionTransformer, targets: Tensor, fills: dict[int, Tensor],
+                 imputer: Callable[[Tensor, Tensor], Tensor] | None, seed: int) -> list[Tensor]:
+        """The target's probability for each job, one list entry per spec: (maps, B, points)."""
+        geo = geometry(model)
+        probabilities = []
+        for chunk in self.unique.split(FORWARD_BATCH):  # (n, 2 + patches): fill, row, removed patches
+            fill, rows = chunk[:, 0], chunk[:, 1]
+            removed = chunk[:, 2:].bool().view(-1, geo.grid_size, geo.grid_size).to(self.images.device)
+            pixels = removed.repeat_interleave(geo.patch_size, 1).repeat_interleave(geo.patch_size, 2)  # (n, S, S)
+            perturbed = self.images[rows.to(self.images.device)]  # (n, 3, S, S)
+            for code, filled in fills.items():
+                where = (fill == code).to(self.images.device)[:, None, None, None] & pixels[:, None]
+                perturbed = torch.where(where, filled[rows.to(filled.device)], perturbed)
+            if imputer is not None:
+                perturbed = _impute(perturbed, pixels, fill == IMPUTED, imputer, seed)
+            logits = model(perturbed)  # (n, classes)
+            chosen = targets[rows.to(targets.device)]  # (n,)
+            probabilities.append(logits.softmax(dim=-1).gather(1, chosen[:, None])[:, 0].float().cpu())
+        every = torch.cat(probabilities)[self.inverse]  # (jobs,) in the order the specs and maps were listed
+        return [part.view(shape) for part, shape in zip(every.split([a * b * c for a, b, c in self.shapes]),
+                                                         self.shapes, strict=True)]
+
+
+def _keys(removed: Tensor, fill: int) -> Tensor:
+    """(B, points, patches) removed patches -> (B * points, 2 + patches) long: fill code, image row, patches.
+
+    An image with nothing removed is the same whatever would have filled it: its fill code is UNTOUCHED."""
+    batch, points, patches = removed.shape
+    rows = torch.arange(batch)[:, None].expand(batch, points)  # (B, points)
+    codes = torch.where(removed.any(dim=-1), fill, UNTOUCHED)  # (B, points)
+    return torch.cat([codes[..., None], rows[..., None], removed.long()], dim=-1).view(batch * points, 2 + patches)
+
+
+def _impute(images: Tensor, pixels: Tensor, which: Tensor, imputer: Callable[[Tensor, Tensor], Tensor],
+            seed: int) -> Tensor:
+    """Fill the removed `pixels` (n, S, S) of the images `which` (n,) marks by `imputer(image, kept)` on the CPU.
+
+    The noise is seeded per image by `seed`, so an imputed image depends only on the image and its removed pixels;
+    torch's global generator is left as it was."""
+    images = images.clone()
+    for index in which.nonzero()[:, 0].tolist():
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            torch.manual_seed(seed)
+            warnings.simplefilter("ignore", DeprecationWarning)  # the imputer hands NumPy torch tensors
+            kept = (~pixels[index]).float().cpu()  # (S, S)
+            images[index] = imputer(images[index].cpu(), kept).to(images.device, images.dtype)
+    return images
+
+
+def _area(curves: Tensor, fractions: Tensor) -> Tensor:
+    """(..., points) -> (...): trapezoid area over `fractions`, divided by their span (a mean probability)."""
     span = (fractions[-1] - fractions[0]).clamp(min=torch.finfo(torch.float64).tiny)
-    return (torch.trapezoid(curve.double(), fractions, dim=-1) / span).float()
+    return (torch.trapezoid(curves.double(), fractions, dim=-1) / span).float()
 
 
 def _fill(images: Tensor, baseline: Baseline, patch_size: int) -> Tensor:
@@ -188,27 +280,6 @@ def _fill(images: Tensor, baseline: Baseline, patch_size: int) -> Tensor:
         return torch.zeros_like(images)
     if baseline == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
-    if baseline == "blur":
-        sigma = float(patch_size)  # one patch wide: a patch's content is spread over its neighbours
-        size = min(2 * round(2 * sigma) + 1, 2 * (images.shape[-1] // 2) - 1)  # odd, padding inside the image
-        return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
-    raise VitlabError(f"baseline must be 'blur', 'mean' or 'zero', got {baseline!r}.")
-
-
-def _replace_with(fill: Tensor) -> Perturbation:
-    """A perturbation that shows `fill` (B, 3, S, S), computed once per input image, at the removed pixels."""
-    def perturb(images: Tensor, removed: Tensor, rows: Tensor) -> Tensor:
-        return torch.where(removed[:, None], fill[rows], images)  # (N, 3, S, S)
-    return perturb
-
-
-def _imputed(imputer: Callable[[Tensor, Tensor], Tensor], seed: int) -> Perturbation:
-    """A perturbation that fills removed pixels by `imputer(image (3, S, S), kept (S, S) float)`, on the CPU."""
-    def perturb(images: Tensor, removed: Tensor, rows: Tensor) -> Tensor:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            torch.manual_seed(seed)  # the imputation's noise: seeded, torch's global generator untouched
-            warnings.simplefilter("ignore", DeprecationWarning)  # the imputer hands NumPy torch tensors
-            filled = [imputer(image.cpu(), (~mask).float().cpu()) if mask.any() else image.cpu()
-                      for image, mask in zip(images, removed, strict=True)]
-        return torch.stack(filled).to(images.device, images.dtype)  # (N, 3, S, S)
-    return perturb
+    sigma = float(patch_size)  # "blur", one patch wide: a patch's content is spread over its neighbours
+    size = min(2 * round(2 * sigma) + 1, 2 * (images.shape[-1] // 2) - 1)  # odd, padding inside the image
+    return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])

@@ -5,12 +5,17 @@ re-initialises a copy of the model cascading from the top, each level keeping th
 
     head        the classification head and the final LayerNorm
     block L     ... and the last encoder block
-    ...         ... block by block down to block 1
+    ...         ... the blocks below it, in at most 3 groups (`cascade`): block by block for vit_tiny's 4 blocks
+                (block 3, block 2, block 1), four at a time for ViT-B/16's 12 (blocks 8-11, 4-7, 1-3)
     embeddings  ... and the patch projection, class token and position embedding: nothing trained is left
 
 and compares each image's map on the copy with its map on the trained model by Spearman rank correlation. A map
 whose correlation stays near 1 shows the image, not the model: an edge detector stays at exactly 1. Class-agnostic
 attention maps do not move when only the head is random, since attention does not depend on it.
+
+Grouping keeps the cascade top-down and complete (head first, the last block alone, nothing trained at the end)
+while its cost stays at six explanations per method whatever the depth: a level per block would cost ViT-B/16
+fourteen, and a gradient-free CAM's explanation is hundreds of forward passes.
 
 The baseline beside it: the correlation of the trained maps with seeded random maps (about 0).
 """
@@ -18,6 +23,7 @@ The baseline beside it: the correlation of the trained maps with seeded random m
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +33,8 @@ from torchvision.models import VisionTransformer
 from vitlab.analysis.explain import MapFunction, Target, borrowed, check_images, explain, resolve_target
 from vitlab.analysis.localization import random_maps
 from vitlab.capture_grad import autograd_on, grad_ready
+
+BLOCK_GROUPS = 3  # the blocks below the last are randomised in at most this many groups (see `cascade`)
 
 
 @dataclass(frozen=True)
@@ -54,31 +62,60 @@ def randomization_check(model: VisionTransformer, images: Tensor, method: str | 
             classes are explained on every randomised copy.
         seed: seeds the random weights (torch's global generator is untouched) and the random-map baseline.
     Returns:
-        A `RandomizationResult` with len(model.encoder.layers) + 2 levels. `model` itself is not changed.
+        A `RandomizationResult` with one level per entry of `cascade(len(model.encoder.layers))`. `model` itself is
+        not changed.
+    """
+    return randomization_checks(model, images, {"method": method}, target, seed)["method"]
+
+
+def randomization_checks(model: VisionTransformer, images: Tensor, methods: Mapping[str, str | MapFunction],
+                         target: Target = None, seed: int = 0,
+                         trained: Mapping[str, Tensor] | None = None) -> dict[str, RandomizationResult]:
+    """`randomization_check` for several methods at once: one randomised copy per level serves every method.
+
+    Args:
+        methods: name -> a method, as `randomization_check` takes it.
+        trained: name -> the method's maps (B, patches) on the trained model for these targets, when already
+            computed (`vitlab.analysis.report` has them); missing ones are computed.
+        Others as `randomization_check`.
+    Returns:
+        name -> its `RandomizationResult`; each equals `randomization_check` for that method alone.
     """
     check_images(model, images)
     with autograd_on():  # copies made under inference mode could not be explained with gradients
         images = grad_ready(images)  # (B, 3, S, S)
         with borrowed(model):
             targets = resolve_target(model, images, target)  # (B,)
-        trained = explain(model, images, method, targets)  # (B, patches)
-        fresh = random_initialisation(model, seed)
+        given = dict(trained or {})
+        maps = {name: given[name] if name in given else explain(model, images, method, targets)
+                for name, method in methods.items()}  # each (B, patches)
         randomised = copy.deepcopy(model)
-        levels, correlations = [], []
+        fresh = random_initialisation(model, seed)
+        levels, correlations = [], {name: [] for name in methods}
         for level, prefixes in cascade(len(model.encoder.layers)):
             _copy_weights(fresh, randomised, prefixes)
             levels.append(level)
-            correlations.append(spearman(trained, explain(randomised, images, method, targets)))  # (B,)
-    baseline = spearman(trained.cpu(), random_maps(trained.shape, seed=seed)).mean().item()
-    return RandomizationResult(levels=tuple(levels), correlations=torch.stack(correlations).cpu(),
-                               random_baseline=baseline)
+            for name, method in methods.items():
+                correlations[name].append(spearman(maps[name], explain(randomised, images, method, targets)))  # (B,)
+    return {name: RandomizationResult(
+        levels=tuple(levels), correlations=torch.stack(correlations[name]).cpu(),
+        random_baseline=spearman(maps[name].cpu(), random_maps(maps[name].shape, seed=seed)).mean().item(),
+    ) for name in methods}
 
 
-def cascade(num_blocks: int) -> list[tuple[str, tuple[str, ...]]]:
-    """The levels, top first, each with the state-dict prefixes it re-initialises (on top of the levels before)."""
-    levels = [("head", ("heads.", "encoder.ln."))]
-    for index in reversed(range(num_blocks)):
-        levels.append((f"block {index + 1}", (f"encoder.layers.encoder_layer_{index}.",)))
+def cascade(num_blocks: int, groups: int = BLOCK_GROUPS) -> list[tuple[str, tuple[str, ...]]]:
+    """The levels, top first, each with the state-dict prefixes it re-initialises (on top of the levels before).
+
+    The head (with the final LayerNorm), the last block alone, the blocks below it in at most `groups` groups of
+    equal size (top groups first, one block each when there are few), then the embeddings."""
+    block = "encoder.layers.encoder_layer_{}."
+    levels = [("head", ("heads.", "encoder.ln.")), (f"block {num_blocks}", (block.format(num_blocks - 1),))]
+    below = list(reversed(range(num_blocks - 1)))  # 0-based, top first
+    size = max(1, -(-len(below) // groups))  # ceil: 11 blocks below in 3 groups -> 4, 4, 3
+    for start in range(0, len(below), size):
+        group = below[start:start + size]  # top first, e.g. [10, 9, 8, 7]
+        name = f"block {group[0] + 1}" if len(group) == 1 else f"blocks {group[-1] + 1}-{group[0] + 1}"
+        levels.append((name, tuple(block.format(index) for index in group)))
     levels.append(("embeddings", ("conv_proj.", "class_token", "encoder.pos_embedding")))
     return levels
 

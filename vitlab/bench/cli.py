@@ -23,7 +23,7 @@ import torch
 import torchvision
 
 from vitlab.atomic import atomic_write
-from vitlab.bench import epoch, explorer, rows
+from vitlab.bench import epoch, explain, explorer, rows
 from vitlab.bench.measure import Settings, describe_device, row_result
 from vitlab.cli import Parser, Rule, command, flag_name, number_flag
 from vitlab.device import pick_device
@@ -52,6 +52,7 @@ ROWS: dict[str, Row] = {
     "train_step_112": Row(partial(rows.bench_resolution_step, image_size=112), STEPS, optional=True),
     "laptop_estimate": Row(epoch.bench_laptop_estimate, RUNS, optional=True),
     "explorer": Row(explorer.bench_explorer, frozenset({"quick", "repeats", "arch"}), optional=True),  # the CPU's
+    "explain": Row(explain.bench_explain, frozenset({"device", "quick", "repeats", "arch"}), optional=True),
 }
 DEFAULT_ROWS = tuple(name for name, row in ROWS.items() if not row.optional)
 BENCH_DEVICES = ("cuda", "cpu")  # the device types the rows time, synchronise and measure memory on

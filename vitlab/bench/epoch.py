@@ -35,13 +35,12 @@ def vitlab_epoch(settings: Settings, train: ImageDataset, val: ImageDataset, bat
     device, compiled = settings.device, settings.cuda if settings.compile is None else settings.compile
     training = measure.vitlab_training(settings, -(-len(train) // batch_size) * 3, image_size, trainable_blocks)
     model, record = training.model, {"compiled": compiled}
-    train_transform = BatchTransform(model.image_size, train=True).to(device)
-    eval_transform = BatchTransform(model.image_size, train=False).to(device)
+    train_transform, eval_transform = (BatchTransform(model.image_size, train=on).to(device) for on in (True, False))
     cache = None
     if way == "cached":
         cache, record["cache_seconds"] = measure.timed(device, lambda: cache_trunk(
-            model, train, val, trainable_blocks, eval_transform, batch_size=2 * batch_size,
-            bf16=training.bf16, show_progress=False))
+            model, train, val, trainable_blocks, eval_transform, batch_size=2 * batch_size, bf16=training.bf16,
+            show_progress=False))
     top, inputs = (model, (train_transform, eval_transform)) if cache is None else (cache.top, (None, None))
     trainer = torch.compile(top) if compiled else top
 
@@ -51,8 +50,8 @@ def vitlab_epoch(settings: Settings, train: ImageDataset, val: ImageDataset, bat
             train_batches = batches(train.subset(order), batch_size, shuffle=False, device=device)
             val_batches = batches(val.take(n_val), 2 * batch_size, shuffle=False, device=device)
         else:
-            train_batches, val_batches = cache.train.batches(batch_size, order), cache.val.take(n_val).batches(
-                2 * batch_size)
+            train_batches = cache.train.batches(batch_size, order)
+            val_batches = cache.val.take(n_val).batches(2 * batch_size)
         train_seconds = measure.timed(device, lambda: training.train(trainer, train_batches, n_train, inputs[0]))[1]
         return train_seconds, measure.timed(device, lambda: training.evaluate(top, val_batches, n_val, inputs[1]))[1]
 
@@ -87,8 +86,7 @@ def bench_epoch(settings: Settings) -> dict:
         batch_size=batch_size, train_images=len(train), val_images=len(val), **vitlab,
         notebook_train_images_per_second=[r[0] for r in rates], notebook_eval_images_per_second=[r[1] for r in rates],
         notes=f"vitlab: one epoch, compile {'on' if vitlab['compiled'] else 'off'}; notebook: {steps} steps before and "
-        f"after, extrapolated" + ("" if full_size else "; reduced size: the 30 s target does not apply"),
-    )
+        f"after, extrapolated" + ("" if full_size else "; reduced size: the 30 s target does not apply"))
 
 
 def run_counts(config: FinetuneConfig) -> dict[str, int]:
@@ -117,10 +115,9 @@ def bench_laptop_estimate(settings: Settings, config: FinetuneConfig | None = No
                "test_full": ("test_seconds", 1)}  # images passed in each phase, per probe image
     rates = {phase: statistics.median(images * len(probe) / run[key] for run in runs)
              for phase, (key, images) in per_run.items()}
-    counts = run_counts(config)
+    counts = run_counts(config)  # images per split
     minutes = estimate_minutes(rates, counts, config.epochs)
     return measure.row_result(
         "laptop_estimate", settings, None, minutes["total"], "min", target="<= 30 min", met=minutes["total"] <= 30.0,
         rates=rates, counts=counts, minutes=minutes, notes=f"--preset {config.preset or 'custom'}, {config.epochs} "
-        f"epochs, minutes: " + ", ".join(f"{phase} {value:.1f}" for phase, value in minutes.items()),
-    )
+        f"epochs, minutes: " + ", ".join(f"{phase} {value:.1f}" for phase, value in minutes.items()))

@@ -53,8 +53,7 @@ def benchmark_explorer(arch: str = "vit_b_16", repeats: int = 5) -> dict[str, fl
 def benchmark_gallery(repeats: int = 5) -> dict[str, float]:
     """Median seconds of the demo model's 16 least-confident test images, class-specific maps drawn: with its 1,000
     test images classified first ("gallery_seconds"), and with that scan cached ("gallery_cached_seconds")."""
-    model, splits = load_demo_model()
-    fresh, cached = [], []
+    (model, splits), fresh, cached = load_demo_model(), [], []
     for _ in range(repeats + 1):  # the first round warms up the kernels and is not counted
         started = time.perf_counter()
         scan = predict(model, splits.test.images)

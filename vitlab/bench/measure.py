@@ -1,5 +1,4 @@
-"""The bench's kit: what a run measures (Settings), timing, one row's record, random data, vitlab's side of the rows
-(its training as the job sets it up) and the machine."""
+"""The bench's kit: what a run measures (Settings), timing, a row's record, random data, vitlab's training, machine."""
 
 from __future__ import annotations
 
@@ -64,12 +63,10 @@ class Settings:
 
 def timed(device: torch.device, work: Callable[[], Any]) -> tuple[Any, float]:
     """Run `work()`; return what it returned and its wall seconds, the device's queued work included."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # work queued before the call is not charged to it
-    start = time.perf_counter()
-    result = work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+    synchronize(device)  # work queued before the call is not charged to it
+    start, result = time.perf_counter(), work()
+    synchronize(device)
     return result, time.perf_counter() - start
 
 
@@ -167,9 +164,9 @@ def vitlab_training(settings: Settings, total_steps: int, image_size: int | None
     scheduler = vitlab_train.make_scheduler(optimizer, recipe, total_steps=total_steps)
     common = {"criterion": vitlab_train.make_criterion(recipe), "device": device, "recipe": recipe,
               "show_progress": False}
-    return VitlabTraining(model, partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler,
-                                         **common),
-                          partial(vitlab_train.evaluate, **common), vitlab_train.uses_bf16(device, recipe))
+    train = partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler, **common)
+    evaluate, bf16 = partial(vitlab_train.evaluate, **common), vitlab_train.uses_bf16(device, recipe)
+    return VitlabTraining(model, train, evaluate, bf16)
 
 
 def vitlab_trainer(settings: Settings, data: ImageDataset, batch_size: int, total_steps: int, *,

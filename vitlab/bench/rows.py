@@ -8,13 +8,12 @@ import json
 import resource
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from vitlab.bench import measure
-from vitlab.bench.baseline import notebook_eval_steps, notebook_load_batches, notebook_loader, notebook_trainer
+from vitlab.bench.baseline import images_per_second, notebook_eval_steps, notebook_loader, notebook_trainer
 from vitlab.bench.measure import Settings, as_dataset, cifar_like
 from vitlab.capture import capture
 from vitlab.cli import flag_name
@@ -42,11 +41,10 @@ def bench_data_pipeline(settings: Settings) -> dict:
         for images_batch, _ in batches(data, batch_size, shuffle=True, device=device):
             transform(images_batch)  # (B, 3, 32, 32) uint8 -> (B, 3, S, S) normalised float
 
-    sides = (lambda: notebook_load_batches(loader, steps), lambda: len(data) / measure.timed(device, transform_all)[1])
+    sides = (lambda: images_per_second(loader, steps), lambda: len(data) / measure.timed(device, transform_all)[1])
     return measure.paired_row(
         "data_pipeline", settings, sides, settings.reps(5, 9), target=">= 4x", batch_size=batch_size, steps=steps,
-        notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL on the CPU; vitlab: on the {device.type}",
-    )
+        notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL on the CPU; vitlab: on the {device.type}")
 
 
 def bench_train_step(settings: Settings) -> dict:
@@ -59,8 +57,7 @@ def bench_train_step(settings: Settings) -> dict:
     return measure.paired_row(  # the warm-up allocates Adam's state and primes the kernels
         "train_step", settings, (lambda: notebook(steps), lambda: vitlab(steps)), repeats, target=">= 1x",
         batch_size=batch_size, steps=steps, notes=f"{settings.arch}, random weights, last 3 blocks + head train; "
-        f"vitlab: recipe 'default' (AdamW, cosine, smoothing, clipping), {'bf16' if settings.cuda else 'fp32'}",
-    )
+        f"vitlab: recipe 'default' (AdamW, cosine, smoothing, clipping), {'bf16' if settings.cuda else 'fp32'}")
 
 
 def bench_eval_throughput(settings: Settings) -> dict:
@@ -80,8 +77,7 @@ def bench_eval_throughput(settings: Settings) -> dict:
     return measure.paired_row(
         "eval_throughput", settings, (lambda: notebook_eval_steps(training.model, loader, steps, device), vitlab),
         settings.reps(3, 5), batch_size=batch_size, steps=steps, notes=f"{settings.arch}; notebook: "
-        f"weights.transforms() per image, fp32; vitlab: BatchTransform eval, {'bf16' if settings.cuda else 'fp32'}",
-    )
+        f"weights.transforms() per image, fp32; vitlab: BatchTransform eval, {'bf16' if settings.cuda else 'fp32'}")
 
 
 def bench_resolution_step(settings: Settings, image_size: int, reference: int = 224) -> dict:
@@ -94,8 +90,7 @@ def bench_resolution_step(settings: Settings, image_size: int, reference: int = 
         f"train_step_{image_size}", settings, (lambda: base(steps), lambda: ours(steps)), repeats,
         ratio_meaning=f"{image_size} px / {reference} px", target=RESOLUTION_TARGETS.get(image_size, "report"),
         batch_size=batch_size, steps=steps, image_size=image_size, reference_size=reference,
-        notes=f"{settings.arch}, random weights, the last 3 blocks + head train; baseline: the same at {reference} px",
-    )
+        notes=f"{settings.arch}, random weights, the last 3 blocks + head train; baseline: the same at {reference} px")
 
 
 def capture_samples(arch: str, batch_size: int, forwards: int, repeats: int, device: str) -> dict:
@@ -129,26 +124,22 @@ def bench_capture_overhead(settings: Settings) -> dict:
     arguments = [settings.arch, batch_size, settings.count(1, 1, 5, 10), settings.reps(5, 7), str(settings.device)]
     runs = [measure.in_fresh_process("vitlab.bench.rows", "capture_samples", arguments) for _ in range(processes)]
     ratios = [statistics.median(r["captured"]) / statistics.median(r["plain"]) for r in runs]
-    identical = all(r["identical"] for r in runs)
     return measure.row_result(
         "capture_overhead", settings, statistics.median(statistics.median(r["plain"]) for r in runs),
         statistics.median(statistics.median(r["captured"]) for r in runs), "s/batch", ratio=statistics.median(ratios),
         ratio_meaning="capture / plain (time), median of per-process ratios", target="<= 1.05x",
-        batch_size=batch_size, process_ratios=ratios, logits_identical=identical,
+        batch_size=batch_size, process_ratios=ratios, logits_identical=all(r["identical"] for r in runs),
         samples_baseline=[t for r in runs for t in r["plain"]], samples_vitlab=[t for r in runs for t in r["captured"]],
-        notes=f"{settings.arch}, eval, fp32; per-process ratios {', '.join(f'{x:.2f}x' for x in ratios)}",
-    )
+        notes=f"{settings.arch}, eval, fp32; per-process ratios {', '.join(f'{x:.2f}x' for x in ratios)}")
 
 
 def memory_child(side: str, arch: str, batch_size: int, steps: int, device: str) -> float:
     """In a fresh process: `steps` steps of one side's training; its peak memory (the CPU: the process's), MiB."""
     settings = Settings(device=torch.device(device), arch=arch)
     images, labels = cifar_like(batch_size * steps, settings.seed)
-    if side == "notebook":
-        notebook_trainer(settings, images, labels, batch_size)[0](steps)
-    else:
-        data = as_dataset(images, labels).to(settings.device)
-        measure.vitlab_trainer(settings, data, batch_size, total_steps=100)(steps)
+    run = notebook_trainer(settings, images, labels, batch_size)[0] if side == "notebook" else measure.vitlab_trainer(
+        settings, as_dataset(images, labels).to(settings.device), batch_size, total_steps=100)
+    run(steps)
     if settings.cuda:
         return torch.cuda.max_memory_allocated() / 2**20
     if Path("/proc/self/status").is_file():  # Linux: VmHWM, as ru_maxrss keeps a parent's peak over fork and exec
@@ -169,12 +160,10 @@ def bench_peak_memory(settings: Settings) -> dict:
 
 
 def finetune_job(args: list[str], out: Path, fresh_process: bool = False) -> dict:
-    """`python -m vitlab.finetune ARGS --quiet --out OUT`: its summary.json and wall "seconds" (starting torch too, in a
-    fresh process)."""
-    command, started = [*args, "--quiet", "--out", str(out)], time.perf_counter()
-    code = (measure.in_fresh_process("vitlab.training.finetune", "main", [command]) if fresh_process
-            else finetune.main(command))
-    seconds = time.perf_counter() - started
+    """`python -m vitlab.finetune ARGS --quiet --out OUT`: summary.json and wall "seconds" (in a fresh process too)."""
+    command = [*args, "--quiet", "--out", str(out)]
+    code, seconds = measure.timed(torch.device("cpu"), lambda: measure.in_fresh_process(
+        "vitlab.training.finetune", "main", [command]) if fresh_process else finetune.main(command))
     if code != 0:
         raise RuntimeError(f"python -m vitlab.finetune {' '.join(command)} exited with {code} (its message is above)")
     return {**json.loads((out / "summary.json").read_text()), "seconds": seconds}
@@ -190,8 +179,7 @@ def bench_demo(settings: Settings) -> dict:
         met=run["test_acc"] >= 0.90 and run["seconds"] <= 30.0, test_acc=run["test_acc"],
         pointing_game=run.get("pointing_game"), attention_mass_ratio=run.get("attention_mass_ratio"),
         wall_seconds_in_process=run["wall_seconds"], floor_met=run["test_acc"] >= 0.87 and run["seconds"] <= 60.0,
-        notes=f"{' '.join(['--preset', 'demo', *settings.demo_args])}; {run['wall_seconds']:.0f} s inside the run",
-    )
+        notes=f"{' '.join(['--preset', 'demo', *settings.demo_args])}; {run['wall_seconds']:.0f} s inside the run")
 
 
 def bench_demo_frontier(settings: Settings) -> dict:
@@ -239,5 +227,4 @@ def bench_transfer(settings: Settings, variants: dict | None = None) -> dict:
         target="the pretrained base beats from-scratch on every seed, at equal epochs and at equal wall time",
         met=all(n == len(seeds) for w in wins.values() for n in w.values()),
         table={name: {str(s): r[s] for s in seeds} for name, r in table.items()}, wins=wins,
-        notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; seeds (of {len(seeds)}) the base won: {wins}",
-    )
+        notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; seeds (of {len(seeds)}) the base won: {wins}")

@@ -28,6 +28,7 @@ One concept per module:
     compare.py  one view of two models on the same image, on a common grid, and their difference
     export.py   downloads: a view as PNG, the raw maps as .npz, a safe file name
     live.py     head ablation and the logit lens, live on one image
+    methods.py  every relevance method on one image with its deletion and insertion areas (the "Which map?" mode)
 
 The analyses themselves are vitlab.analysis.attention's. Every failure is a VitlabError whose message says what to do
 next. This package exports the functions above; everything else (constants, types, helpers) is imported from its

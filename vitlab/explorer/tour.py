@@ -131,6 +131,14 @@ TOUR: tuple[TourStep, ...] = (
         "Switch off every head of the last block: how much will the top prediction's probability drop?",
         "Look at the before and after columns: some heads matter a lot, many hardly at all.",
         "16_head_ablation.py"),
+    TourStep(
+        "which_map", "Which map should you trust?",
+        "Attention, rollout, gradients and class activation maps each answer \"which patches matter?\" their own way, "
+        "and they disagree. Deletion removes the patches a map ranks first and watches the prediction fall; a map "
+        "is only as good as it beats random maps.",
+        "Will the maps that look most like the object also have the lowest deletion area?",
+        "Compare the pictures with the numbers: a map can sit on the object and still score no better than random.",
+        "17_which_map_to_trust.py"),
 )
 
 

@@ -6,6 +6,7 @@
     tour.py     the guided tour, one vitlab.explorer.tour step per screen
     gallery.py  a grid of test images with one overlay each; a click opens one in Explore
     compare.py  one image through two models, with the difference map
+    methods.py  "Which map?": every relevance method on one image with its deletion and insertion areas
 
 Widgets only: the work is the vitlab.explorer package's. The package's __init__ does not import these modules
 (the bench and the tests of the non-UI work need no page).

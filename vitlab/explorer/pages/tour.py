@@ -8,7 +8,7 @@ import streamlit as st
 import torch
 
 from vitlab.explorer.drawing import HEAD_VIEW_PX, jpeg_bytes, render_overlay
-from vitlab.explorer.pages import common, explore
+from vitlab.explorer.pages import common, explore, methods
 from vitlab.explorer.pages.common import Display, show
 from vitlab.explorer.sources import LoadedModel
 from vitlab.explorer.tour import TOUR, TourStep
@@ -133,8 +133,10 @@ VIEWS = {
     "patches": _patches, "patch_embeddings": _filters, "position_embeddings": _positions, "one_head": _one_head,
     "query_patch": _query, "attention_distance": _distance, "rollout": _rollout, "class_specific": _class_specific,
     "logit_lens": _lens, "probes": _probes, "token_norms": _norms, "feature_pca": _pca, "head_ablation": _ablation,
+    "which_map": lambda loaded, image, image_key, views, display: methods.draw(loaded, image, image_key, display),
 }
-WIDE = {"patches", "patch_embeddings", "position_embeddings", "attention_distance", "class_specific", "token_norms"}
+WIDE = {"patches", "patch_embeddings", "position_embeddings", "attention_distance", "class_specific", "token_norms",
+        "which_map"}
 
 
 def _check(steps: tuple[TourStep, ...]) -> None:
