@@ -41,7 +41,7 @@ def card_name(name: str = "fractal") -> str:
 SHIP_COMMANDS = {
     "fractal": "python -m vitlab.pretrain --threads 1 --ship",
     "fashion": "python -m vitlab.pretrain --data fashion --init fractal --epochs 120 --mask-ratio 0.75 "
-               "--global-weight 1 --threads 1 --ship",
+               "--global-weight 1 --position-lr-scale 1 --threads 1 --ship",
 }
 
 

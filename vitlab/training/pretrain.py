@@ -1,8 +1,8 @@
 """Pretrain vitlab's small ViT offline: on generated fractals, then on unlabelled photos; the bases vitlab ships.
 
     python -m vitlab.pretrain --ship                # the fractal base (vitlab/weights/vit_tiny_fractal.json)
-    python -m vitlab.pretrain --data fashion --init fractal --epochs 120 --mask-ratio 0.75 --global-weight 1 --ship
-                                                    # the demo's base, from the fractal one (vit_tiny_fashion.json)
+    python -m vitlab.pretrain --data fashion --init fractal --epochs 120 --mask-ratio 0.75 --global-weight 1 \
+        --position-lr-scale 1 --ship                # the demo's base, from the fractal one (vit_tiny_fashion.json)
     python -m vitlab.pretrain --epochs 1 --steps-per-epoch 5 --out /tmp/smoke      # a smoke run
     python -m vitlab.pretrain --resume runs/pretrain-20261202-120000               # continue a stopped run
 
