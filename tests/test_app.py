@@ -137,7 +137,8 @@ def test_image_views_select_from_one_forward_pass(demo_model):
     views = explorer.analyse_image(model, image)
     assert views.num_layers == len(model.encoder.layers) and views.num_heads == 4
     assert torch.isclose(views.probs.sum(), torch.tensor(1.0))
-    assert views.top_k(5)[0][0] == int(views.probs.argmax()) and len(views.top_k(5)) == 4  # 4 classes
+    assert views.top_k(5)[0][0] == int(views.probs.argmax()) and len(views.top_k(5)) == 5  # of the 10 classes
+    assert len(views.top_k(20)) == len(splits.classes)  # never more than there are classes
     grid = views.geometry.grid_size
     assert torch.equal(views.cls_map(2, 1), cls_attention(views.attentions[2], views.geometry)[0, 1])
     assert views.head_maps(2).shape == (4, grid, grid)
@@ -268,7 +269,7 @@ def test_app_shows_every_view_for_the_demo_model(app):
     for view in ("Image", "Class token", "Prediction", "Rollout", "Query patch", "Class-specific", "heads",
                  "attention distance"):
         assert view in subheaders, subheaders
-    assert len(app.get("progress")) == 4  # top-5 of a 4-class model
+    assert len(app.get("progress")) == 5  # the top 5 of the 10 classes
     assert len(app.caption) >= 8  # one sentence under every view
     grid = next(element for element in app.image if len(element.proto.imgs) > 1)
     heads = [picture.caption for picture in grid.proto.imgs]

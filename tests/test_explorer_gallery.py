@@ -17,9 +17,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def random_tiny():
-    """A random vit_tiny with a 4-class head: it gets many shapes wrong, with low confidence."""
+    """A random vit_tiny with a 10-class head: it gets many photos wrong, with low confidence."""
     torch.manual_seed(0)
-    return build_model("vit_tiny", num_classes=4, pretrained=False).eval()
+    return build_model("vit_tiny", num_classes=10, pretrained=False).eval()
 
 
 def plain_probs(model, images):
@@ -86,7 +86,7 @@ def test_bad_choices_and_empty_galleries_are_explained(demo_model, random_tiny):
     cases = [
         (dict(kind="best"), "Unknown gallery 'best'"),
         (dict(kind="class"), "needs a class"),
-        (dict(kind="class", class_index=4), "Class 4 does not exist"),
+        (dict(kind="class", class_index=10), "Class 10 does not exist"),
         (dict(kind="misclassified", count=0), "at least one image"),
         (dict(kind="misclassified", predictions=all_right), "correctly"),
         (dict(kind="least_confident", predictions=(torch.zeros(5), torch.ones(5))), "predictions cover 5"),
@@ -97,7 +97,7 @@ def test_bad_choices_and_empty_galleries_are_explained(demo_model, random_tiny):
     with pytest.raises(VitlabError, match="Unknown gallery view 'gradcam'"):
         build_gallery(random_tiny, dataset, "class", "gradcam", class_index=0)
     empty = dataset.subset(torch.tensor([i for i in range(32) if dataset.labels[i] != 3]))
-    with pytest.raises(VitlabError, match="No test image of class 'cross'"):
+    with pytest.raises(VitlabError, match=f"No test image of class '{dataset.classes[3]}'"):
         select_images(random_tiny, empty, "class", class_index=3)
 
 

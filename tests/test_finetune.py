@@ -24,7 +24,7 @@ from vitlab.training.resume import resume_config
 # A few hundred shapes, two epochs: seconds on a laptop CPU, yet every part of the job runs.
 # The demo preset trained from scratch (every block, no trunk cache), as a short smoke run: the demo preset itself,
 # on the shipped base, is trained once per session by the demo_cache fixture and checked there.
-SMOKE = ["--preset", "demo", "--pretrained", "none", "--trainable-blocks", "all", "--lr", "1e-3",
+SMOKE = ["--preset", "demo", "--dataset", "shapes", "--pretrained", "none", "--trainable-blocks", "all", "--lr", "1e-3",
          "--subset", "192", "--epochs", "2", "--batch-size", "32", "--quiet"]
 HISTORY_FIELDS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_second", "lr"}
 TIMINGS = {"seconds", "images_per_second"}
@@ -269,12 +269,14 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert load_checkpoint(out)["epoch"] == 2
 
 
-def test_the_demo_preset_learns_shapes_and_its_attention_finds_them(demo_cache: Path) -> None:
-    """The full `--preset demo` run (trained once per session by the demo_cache fixture) meets its targets."""
+def test_the_demo_preset_learns_the_photos_and_its_attention_finds_the_garment(demo_cache: Path) -> None:
+    """The full `--preset demo` run (trained once per session by the demo_cache fixture) meets its floor: 87% of the
+    2,000 shipped test photos (88.0% measured), and rollout's top patch on the garment well above chance (a garment
+    covers about half the image, so a random patch lands on it 55% of the time; 74% measured)."""
     summary = json.loads((demo_cache / "demo" / "summary.json").read_text())
-    assert summary["test_acc"] >= 0.95
-    assert summary["pointing_game"] >= 0.8 > summary["random_pointing_game"]
-    assert summary["attention_mass_ratio"] >= 2.5
+    assert summary["test_acc"] >= 0.87 and summary["test_images"] == 2000
+    assert summary["pointing_game"] >= summary["random_pointing_game"] + 0.1
+    assert summary["attention_mass_ratio"] >= 1.1
     assert summary["rollout"] == {"head_fusion": "mean", "discard_ratio": 0.5}
 
 
@@ -290,12 +292,12 @@ def test_the_config_is_complete_when_make_config_returns() -> None:
     notebook = make_config({})
     assert notebook.pretrained == "imagenet" and notebook.trainable_blocks == 3
     demo = make_config({"preset": "demo"})
-    assert demo.pretrained == "fractal" and demo.trainable_blocks == 2  # the shipped base, its last 2 blocks train
+    assert demo.pretrained == "fashion" and demo.trainable_blocks == 2  # the shipped base, its last 2 blocks train
     assert make_config(explicit_flags(["--trainable-blocks", "all"])).trainable_blocks == 12  # typed "all" counts
     assert make_config(explicit_flags(["--arch", "vit_tiny"])).pretrained == "fractal"  # the base vitlab ships
-    with pytest.raises(VitlabError, match="its own is 'fractal'"):
+    with pytest.raises(VitlabError, match="its own are fractal, fashion"):
         make_config(explicit_flags(["--arch", "vit_tiny", "--pretrained", "imagenet"]))
-    with pytest.raises(VitlabError, match="its own is 'imagenet'"):
+    with pytest.raises(VitlabError, match=r"its own is imagenet\."):
         make_config(explicit_flags(["--pretrained", "fractal"]))
     assert make_config(explicit_flags(["--cache-trunk"])).max_rotation == 0.0
     scratch = make_config(explicit_flags(["--preset", "demo", "--pretrained", "none", "--trainable-blocks", "all"]))
