@@ -183,5 +183,3 @@ save(figure_patches_to_tokens(images[0], pixel_rows[0], by_hand[0], geo.grid_siz
 # 4. The demo's photos are 28x28, padded with 2 black pixels on each side to 32x32. Which patches of the 8x8 grid
 #    hold some padding, and how much of each? Why does black padding cost the model nothing here, when the clothes
 #    already lie on black?
-# 5. CIFAR images are 32x32 and ViT-B/16 sees them resized to 224x224. How many original pixels does one of its
-#    16x16 patches really hold?

@@ -199,14 +199,12 @@ save(figure_distance_and_class_token(by_distance, agreement, subject.name, shown
 # ## Questions
 #
 # 1. Neighbouring positions end up with similar embeddings, yet the model was never told that patches form a grid.
-#    What in the training data could have taught it? In a photo of a coat, how alike are two neighbouring patches,
-#    and two patches from opposite corners?
-# 2. The demo's base learned its position embeddings on fractals first, then on the clothing photos, whose
-#    garments always sit centred in the frame. Compare the Spearman value printed above with the fractal base's:
-#    did the photos sharpen the grid or blur it, and why might centred objects do that?
-# 3. The paper's ViT-B/16 shows row and column stripes in the similarity maps. Look for them in your figure: what
+#    What in the training data could have taught it? The demo's base learned them on fractals, then on photos whose
+#    garments always sit centred: compare the printed Spearman with the fractal base's. Did the photos sharpen the
+#    grid or blur it?
+# 2. The paper's ViT-B/16 shows row and column stripes in the similarity maps. Look for them in your figure: what
 #    would they let the model do that a blob around each position would not?
-# 4. The class token enters identical for all images and leaves different. Through which operation does
+# 3. The class token enters identical for all images and leaves different. Through which operation does
 #    information reach it, and why can it not be the MLP?
-# 5. Fine-tuning ViT-B/16 at 384x384 gives a 24x24 grid, but it learned 14x14 position embeddings. What could you
+# 4. Fine-tuning ViT-B/16 at 384x384 gives a 24x24 grid, but it learned 14x14 position embeddings. What could you
 #    do with them? (torchvision interpolates: which interpolation keeps the pattern you see here?)

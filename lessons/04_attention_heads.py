@@ -148,7 +148,6 @@ save(figure_heads(inputs[:1].expand(num_blocks, -1, -1, -1), per_block, [f"block
 # 2. Two heads of the same block can look at very different places. What would be lost if all heads agreed?
 # 3. An "effective number of patches" of 1 means a head reads one patch; of 64 (the demo's whole grid) means it
 #    reads all evenly. Which heads of your model are focused, which diffuse, and does that change with --block?
-# 4. Run with --block 1. Do the first block's heads look at the garment's outline, at its middle, or at the black
-#    background? Which would you expect for a trouser, whose two legs leave a gap of black between them?
-# 5. Is a head that attends to the garment proof that the model uses the object to decide? What else would you need
+#    With --block 1, do the heads look at the garment's outline, its middle, or the black around it?
+# 4. Is a head that attends to the garment proof that the model uses the object to decide? What else would you need
 #    to check? (Lessons 10 and 11 come back to this.)

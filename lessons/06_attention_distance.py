@@ -196,7 +196,5 @@ save(figure_range(trained, random, uniform, f"{subject.name}: local and global h
 #    Why would that task need heads that look nearby, and why would classifying an image not (vitlab tried both:
 #    BENCHMARKS.md)?
 # 3. A randomly initialised model's heads sit near the uniform value. Why does random attention look "global"?
-# 4. To tell a sneaker from an ankle boot, how far must the model look: is one 4-px patch enough, or does it need
-#    the shoe's whole height? Which blocks' distances fit that?
-# 5. The paper reports that ViT models pre-trained on more data have more local heads in early blocks. Why might a
+# 4. The paper reports that ViT models pre-trained on more data have more local heads in early blocks. Why might a
 #    model learn to imitate a convolution when nobody built one in?

@@ -203,6 +203,4 @@ if scores:
 #    head look here?", and which for "do all heads agree?"
 # 4. Rollout ignores the MLPs and the values: it only follows attention weights. Name one way this can make a
 #    rollout map wrong about what the model uses.
-# 5. The object mask is the whole silhouette, so a map that lights up a coat's collar and a map that lights up its
-#    hem score the same. Which part of a coat, a shirt or a pullover would you expect the model to need, and how
-#    could you test that with a score the silhouette cannot give?
+#    (The object mask is the whole silhouette: a map on a coat's collar and one on its hem score the same.)

@@ -253,6 +253,3 @@ save(figure_examples(model, subject, inputs[0], {name: ranks[:1] for name, ranks
 #    whichever patches you remove? Which of the three curves controls for it?
 # 4. Painting with the mean colour is one choice. On these photos black is the background: painting a patch black
 #    makes it look like background, not like a hole. What might change with black, noise, or a blurred copy?
-# 5. Which removed patches would cost a shirt its label first: its collar, its sleeves, or its middle? A shirt and a
-#    T-shirt/top differ mostly at the sleeves. How would you check, with this lesson's code, on the test photos of
-#    those two classes only?

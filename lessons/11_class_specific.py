@@ -247,6 +247,5 @@ save(figure_maps(pair_inputs, pair_maps, subject, geo,
 # 3. Where does the model look to tell a shirt from a T-shirt/top or a coat? Run with --other shirt and with
 #    --other "T-shirt/top", and look at confused_pair.png: do the maps differ at the sleeves, the collar, the
 #    buttons down the front, or not at all? Find a photo where the two maps disagree and explain what each says.
-# 4. Could the evidence for "sandal" highlight part of a sneaker? What would that part look like?
-# 5. Rollout and gradient-weighted attention can both land on the garment. Which of them could tell you the model
+# 4. Rollout and gradient-weighted attention can both land on the garment. Which of them could tell you the model
 #    is right for the wrong reason?
