@@ -104,7 +104,8 @@ explain(f"""
 # %% [markdown]
 # ## The patch grid
 #
-# The first image with its grid, each patch numbered by its place in the sequence.
+# The first photo with its grid, each patch numbered by its place in the sequence. A garment spans many patches:
+# no single patch holds a sleeve, a collar or a heel whole, so the model must combine patches to recognise one.
 
 
 # %%
@@ -123,7 +124,7 @@ def figure_patch_grid(image: Tensor, grid: int, patch: int, title: str) -> Figur
     return fig
 
 
-save(figure_patch_grid(images[0], geo.grid_size, geo.patch_size, f"{subject.name}: an image as patches"),
+save(figure_patch_grid(images[0], geo.grid_size, geo.patch_size, f"{subject.name}: a photo as patches"),
      settings.out, FIGURES[0])
 
 # %% [markdown]
@@ -179,5 +180,6 @@ save(figure_patches_to_tokens(images[0], pixel_rows[0], by_hand[0], geo.grid_siz
 #    every token with every other: how much more work is the larger image?
 # 3. Why is a convolution whose kernel size equals its stride the same thing as one linear layer applied to each
 #    patch separately? What would change if the stride were smaller than the kernel?
-# 4. CIFAR images are 32x32 and ViT-B/16 sees them resized to 224x224. How many original pixels does one of its
-#    16x16 patches really hold?
+# 4. The demo's photos are 28x28, padded with 2 black pixels on each side to 32x32. Which patches of the 8x8 grid
+#    hold some padding, and how much of each? Why does black padding cost the model nothing here, when the clothes
+#    already lie on black?

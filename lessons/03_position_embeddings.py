@@ -37,7 +37,7 @@ from vitlab.analysis.attention import patch_distances
 from vitlab.analysis.structure import position_embedding_similarity, position_embedding_spearman
 from vitlab.capture import capture_forward, geometry
 from vitlab.plotting import plot_position_similarity
-from vitlab.shipped import shipped_card
+from vitlab.shipped import SHIPPED_BASES, shipped_card
 from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("position_similarity.png", "similarity_vs_distance.png")
@@ -143,7 +143,12 @@ with torch.no_grad():
     class_token_in = (model.class_token + model.encoder.pos_embedding[:, :1])[0]  # (1, hidden)
     agreement = class_token_agreement(captured.hidden_states, class_token_in)
 spearman = position_embedding_spearman(model)
-base_spearman = shipped_card()["metrics"]["position_spearman"]
+fractal_spearman = shipped_card(name="fractal")["metrics"]["position_spearman"]
+config = subject.run_config or {}
+base_note = f"vitlab's shipped fractal base reached {fractal_spearman:.2f} on generated fractals, its card says"
+if subject.source == "demo" and config.get("pretrained") in SHIPPED_BASES and config["pretrained"] != "fractal":
+    base_note += (f"; the demo's {config['pretrained']} base went on from it, filling in hidden patches of unlabelled "
+                  "photos, and the demo fine-tunes that base with these embeddings frozen")
 explain(f"""
     Model: {subject.name}. encoder.pos_embedding has shape {tuple(model.encoder.pos_embedding.shape)}: one
     learned vector for the class token and one for each of the {geo.num_patches} patch positions.
@@ -152,10 +157,9 @@ explain(f"""
     positions in the same row or column {aligned_mean[1:].mean():.2f}; positions sharing neither
     {other_mean.mean():.2f}. Random vectors would give about 0 everywhere. One number for "nearby means
     similar": the Spearman correlation between two positions' similarity and their distance on the grid is
-    {spearman:.2f} (-1: always more similar when closer; a random initialisation: about 0; vitlab's shipped
-    base, which the demo fine-tunes with these embeddings frozen, was pretrained on generated fractals until
-    it reached {base_spearman:.2f}, its card says). Whatever structure you see, the model learned from
-    data: nothing told it the patches form a grid. Asserted: the lesson's position_similarity_by_hand equals
+    {spearman:.2f} (-1: always more similar when closer; a random initialisation: about 0; {base_note}).
+    Whatever structure you see, the model learned from data: nothing told it the patches form a grid.
+    Asserted: the lesson's position_similarity_by_hand equals
     vitlab.analysis.structure.position_embedding_similarity.
 
     The class token (model.class_token, shape {tuple(model.class_token.shape)}) is the same learned vector
@@ -195,7 +199,9 @@ save(figure_distance_and_class_token(by_distance, agreement, subject.name, shown
 # ## Questions
 #
 # 1. Neighbouring positions end up with similar embeddings, yet the model was never told that patches form a grid.
-#    What in the training data could have taught it?
+#    What in the training data could have taught it? The demo's base learned them on fractals, then on photos whose
+#    garments always sit centred: compare the printed Spearman with the fractal base's. Did the photos sharpen the
+#    grid or blur it?
 # 2. The paper's ViT-B/16 shows row and column stripes in the similarity maps. Look for them in your figure: what
 #    would they let the model do that a blob around each position would not?
 # 3. The class token enters identical for all images and leaves different. Through which operation does

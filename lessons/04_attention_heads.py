@@ -14,8 +14,9 @@
 # In every block each head computes, for every token, a probability distribution over all tokens: where that token
 # reads from. The classifier only looks at the class token, so the first map worth drawing is the class token's
 # row: how much of what the class token reads comes from each patch. The lesson draws it for every head of one
-# block (the last by default), over several images, and measures each head: how many patches it spreads over and,
-# on the shapes, how much of it lands on the object.
+# block (the last by default), over several photos, and measures each head: how many patches it spreads over and,
+# where the images have object masks (the garment's silhouette on the demo's photos), how much of it lands on the
+# garment rather than on the black around it.
 #
 # Builds on: `vitlab/capture.py` (`capture_forward`: attention probabilities), `vitlab/analysis/attention.py`
 # (`cls_attention`), `vitlab/analysis/localization.py` (`attention_mass_ratio`), `vitlab/plotting.py`
@@ -70,8 +71,9 @@ if not 1 <= block <= num_blocks:
 # ## Every head of one block, measured
 #
 # Two numbers per head. The effective number of patches, exp(entropy) of the head's map renormalised over the
-# patches: 1 when it reads one patch, the whole grid when it reads all evenly. And, on the shapes, the object mass
-# ratio: the map's share on object patches divided by the object's share of the image (1.0 is chance).
+# patches: 1 when it reads one patch, the whole grid when it reads all evenly. And, where there are masks, the
+# object mass ratio: the map's share on the garment's patches divided by the garment's share of the image (1.0 is
+# chance).
 
 
 # %%
@@ -106,8 +108,8 @@ print("\n".join(lines) + "\n")
 # %% [markdown]
 # ## The maps
 #
-# Four images, one of each class where the labels allow, with every head's map over them; then one image in every
-# block, to see how the heads change with depth.
+# Four photos, each of a different class where the labels allow, with every head's map over them; then one photo
+# in every block, to see how the heads change with depth.
 
 
 # %%
@@ -146,5 +148,6 @@ save(figure_heads(inputs[:1].expand(num_blocks, -1, -1, -1), per_block, [f"block
 # 2. Two heads of the same block can look at very different places. What would be lost if all heads agreed?
 # 3. An "effective number of patches" of 1 means a head reads one patch; of 64 (the demo's whole grid) means it
 #    reads all evenly. Which heads of your model are focused, which diffuse, and does that change with --block?
-# 4. Is a head that attends to the object proof that the model uses the object to decide? What else would you need
+#    With --block 1, do the heads look at the garment's outline, its middle, or the black around it?
+# 4. Is a head that attends to the garment proof that the model uses the object to decide? What else would you need
 #    to check? (Lessons 10 and 11 come back to this.)

@@ -12,7 +12,7 @@
 # # Lesson 5: pick one patch and follow where it looks, block by block
 #
 # Lesson 4 looked at the class token's row of attention. Every patch has a row too: the patch is a query, and its
-# row says which tokens it reads from. This lesson picks a patch on the object and a patch on the background,
+# row says which tokens it reads from. This lesson picks a patch on the garment and one on the black background,
 # draws their rows (heads averaged) for every block, and measures how far each looks: the attention-weighted
 # distance in pixels from the query patch to the patches it reads.
 #
@@ -69,8 +69,9 @@ if settings.patch is not None and not all(0 <= v < geo.grid_size for v in settin
 # %% [markdown]
 # ## Two queries per image
 #
-# With object masks, the patch holding the object's centroid and the object-free patch farthest from it; without
-# (CIFAR), the centre patch and the top-left corner.
+# With object masks, the object patch nearest the object's centroid (a sandal's or a trouser's centroid can fall
+# in a gap, on black) and the object-free patch farthest from it; without (CIFAR), the centre patch and the
+# top-left corner.
 
 
 # %%
@@ -84,9 +85,11 @@ def object_and_background_patches(masks: Tensor | None, geo: Geometry) -> tuple[
     area = masks.flatten(1).sum(dim=1).clamp(min=1)  # (B,)
     centre_row = (masks * rows).flatten(1).sum(dim=1) / area  # (B,) in pixels
     centre_col = (masks * cols).flatten(1).sum(dim=1) / area
-    on_object = (centre_row // geo.patch_size).long() * g + (centre_col // geo.patch_size).long()  # (B,)
-    distances = patch_distances(g, 1)[on_object]  # (B, patches) from the object patch, in patches
+    centre = (centre_row // geo.patch_size).long() * g + (centre_col // geo.patch_size).long()  # (B,)
     empty = ~object_patches(masks, geo)  # (B, patches)
+    from_centre = patch_distances(g, 1)[centre]  # (B, patches), in patches
+    on_object = torch.where(empty, torch.full_like(from_centre, float("inf")), from_centre).argmin(dim=1)  # (B,)
+    distances = patch_distances(g, 1)[on_object]  # (B, patches) from the object patch, in patches
     background = torch.where(empty, distances, torch.full_like(distances, -1.0)).argmax(dim=1)  # (B,)
     return on_object, background, "object patch", "background patch"
 
@@ -103,8 +106,8 @@ queries = {object_name: on_object.expand(len(inputs)), background_name: backgrou
 # ## How far does each query look?
 #
 # A query's row over the patches (heads averaged, renormalised), weighted by the pixel distance from the query to
-# each patch: the distance it looks. Uniform attention gives the reference; on the shapes, the row's share on the
-# object says how much of it lands there.
+# each patch: the distance it looks. Uniform attention gives the reference; with masks (the garments'
+# silhouettes), the row's share on the object says how much of it lands there.
 
 
 # %%
@@ -231,9 +234,11 @@ save(figure_measures(distances, uniform, share_on_object, object_share,
 #
 # 1. In the first block, does a patch look mostly at itself and its neighbours, or everywhere? Why might a network
 #    that can look anywhere from the start still choose to look nearby?
-# 2. Does the object patch read mostly from the object? What does the background patch read from, and why could
-#    that be useful for classifying the shape?
+# 2. Does the object patch read mostly from the garment? What does the background patch read from, and why could
+#    that be useful for telling clothes apart? (Where the black is says a lot: between a trouser's legs, beside a
+#    bag's handle, under a sandal's straps.)
 # 3. Token i in block 2 is no longer "patch i": it already mixes what block 1 read. What does that mean for how
 #    you should read the later maps?
 # 4. Choose your own query with --patch ROW COL (lesson 1's figure numbers the patches: index = ROW * grid + COL).
-#    Find a patch whose map surprises you and explain it.
+#    Find a patch whose map surprises you and explain it. Put the query on a shoe's strap or heel: in block 1,
+#    does it read the rest of the shoe or only its own neighbours?

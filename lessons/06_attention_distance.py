@@ -33,8 +33,9 @@ from torchvision.models import VisionTransformer
 
 from vitlab.analysis.attention import mean_attention_distance, patch_distances
 from vitlab.capture import capture_forward, geometry
+from vitlab.model import build_model
 from vitlab.plotting import plot_mean_distance, style_depth_axes
-from vitlab.shipped import shipped_card
+from vitlab.shipped import SHIPPED_BASES, shipped_base_file
 from vitlab.teaching.lesson import assert_same, explain, save, start, study
 
 FIGURES = ("attention_distance.png", "attention_distance_range.png")
@@ -126,12 +127,12 @@ print("\n".join(
 # %% [markdown]
 # ## Local heads, and where they come from
 #
-# The demo model's first 2 blocks are vitlab's shipped base, frozen, pretrained for five minutes on generated
-# fractals by predicting hidden patches from their neighbours (`vitlab.training.pretrain`). Its card holds what
-# its heads measured then.
+# The demo model's first 2 blocks are vitlab's shipped base, frozen: pretrained without labels by predicting
+# hidden patches from their neighbours (`vitlab.training.pretrain`), first on generated fractals, then on the
+# unlabelled clothing photos. Measuring the base itself on the same photos shows what fine-tuning the last 2
+# blocks to name the clothes did to how far they look.
 
 # %%
-card = shipped_card()["metrics"]
 if local.any():
     explain(f"""
         {int(local.sum())} of {local.numel()} heads are local, {int(local[: len(local) // 2].sum())} of them in
@@ -143,12 +144,18 @@ else:
         {(trained - uniform).abs().max():.1f} px of uniform attention. Local heads are not built in; they are
         learned, in the paper from far more data and training than this model saw.
     """)
-if subject.source == "demo":
+config = subject.run_config or {}
+if subject.source == "demo" and config.get("pretrained") in SHIPPED_BASES:
+    base = build_model(subject.arch, num_classes=len(subject.classes), trainable_blocks=0,
+                       pretrained=shipped_base_file(name=config["pretrained"])).eval()
+    before = distances_of(base, inputs, batch_size)  # (blocks, heads)
+    frozen_note = " (frozen, so unchanged)" if config["trainable_blocks"] < len(trained) else ""
     explain(f"""
-        The shipped base's card, measured on these shapes after pretraining: the most local head of block 1 at
-        {card['first_block_min_distance_ratio']:.2f}x uniform, the last block's heads at
-        {card['last_block_mean_distance_ratio']:.2f}x on average. Here, after fine-tuning the last 2 blocks on the
-        shapes: block 1's most local head at {trained[0].min() / uniform:.2f}x, the last block at
+        The shipped {config['pretrained']} base the demo started from, on the same photos: the most local head of
+        block 1 at {before[0].min() / uniform:.2f}x uniform, the last block's heads at
+        {before[-1].mean() / uniform:.2f}x on average. After fine-tuning the last
+        {config['trainable_blocks']} blocks to name the clothes: block 1's most local head at
+        {trained[0].min() / uniform:.2f}x{frozen_note}, the last block at
         {trained[-1].mean() / uniform:.2f}x. Compare the random initialisation beside them: local heads are
         learned, not built in.
     """)
@@ -185,8 +192,9 @@ save(figure_range(trained, random, uniform, f"{subject.name}: local and global h
 #
 # 1. Uniform attention over ViT-B/16's 14x14 grid gives about 116 px, over the demo's 8x8 grid about 16.5 px. Why
 #    is the maximum possible value not the image's diagonal?
-# 2. The demo's base learned its local heads from fractals, by filling in hidden patches. Why would that task need
-#    heads that look nearby, and why would classifying an image not (vitlab tried both: BENCHMARKS.md)?
+# 2. The demo's base learned its local heads by filling in hidden patches, of fractals and then of clothing photos.
+#    Why would that task need heads that look nearby, and why would classifying an image not (vitlab tried both:
+#    BENCHMARKS.md)?
 # 3. A randomly initialised model's heads sit near the uniform value. Why does random attention look "global"?
 # 4. The paper reports that ViT models pre-trained on more data have more local heads in early blocks. Why might a
 #    model learn to imitate a convolution when nobody built one in?

@@ -134,16 +134,17 @@ save(figure_maps(inputs, all_maps(captured.attentions, geo, settings.discard), g
 # %% [markdown]
 # ## Does the map land on the object?
 #
-# The shapes come with object masks that say where the object really is, so every map can be scored on a few
-# hundred test images: the pointing game (is the map's maximum on the object?) and the attention mass ratio (the
-# map's share on the object divided by the object's share of the patches; 1.0 = chance), each against a random
-# map. Images without masks (CIFAR) cannot be scored.
+# The demo's photos come with object masks: each garment's silhouette, the pixels brighter than the black
+# background with the holes inside filled. So every map can be scored on a few hundred test photos: the pointing
+# game (is the map's maximum on the object?) and the attention mass ratio (the map's share on the object divided
+# by the object's share of the patches; 1.0 = chance), each against a random map.
+# Images without masks (CIFAR) cannot be scored.
 
 # %%
 measured = subject.examples.take(500 if subject.small else 16)
 scores, random = {}, (0.0, 0.0)
 if measured.masks is None:
-    print("  (no rollout_scores.png: these images have no object masks to score against; the shapes do)\n")
+    print("  (no rollout_scores.png: these images have no object masks to score against; the demo's photos do)\n")
 else:
     with torch.no_grad():
         _, captured = capture_forward(model, subject.inputs(measured.images))
@@ -202,3 +203,4 @@ if scores:
 #    head look here?", and which for "do all heads agree?"
 # 4. Rollout ignores the MLPs and the values: it only follows attention weights. Name one way this can make a
 #    rollout map wrong about what the model uses.
+#    (The object mask is the whole silhouette: a map on a coat's collar and one on its hem score the same.)

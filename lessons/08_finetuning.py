@@ -231,6 +231,7 @@ save(fig, out, FIGURES[1])
 #    (Hint: hidden 768, MLP 3072.)
 # 2. The patch and position embeddings stay frozen. What would you expect to go wrong if you trained them on
 #    CIFAR-100's 32x32 images upscaled to 224x224?
-# 3. The fresh head starts at chance (25% for 4 shapes), and only the last block and the head train, for a few dozen
-#    steps. Why can accuracy climb so fast, and what does that say about the features the frozen blocks compute?
+# 3. The fresh head starts at chance (one in ten for the ten kinds of clothing), and only the last block and the
+#    head train, for a few dozen steps on about 26 photos per class. How far did accuracy climb, and what does that
+#    say about the features the frozen blocks compute? Which classes would you expect it to confuse first?
 # 4. vitlab's default recipe trains the pretrained blocks at a tenth of the head's learning rate. Why not the same?

@@ -12,11 +12,13 @@
 # # Lesson 9: what fine-tuning changed, attention before and after
 #
 # Lesson 8 froze all but the last blocks and trained. What does that do to attention? The lesson fine-tunes the
-# studied model itself, in seconds, on a new task: "is the image warm or cool?", that is, is its mean red above its
-# mean blue. The old task needed the shape, the new one needs colour. A fresh 2-class head and the last 2 blocks
-# train; everything else is frozen. Then it runs the model before and after on the same images and compares every
-# block's attention. For the demo model it then makes the same comparison for the fine-tune that made it: the
-# shipped fractal-pretrained base against the demo model, whose last 2 blocks were fine-tuned on the shapes.
+# studied model itself, in seconds, on a new task: "is the image bright or dark?", that is, is its mean pixel value
+# above the median of the training images'. The old task needed the garment's outline and details, the new one
+# only its overall brightness (a large pale coat against a small dark sandal). A fresh 2-class head and the last
+# 2 blocks train; everything else is frozen. Then it runs the model before and after on the same images and
+# compares every block's attention. For the demo model it then makes the same comparison for the fine-tune that
+# made it: the shipped base it started from against the demo model, whose last 2 blocks were fine-tuned to name
+# the clothes.
 #
 # Builds on: `vitlab/model.py` (`freeze_all_but_last`, `count_parameters`), `vitlab/training/train.py`
 # (`make_optimizer`, `train_step`, `RECIPES`), `vitlab/capture.py` (`capture_forward`),
@@ -43,6 +45,7 @@ from vitlab.cli import Rule, number_flag
 from vitlab.errors import VitlabError
 from vitlab.model import build_model, count_parameters, freeze_all_but_last
 from vitlab.plotting import draw_overlay
+from vitlab.shipped import SHIPPED_BASES, shipped_base_file
 from vitlab.teaching.lesson import LARGEST_BLOCKS, Subject, explain, save, start, study
 from vitlab.training.train import RECIPES, make_criterion, make_optimizer, train_step
 
@@ -77,23 +80,29 @@ frozen = num_blocks - settings.trainable_blocks
 # %% [markdown]
 # ## A new task, trained in seconds
 #
-# Labels from the pixels themselves: warm when the mean red exceeds the mean blue. A copy of the model gets a fresh
+# Labels from the pixels themselves: bright when the image's mean pixel value exceeds the median over the training
+# images (so the two answers are about equally common). A copy of the model gets a fresh
 # 2-class head, everything but its last blocks is frozen, and the notebook's recipe (Adam, learning rate 1e-3 for
 # every trainable parameter) trains it.
 
 # %%
-TASK = ("cool", "warm")  # the new task's classes
+TASK = ("dark", "bright")  # the new task's classes
 
 
-def warm_or_cool(images: Tensor) -> Tensor:
-    """The new task's labels from uint8 images (B, 3, H, W): 1 (warm) when the mean red exceeds the mean blue."""
-    pixels = images.float()
-    return (pixels[:, 0].mean(dim=(1, 2)) > pixels[:, 2].mean(dim=(1, 2))).long()  # (B,)
+def brightness(images: Tensor) -> Tensor:
+    """Each uint8 image's mean pixel value over channels and pixels: (B, 3, H, W) -> (B,)."""
+    return images.float().mean(dim=(1, 2, 3))
 
 
-def fine_tune(subject: Subject, trainable_blocks: int, images: Tensor, batch_size: int, epochs: int,
-              ) -> VisionTransformer:
-    """A copy of the model with a fresh 2-class head, trained on the warm-or-cool task; the original is untouched."""
+def bright_or_dark(images: Tensor, cut: float) -> Tensor:
+    """The new task's labels from uint8 images (B, 3, H, W): 1 (bright) when the mean pixel value exceeds `cut`."""
+    return (brightness(images) > cut).long()  # (B,)
+
+
+def fine_tune(subject: Subject, trainable_blocks: int, images: Tensor, labels: Tensor, batch_size: int,
+              epochs: int) -> VisionTransformer:
+    """A copy of the model with a fresh 2-class head, trained on the bright-or-dark task; the original is
+    untouched. images: uint8 (N, 3, H, W), labels (N,)."""
     model = copy.deepcopy(subject.model)
     torch.manual_seed(0)
     model.heads.head = nn.Linear(model.hidden_dim, len(TASK))
@@ -101,7 +110,6 @@ def fine_tune(subject: Subject, trainable_blocks: int, images: Tensor, batch_siz
     recipe = RECIPES["notebook"]  # the notebook's recipe: Adam, lr 1e-3 for every trainable parameter
     optimizer = make_optimizer(model, recipe, recipe.lr, pretrained=False)
     criterion = make_criterion(recipe)
-    labels = warm_or_cool(images)
     model.train()
     order = torch.Generator().manual_seed(0)
     for _ in range(epochs):
@@ -112,18 +120,21 @@ def fine_tune(subject: Subject, trainable_blocks: int, images: Tensor, batch_siz
     return model.eval()
 
 
-def accuracy(model: VisionTransformer, subject: Subject, images: Tensor) -> float:
+def accuracy(model: VisionTransformer, subject: Subject, images: Tensor, labels: Tensor) -> float:
     with torch.no_grad():
         predicted = model(subject.inputs(images)).argmax(dim=-1)
-    return (predicted == warm_or_cool(images)).float().mean().item()
+    return (predicted == labels).float().mean().item()
 
 
 train_images = subject.splits.train.images[: 2048 if subject.small else 64]
+cut = brightness(train_images).median().item()  # half the training images are brighter
 steps_batch, epochs = (64, 2) if subject.small else (16, 1)
-tuned = fine_tune(subject, settings.trainable_blocks, train_images, steps_batch, epochs)
+tuned = fine_tune(subject, settings.trainable_blocks, train_images, bright_or_dark(train_images, cut), steps_batch,
+                  epochs)
 trainable, total = count_parameters(tuned)
 test_images = subject.examples.images[: 500 if subject.small else 16]
-share_warm = warm_or_cool(test_images).float().mean().item()
+test_labels = bright_or_dark(test_images, cut)
+share_bright = test_labels.float().mean().item()
 
 # %% [markdown]
 # ## Frozen blocks must not change at all
@@ -154,11 +165,12 @@ with torch.no_grad():
 check_frozen_blocks_identical(before.attentions, after.attentions, frozen)
 change = torch.stack([(a - b).abs().mean() for a, b in zip(after.attentions, before.attentions, strict=True)])
 explain(f"""
-    Model: {subject.name}. New task: is the image warm (mean red above mean blue) or cool? A fresh 2-class head
+    Model: {subject.name}. New task: is the image bright (mean pixel value above {cut:.1f} of 255, the training
+    images' median) or dark? A fresh 2-class head
     and the last {settings.trainable_blocks} of {num_blocks} blocks trained ({trainable:,} of {total:,}
     parameters), on {len(train_images)} training images for {epochs} epoch(s). Test accuracy on
-    {len(test_images)} images: {100 * accuracy(tuned, subject, test_images):.1f}% (always guessing the more
-    common answer: {100 * max(share_warm, 1 - share_warm):.1f}%).
+    {len(test_images)} images: {100 * accuracy(tuned, subject, test_images, test_labels):.1f}% (always guessing the more
+    common answer: {100 * max(share_bright, 1 - share_bright):.1f}%).
 
     Attention on the same {len(inputs)} images, before vs after. Asserted: blocks 1 to {frozen} (frozen)
     are identical, every probability of every head (torch.equal). Mean absolute change per block:
@@ -218,21 +230,23 @@ with torch.no_grad():
 maps_before = cls_attention(shown_before.attentions[-1], geo).mean(dim=1)  # (B, g, g), heads averaged
 maps_after = cls_attention(shown_after.attentions[-1], geo).mean(dim=1)
 titles = [f"truth: {TASK[int(t)]}, predicted: {TASK[int(p)]}"
-          for t, p in zip(warm_or_cool(shown.images), logits.argmax(dim=-1), strict=True)]
+          for t, p in zip(bright_or_dark(shown.images, cut), logits.argmax(dim=-1), strict=True)]
 save(figure_before_after(shown_inputs, maps_before, maps_after, titles,
                          f"{subject.name}: class-token attention in block {num_blocks} (heads averaged),\n"
-                         f"before and after fine-tuning for 'warm or cool?'"), settings.out, FIGURES[1])
+                         f"before and after fine-tuning for 'bright or dark?'"), settings.out, FIGURES[1])
 
 # %% [markdown]
 # ## The demo model is itself a fine-tune
 #
-# vitlab's shipped base (pretrained on generated fractals), with its last blocks and a new head trained on the
-# shapes: the same comparison, base against demo, and the same check on its frozen blocks.
+# vitlab's shipped base (pretrained without labels on generated fractals, then on the unlabelled photos), with its
+# last blocks and a new head trained to name the clothes: the same comparison, base against demo, and the same
+# check on its frozen blocks.
 
 # %%
 config = subject.run_config or {}
-if subject.source == "demo" and config.get("pretrained") == "fractal":
-    base = build_model(config["arch"], num_classes=len(subject.classes), pretrained=True, trainable_blocks=0).eval()
+if subject.source == "demo" and config.get("pretrained") in SHIPPED_BASES:
+    base = build_model(config["arch"], num_classes=len(subject.classes), trainable_blocks=0,
+                       pretrained=shipped_base_file(name=config["pretrained"])).eval()
     base_frozen = num_blocks - config["trainable_blocks"]
     with torch.no_grad():
         _, before = capture_forward(base, inputs)
@@ -256,7 +270,7 @@ if subject.source == "demo" and config.get("pretrained") == "fractal":
 #    fail in practice (think of dropout, training mode, or fine-tuning the embeddings)?
 # 2. The first trainable block and the one after it both change. Which of their changes comes from new weights and
 #    which from new inputs? How could you separate the two?
-# 3. The old task needed the outline of the shape, the new one the colour of the whole image. Look at
+# 3. The old task needed the garment's outline and details, the new one the brightness of the whole image. Look at
 #    before_after.png: did the class token start reading different patches, and would you have predicted which?
 # 4. Fine-tuning only the last blocks keeps every earlier map unchanged. Is that an argument for or against
 #    reading a fine-tuned model's early-block attention as an explanation of its new task?

@@ -54,9 +54,15 @@ model, geo = subject.model, geometry(subject.model)
 # %% [markdown]
 # ## 1. Does the map land on the object?
 #
-# The shapes come with exact object masks, so attention rollout can be scored: the pointing game (is the map's
+# The demo's photos come with object masks, so attention rollout can be scored: the pointing game (is the map's
 # maximum on an object patch?) and the attention mass ratio (the map's share on the object divided by the object's
 # share of the image; 1.0 = chance), each against a random map. Three lines each.
+#
+# A photo's mask is not drawn by hand: it is the garment's silhouette, the pixels brighter than the black
+# background with the holes inside filled (`vitlab/data/fashion.py`). That is a fair answer here because the
+# clothes lie on black, but it is thresholded, not exact: a faint edge can fall outside it, and a patch counts as
+# object when any of its pixels is. vitlab's synthetic `shapes` dataset keeps exact masks, the known answer its
+# own localization tests use; pass `--checkpoint` with a run trained on it to score a model against those.
 
 
 # %%
@@ -80,7 +86,7 @@ def mass_ratio_by_hand(maps: Tensor, objects: Tensor) -> Tensor:
 scored = subject.examples.take(500 if subject.small else 16)
 per_image, pointing = {}, {}
 if scored.masks is None:
-    print("  (no localization_scores.png: these images have no object masks; the shapes do)\n")
+    print("  (no localization_scores.png: these images have no object masks; the demo's photos do)\n")
 else:
     with torch.no_grad():
         _, captured = capture_forward(model, subject.inputs(scored.images))
@@ -181,7 +187,7 @@ orders = removal_orders(rollout(captured.attentions))
 counts = list(range(0, geo.num_patches + 1, max(1, geo.num_patches // 8)))
 if subject.labels_match:
     targets, measure = tested.labels, "accuracy"
-else:  # an ImageNet model on CIFAR or shapes: its classes are not the labels; track its own clean answer
+else:  # an ImageNet model on CIFAR or the photos: its classes are not the labels; track its own clean answer
     targets, measure = clean_logits.argmax(dim=-1), "predictions unchanged from the clean image"
 curves = perturbation_curves(model, inputs, targets, orders, counts, geo)
 quarter = counts.index(min(counts, key=lambda c: abs(c - geo.num_patches / 4)))
@@ -245,4 +251,5 @@ save(figure_examples(model, subject, inputs[0], {name: ranks[:1] for name, ranks
 #    look like for a model that ignores attention entirely? For an attention map that is pure noise?
 # 3. Removing patches makes images the model never saw in training. How could that alone lower the accuracy,
 #    whichever patches you remove? Which of the three curves controls for it?
-# 4. Painting with the mean colour is one choice. What might change with black, noise, or a blurred copy?
+# 4. Painting with the mean colour is one choice. On these photos black is the background: painting a patch black
+#    makes it look like background, not like a hole. What might change with black, noise, or a blurred copy?

@@ -15,14 +15,17 @@
 # weights. Gradient-weighted attention (Chefer, Gur & Wolf, 2021) asks a class. Asking for the predicted class shows
 # the evidence for it; asking for another class shows what, if anything, spoke for that one. The lesson draws both
 # next to rollout, and measures how class-specific the maps are (the cosine similarity of the two classes' maps;
-# rollout's would be exactly 1) and, on the shapes, how much of each lands on the object.
+# rollout's would be exactly 1) and, where there are object masks (the garments' silhouettes), how much of each
+# lands on the garment. Then it asks the question a student of these photos asks first: where does the model look
+# to tell apart the two classes it mixes up most often (on clothing, think of a shirt against a T-shirt/top or a
+# coat)? Evidence for each of the two, on the same photo.
 #
 # Builds on: `vitlab/analysis/attention.py` (`gradient_weighted_attention`, `rollout`),
 # `vitlab/analysis/localization.py` (`pointing_game`, `attention_mass_ratio`), `vitlab/capture.py` (`capture`).
 #
 # Figures, in `lesson_outputs/11_class_specific/`: `class_specific_maps.png` (images x: rollout, predicted class,
 # other class), `class_specific_scores.png` (how similar the two classes' maps are, how strong, and how
-# object-focused).
+# object-focused), `confused_pair.png` (photos of the most confused pair of classes, evidence for each).
 
 # %%
 import argparse
@@ -41,14 +44,14 @@ from vitlab.errors import VitlabError
 from vitlab.plotting import draw_overlay
 from vitlab.teaching.lesson import Subject, assert_same, explain, save, start, study
 
-FIGURES = ("class_specific_maps.png", "class_specific_scores.png")
+FIGURES = ("class_specific_maps.png", "class_specific_scores.png", "confused_pair.png")
 FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
 
 # %% [markdown]
 # ## Settings and the model
 #
 # As a script: `python lessons/11_class_specific.py [--other CLASS] [--arch vit_b_16 | --checkpoint PATH] [--out DIR]`.
-# In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--other", "circle"]`) and
+# In a notebook, put the same flags in `FLAGS`, in the first code cell (for example `FLAGS = ["--other", "shirt"]`) and
 # run the cells again. Without flags the lesson studies vitlab's small demo model, trained once and cached.
 
 # %%
@@ -166,7 +169,7 @@ def figure_maps(images: Tensor, maps: dict[str, tuple[Tensor, Tensor]], subject:
 
 def figure_scores(similarity: Tensor, totals: dict[str, float], ratios: dict[str, float] | None,
                   title: str) -> Figure:
-    """Panels: how similar the two classes' maps are; their total relevance; their mass on the object (shapes)."""
+    """Panels: how similar the two classes' maps are; their total relevance; their mass on the object (masks)."""
     panels = 2 if ratios is None else 3
     fig = Figure(figsize=(5 * panels, 4), layout="constrained")
     fig.suptitle(title)
@@ -197,6 +200,43 @@ save(figure_scores(similarity, totals, ratios, f"{subject.name}: class-specific 
      settings.out, FIGURES[1])
 
 # %% [markdown]
+# ## Where does the model look to tell two classes apart?
+#
+# The pair of classes that are most often each other's runner-up, over the measured images, is the pair the model
+# finds hardest to tell apart. On up to four photos of that pair, the evidence for each of the two classes, side
+# by side: where the maps differ is where the model tells them apart.
+
+
+# %%
+def most_confused_pair(predicted: Tensor, runner_up: Tensor) -> tuple[int, int, int]:
+    """The two classes most often predicted with the other as runner-up: (B,), (B,) -> (class, class, images)."""
+    pairs = torch.stack([torch.minimum(predicted, runner_up), torch.maximum(predicted, runner_up)], dim=1)  # (B, 2)
+    unique, counts = pairs.unique(dim=0, return_counts=True)
+    first, second = unique[counts.argmax()].tolist()
+    return first, second, int(counts.max())
+
+
+with torch.no_grad():
+    top_two = subject.model(subject.inputs(measured.images)).topk(2, dim=-1).indices  # (B, 2)
+first, second, pair_count = most_confused_pair(top_two[:, 0], top_two[:, 1])
+in_pair = ((top_two == first) | (top_two == second)).all(dim=1).nonzero()[:4, 0]  # photos whose top two are the pair
+pair_inputs = subject.inputs(measured.images[in_pair])  # (n, 3, S, S)
+pair_maps = {"evidence": (relevance_by_hand(subject.model, pair_inputs, torch.full_like(in_pair, first)),
+                          torch.full_like(in_pair, first)),
+             "versus": (relevance_by_hand(subject.model, pair_inputs, torch.full_like(in_pair, second)),
+                        torch.full_like(in_pair, second))}
+pair_similarity = F.cosine_similarity(pair_maps["evidence"][0], pair_maps["versus"][0], dim=-1, eps=1e-12)  # (n,)
+explain(f"""
+    The most confused pair: {subject.classes[first]!r} and {subject.classes[second]!r}, the model's top two
+    answers for {pair_count} of the {len(measured)} images. On the {len(in_pair)} photos drawn, the two classes'
+    evidence maps have a mean cosine similarity of {pair_similarity.mean():.2f} (1: the same patches speak
+    for both).
+""")
+save(figure_maps(pair_inputs, pair_maps, subject, geo,
+                 f"{subject.name}: where the evidence for {subject.classes[first]!r} and for "
+                 f"{subject.classes[second]!r} lies\n(each map scaled to its own maximum)"), settings.out, FIGURES[2])
+
+# %% [markdown]
 # ## Questions
 #
 # 1. Why must the gradient be taken with respect to the attention probabilities, and why does a frozen block still
@@ -204,7 +244,8 @@ save(figure_scores(similarity, totals, ratios, f"{subject.name}: class-specific 
 # 2. Compare the total relevance of the predicted class with the runner-up's. The map keeps only attention that
 #    raised that class's logit: how can a class the model rejected still collect as much positive evidence?
 #    (Think of what else pushes its logit down.)
-# 3. Could gradient-weighted attention for "cross" highlight part of a square? Find an image where the two maps
-#    disagree and explain what each says.
-# 4. Rollout and gradient-weighted attention can both land on the object. Which of them could tell you the model
+# 3. Where does the model look to tell a shirt from a T-shirt/top or a coat? Run with --other shirt and with
+#    --other "T-shirt/top", and look at confused_pair.png: do the maps differ at the sleeves, the collar, the
+#    buttons down the front, or not at all? Find a photo where the two maps disagree and explain what each says.
+# 4. Rollout and gradient-weighted attention can both land on the garment. Which of them could tell you the model
 #    is right for the wrong reason?

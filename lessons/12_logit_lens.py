@@ -124,7 +124,11 @@ save(figure_images(final_probability[:, :SHOWN_IMAGES], subject.predicted_names(
 #
 # 1. The head was trained only on the last block's class token. Why may an early block's class token hold the
 #    answer in a form the head cannot read (lesson 13's probes test exactly this)?
-# 2. In the demo model the first blocks are frozen fractal features and only the last two were fine-tuned. Where
-#    would you expect the answer to appear, and does the lens agree?
-# 3. The lens reuses the final LayerNorm on every block. Why does normalising matter here: what would the head
+# 2. In the demo model the first blocks are the shipped base's frozen features (learned without labels, on fractals
+#    and then on the photos) and only the last two were fine-tuned. Where would you expect the answer to appear,
+#    and does the lens agree?
+# 3. Ten kinds of clothing are not equally easy: a trouser or a bag has a silhouette of its own, a shirt shares its
+#    outline with a T-shirt/top, a pullover and a coat. Which classes would you expect the lens to get right at an
+#    earlier block, and how would you check?
+# 4. The lens reuses the final LayerNorm on every block. Why does normalising matter here: what would the head
 #    see from an early block's class token without it?

@@ -171,3 +171,6 @@ save(figure_probe_vs_lens(curves, chance, f"{subject.name}: linear probes vs the
 #    itself does not use? Is a high probe accuracy proof that the model uses that information?
 # 3. The mean patch token has no special role in a torchvision ViT: only the class token reaches the head. Why
 #    can it still be probed, and why might it lead or lag the class token in early blocks?
+# 4. Block 1 has seen no label at all (it is the shipped base's, frozen), yet a straight line reads the kind of
+#    garment off it far better than chance. What in a 4-px patch of a photo, or in a few neighbouring patches, could
+#    already say "trouser" or "bag"?

@@ -19,7 +19,8 @@
 # spotty. Giving the model a few extra "register" tokens to think in makes them disappear.
 #
 # This lesson measures the norms of every token after every block, flags outliers and asks the paper's questions:
-# are there any, where do they sit (grid position; on the shapes also object or background), and does the class
+# are there any, where do they sit (grid position; with object masks also on the garment or on the black
+# background), and does the class
 # token in the next block attend to them more than their share of tokens? A small model trained briefly may have
 # none: then the lesson says so and shows the loudest patches it did find.
 #
@@ -143,8 +144,9 @@ print("\n".join(block_line(norms, outliers, captured.attentions, b, settings.fac
 # %% [markdown]
 # ## Where the loudest patches sit
 #
-# In the block with the loudest patch: the outliers, or, if there are none, each image's loudest patch; on the
-# shapes, how many of them lie on the object (Darcet et al.'s sit on background).
+# In the block with the loudest patch: the outliers, or, if there are none, each image's loudest patch; with
+# object masks (the garments' silhouettes), how many of them lie on the garment (Darcet et al.'s sit on
+# background, where a patch carries little of its own: here, the plain black around the clothes).
 
 # %%
 block = int(ratios.amax(dim=(1, 2)).argmax())  # the block with the loudest patch

@@ -43,6 +43,7 @@ from vitlab.analysis.projections import class_separation, patch_pca_rgb, pca
 from vitlab.capture import capture_forward
 from vitlab.model import build_model, weights_cache_file
 from vitlab.plotting import to_display
+from vitlab.shipped import SHIPPED_BASES, shipped_base_file
 from vitlab.teaching.lesson import Subject, assert_same, explain, save, start, study
 
 FIGURES = ("cls_pca_by_block.png", "patch_pca_rgb.png")
@@ -96,9 +97,10 @@ def model_before(subject: Subject) -> tuple[VisionTransformer | None, str, int]:
         return random.eval(), "a random initialisation (this model was not fine-tuned by vitlab)", 0
     frozen = len(subject.model.encoder.layers) - int(config.get("trainable_blocks", 0))
     pretrained = config.get("pretrained")
-    if pretrained == "fractal":
-        base = build_model(subject.arch, num_classes=classes, pretrained=True, trainable_blocks=0)
-        return base.eval(), "vitlab's shipped fractal-pretrained base", frozen
+    if pretrained in SHIPPED_BASES:
+        base = build_model(subject.arch, num_classes=classes, pretrained=shipped_base_file(name=pretrained),
+                           trainable_blocks=0)
+        return base.eval(), f"vitlab's shipped {pretrained} base", frozen
     if pretrained == "imagenet" and weights_cache_file(subject.arch).is_file():
         base = build_model(subject.arch, num_classes=classes, pretrained=weights_cache_file(subject.arch),
                            trainable_blocks=0)
@@ -238,5 +240,8 @@ save(figure_rgb(shown, patch_maps(models[::-1], rgb_inputs, len(shown)), [f"patc
 #    classes be perfectly separable by the model's head and still look mixed in two principal components?
 # 2. PCA knows nothing about the classes. When the classes come apart along the first component anyway, what does
 #    that say about what the model spends its variance on?
-# 3. In patch_pca_rgb.png, do the object and the background get different colours? Before or after fine-tuning,
-#    or both? Which of the model's tasks (pretraining on fractals, classifying shapes) would need that?
+# 3. In patch_pca_rgb.png, do the garment and the black background get different colours? Before or after
+#    fine-tuning, or both? Which of the model's tasks (filling in hidden patches of fractals and photos, naming the
+#    clothes) would need that? Do a sleeve and a shirt's body get different colours?
+# 4. Which classes overlap in the last block's picture? Are they the ones you would confuse yourself (shirt,
+#    T-shirt/top, pullover, coat), and are they the same ones lesson 11 finds most confused?

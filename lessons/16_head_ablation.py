@@ -129,8 +129,10 @@ save(figure_table(table.drop, f"{subject.name}: {measure} lost per head"), setti
 # %% [markdown]
 # ## Questions
 #
-# 1. The demo's first two blocks are frozen fractal features. Would you expect their heads to matter less or more
-#    than the fine-tuned blocks' heads? What does the table say?
-# 2. Removing one head costs little, yet removing a whole block's attention may cost a lot. Why can the other heads
+# 1. The demo's first two blocks are the shipped base's frozen features. Would you expect their heads to matter less
+#    or more than the fine-tuned blocks' heads? What does the table say?
+# 2. Which classes lose the most when the most needed head is switched off: the ones with a silhouette of their own
+#    (trouser, bag) or the ones that differ in details (shirt, T-shirt/top, coat)? How would you measure it?
+# 3. Removing one head costs little, yet removing a whole block's attention may cost a lot. Why can the other heads
 #    stand in for one, but not for all?
-# 3. A head with a small accuracy drop may still change the probabilities. Why is the accuracy a coarse measure?
+# 4. A head with a small accuracy drop may still change the probabilities. Why is the accuracy a coarse measure?

@@ -20,7 +20,7 @@ LESSON_FILES = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.py"))
 
 # Each lesson's own flags, with a value that lesson takes: every other lesson must refuse them.
 OWN_FLAGS = {"04": ["--block", "2"], "05": ["--patch", "1", "2"], "07": ["--discard", "0.5"],
-             "09": ["--trainable-blocks", "1"], "11": ["--other", "circle"], "14": ["--factor", "2"]}
+             "09": ["--trainable-blocks", "1"], "11": ["--other", "shirt"], "14": ["--factor", "2"]}
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
@@ -79,7 +79,7 @@ def test_data_dir_is_refused_for_a_checkpoint_trained_on_generated_images(prefix
 
     error = refused(lesson_file(prefix), argv, tmp_path / "out", capsys)
 
-    assert "--data-dir" in error and "it was trained on shapes, which are made in memory" in error
+    assert "--data-dir" in error and "it was trained on fashion, which ships with vitlab" in error
 
 
 def test_lesson_8_refuses_an_imagenet_arch_without_cifar_before_writing(tmp_path: Path, capsys):

@@ -83,4 +83,4 @@ def test_two_lessons_run_as_notebooks_in_a_kernel(demo_cache: Path, tmp_path: Pa
             assert (tmp_path / folder / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     printed = "".join(output.text for output in outputs(rollout, "stream") if output.name == "stdout")
     assert "rollout max, discard 50%" in printed  # the first cell's FLAGS set --discard; the kernel's argv was ignored
-    assert "Model: demo vit_tiny (shapes)" in printed and "## Questions" not in printed  # the cell shows them
+    assert "Model: demo vit_tiny (fashion)" in printed and "## Questions" not in printed  # the cell shows them

@@ -128,7 +128,7 @@ def test_lesson_runs_and_writes_its_figures(path: Path, demo_cache: Path, tmp_pa
         assert data.startswith(PNG_SIGNATURE) and len(data) > 2000, f"{name} is not a real PNG"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     printed = capsys.readouterr().out
-    assert "Model: demo vit_tiny (shapes)" in printed or "ViT-B/16" in printed  # it explains what it computed
+    assert "Model: demo vit_tiny (fashion)" in printed or "ViT-B/16" in printed  # it explains what it computed
     assert len(numbered(printed.split("## Questions")[-1])) == len(numbered(questions(read_cells(path))))
     assert torch.get_num_threads() == threads and sys.path == search_path  # the run leaves the caller as it was
 
