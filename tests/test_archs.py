@@ -181,7 +181,7 @@ def test_each_weights_file_has_its_own_name_under_torch_home(torch_home: Path):
     for (arch, name), path in files.items():
         assert path == torch_home / "hub" / "checkpoints" / os.path.basename(get_model_weights(arch)[name].url)
     assert len(set(files.values())) == len(PAIRS)  # no two weights share a file
-    assert weights_cache_file() == torch_home / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"  # as before
+    assert weights_cache_file() == torch_home / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"  # the default
 
 
 @pytest.mark.filterwarnings("ignore:for class_token. copying from a non-meta parameter")  # meta: nothing copied

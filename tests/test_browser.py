@@ -236,7 +236,7 @@ def test_explorer_renders_and_follows_a_slider_in_chromium(browser, app_url: str
 
 
 def test_a_slider_move_on_vit_b_16_in_chromium(browser, app_url: str):
-    """ImageNet ViT-B/16 (random weights) on a dataset image: 12 heads redrawn per move, the issue's model."""
+    """ImageNet ViT-B/16 (random weights) on a dataset image: 12 heads redrawn per move (the speed target's)."""
     from playwright.sync_api import expect
 
     page = open_page(browser, app_url)

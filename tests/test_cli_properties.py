@@ -144,7 +144,7 @@ def assert_refused_or_reached(code: int | str, err: str, named: str | None, argv
 # ---------------------------------------------------------------------------------------------------------------
 
 FINETUNE_FLAGS = {
-    # The ranges the issue asked for, written out here rather than read from vitlab.cli.RULES.
+    # The ranges a user is promised, written out here rather than read from vitlab.cli.RULES.
     "--epochs": numbers(1, 10_000), "--batch-size": numbers(1, 65_536), "--lr": numbers(1e-8, 10, whole=False),
     # Valid for both archs (vit_tiny has 4 blocks); refused for both (ViT-B/16 has 12, the rule allows 10,000).
     "--trainable-blocks": (st.sampled_from(("0", "2", "4", "all")), numbers(0, 12)[1]),

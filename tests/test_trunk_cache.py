@@ -18,7 +18,7 @@ from vitlab.training.checkpoint import load_checkpoint
 from vitlab.training.train import RECIPES, make_criterion, train_step
 from vitlab.training.trunk_cache import TrainableTop, TrunkCache, build_cache, cache_trunk, trunk_forward
 
-# From a random init at lr 1e-3, as before the demo had a pretrained base (the demo fixture covers the base + cache).
+# From a random init at lr 1e-3, so the cache is tested without the shipped base (the demo fixture covers base + cache).
 CACHED = ["--preset", "demo", "--pretrained", "none", "--lr", "1e-3", "--trainable-blocks", "2", "--cache-trunk",
           "--subset", "128", "--epochs", "2", "--batch-size", "32", "--quiet"]
 

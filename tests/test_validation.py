@@ -1,6 +1,7 @@
 """Every fine-tuning setting is checked before any work: a bad value exits 2 with one line, and leaves no run folder.
 
-The cases from the issue that used to be accepted and reported as results come first.
+Five typical mistakes come first (a negative batch size, no epochs, a NaN learning rate, a validation set larger
+than the training set, a rotation of a billion degrees): each would otherwise run and report a result.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from vitlab.errors import VitlabError
 from vitlab.training import finetune
 from vitlab.training.config import RULES, make_config
 
-ISSUE_CASES = [
+TYPICAL_MISTAKES = [
     (["--batch-size", "-5"], "--batch-size -5", "1 to 65,536"),
     (["--epochs", "0"], "--epochs 0", "1 to 10,000"),
     (["--lr", "nan"], "--lr nan", "1e-08 to 10"),
@@ -37,8 +38,8 @@ def refused(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> s
     return err
 
 
-@pytest.mark.parametrize(("argv", "names", "allowed"), ISSUE_CASES)
-def test_the_issue_cases_exit_2_naming_flag_value_range_and_example(argv, names, allowed, tmp_path, capsys):
+@pytest.mark.parametrize(("argv", "names", "allowed"), TYPICAL_MISTAKES)
+def test_typical_mistakes_exit_2_naming_flag_value_range_and_example(argv, names, allowed, tmp_path, capsys):
     message = refused(argv, tmp_path, capsys)
     assert names in message and allowed in message and "for example" in message
 

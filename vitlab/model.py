@@ -44,7 +44,7 @@ from vitlab.shipped import shipped_base_file
 # saves is a step more of learning there.
 VIT_TINY_CONFIG = asdict(SPECS["vit_tiny"])
 
-# Names of vitlab.archs that callers import from here, as before it existed.
+# What callers import from here: building a model, and the names of vitlab.archs that go with it.
 __all__ = ["ARCHS", "PRETRAINED", "VIT_TINY_CONFIG", "build_model", "count_parameters", "freeze_all_but_last",
            "load_state_dict_file", "num_blocks", "safe_torch_load", "stem_parameters", "train_mode",
            "weights_cache_file"]
