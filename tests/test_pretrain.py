@@ -84,7 +84,7 @@ def test_the_shipped_base_passes_its_hash_check_and_loads(name: str) -> None:
     path = shipped_base_file(name=name)
     card = shipped_card(name=name)
     assert path.name == f"vit_tiny_{name}-{card['sha256'][:8]}.pt"
-    assert path.stat().st_size <= 8 * 2**20  # the issue's limit for weights shipped in the package
+    assert path.stat().st_size <= 8 * 2**20  # weights shipped in the package stay small
     model = build_model("vit_tiny", num_classes=4, pretrained=True if name == "fractal" else path, trainable_blocks=0)
     state = torch.load(path, weights_only=True)["model"]
     torch.testing.assert_close(model.encoder.pos_embedding, state["encoder.pos_embedding"], rtol=0, atol=0)
@@ -120,7 +120,7 @@ def photos_probe() -> torch.Tensor:
 
 @pytest.mark.parametrize("name, probe", [("fractal", "shapes"), ("fashion", "shapes"), ("fashion", "photos")])
 def test_the_shipped_base_has_the_structure_the_lessons_teach(name: str, probe: str) -> None:
-    """The issue's thresholds, measured on the shipped weights; a random init fails every one of them."""
+    """The lessons' structure thresholds, measured on the shipped weights; a random init fails every one of them."""
     base = build_model("vit_tiny", num_classes=4, pretrained=shipped_base_file(name=name), trainable_blocks=0).eval()
     torch.manual_seed(0)
     random = build_model("vit_tiny", num_classes=4, pretrained=False, trainable_blocks=0).eval()

@@ -20,16 +20,13 @@ base it keeps the structure and learns the clothes, which is what fine-tuning on
 
 The optimiser and schedule are fine-tuning's (`vitlab.training.train.make_optimizer`, `make_scheduler`): AdamW with
 decay on weight matrices and the patch projection (not on biases, norms, the position embedding or the class and
-mask tokens), the position embedding at `--position-lr-scale` times the rate, and 5% linear warmup then cosine. The
-shipped base (vitlab/weights/) was made by an earlier optimiser of its own that differed in two ways, so the same
-settings do not reproduce its bytes: its patch projection's kernel was not decayed, and its warmup lasted
-max(1, round(5% of the steps)) steps with the cosine applied inside it, where make_scheduler's lasts round(5% of the
-steps) (none for runs under 10 steps) at exactly linear rates (at most a 1e-6 relative difference in the learning
-rate, on the last warmup step).
+mask tokens), the position embedding at `--position-lr-scale` times the rate, and 5% linear warmup then cosine.
+Each shipped base's card holds the command that made it; run again with the same `--threads`, it writes the same
+bytes (docs/pretrained-base.md).
 
 The run folder: config.json, history.json (one record per epoch), checkpoint.pt (last epoch: everything needed to
 resume, written atomically), and at the end base.pt (the ViT's weights without its pretraining head and decoder:
-what `build_model("vit_tiny", pretrained=True)` loads) with card.json beside it (the command, settings, wall time,
+what `build_model("vit_tiny", pretrained=PATH)` loads) with card.json beside it (the command, settings, wall time,
 device, metrics and base.pt's SHA-256). `--ship` then copies both into the package (vitlab/weights/).
 """
 
