@@ -221,6 +221,23 @@ def test_demo_row_runs_the_demo_end_to_end() -> None:
     assert result["pointing_game"] is not None
 
 
+def test_the_frontier_row_runs_the_preset_once_per_epoch_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_job(args: list[str], out: Path, fresh_process: bool = False) -> dict:
+        seen.append(args)
+        epochs = int(args[args.index("--epochs") + 1])
+        return {"test_acc": 0.8 + epochs / 100, "seconds": 10.0 * epochs}
+
+    monkeypatch.setattr(bench_rows, "finetune_job", fake_job)
+    row = bench_rows.bench_demo_frontier(tiny())
+    assert [a[a.index("--epochs") + 1] for a in seen] == [str(e) for e in bench_rows.FRONTIER_EPOCHS]
+    assert all(a[:2] == ["--preset", "demo"] for a in seen)
+    last = bench_rows.FRONTIER_EPOCHS[-1]
+    assert row["frontier"][str(last)] == {"test_acc": pytest.approx(0.8 + last / 100), "seconds": 10.0 * last}
+    assert row["vitlab"] == pytest.approx(0.8 + last / 100)  # the best accuracy on the frontier
+
+
 def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
 

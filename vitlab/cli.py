@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -126,6 +127,18 @@ def folder_to_write(name: str, path: str | Path | None) -> None:
     if blocked is not None:
         raise VitlabError(f"{flag_name(name)} {text} cannot be a folder: {blocked} is a file. Choose another folder "
                           f"(for example {flag_name(name)} runs/demo); vitlab never overwrites a file.")
+
+
+def file_to_write(name: str, text: str) -> None:
+    """Refuse an output file that cannot be written (empty, a folder, or under a folder this user cannot write in),
+    before any work."""
+    folder = next(folder for folder in Path(text).absolute().parents if folder.exists())  # where it would be made
+    if not text.strip() or Path(text).is_dir():
+        raise VitlabError(f"{flag_name(name)} {text!r} is {'a folder' if text.strip() else 'empty'}; give a file to "
+                          f"write, for example {flag_name(name)} out.{name}.")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise VitlabError(f"{flag_name(name)} {text}: {folder} is not a folder this user can write in; give another "
+                          f"path, for example {flag_name(name)} out.{name}.")
 
 
 class Parser(argparse.ArgumentParser):

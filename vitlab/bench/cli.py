@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -25,7 +23,7 @@ import torchvision
 from vitlab.atomic import atomic_write
 from vitlab.bench import epoch, explain, explorer, rows
 from vitlab.bench.measure import Settings, describe_device, row_result
-from vitlab.cli import Parser, Rule, command, flag_name, number_flag
+from vitlab.cli import Parser, Rule, command, file_to_write, flag_name, number_flag
 from vitlab.device import pick_device
 from vitlab.errors import VitlabError
 
@@ -127,17 +125,6 @@ def refuse_unread_flags(args: argparse.Namespace, names: tuple[str, ...], skippe
                               f"{flag_name(field)}, or name such a row in --rows.")
 
 
-def check_json_path(text: str) -> None:
-    """--json PATH must be a file that can be written: not a folder, under a folder this user can write in."""
-    folder = next(folder for folder in Path(text).absolute().parents if folder.exists())  # where it would be made
-    if not text.strip() or Path(text).is_dir():
-        raise VitlabError(f"--json {text!r} is {'a folder' if text.strip() else 'empty'}; give a file to write, "
-                          f"for example --json bench.json.")
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise VitlabError(f"--json {text}: {folder} is not a folder this user can write in; give another path, for "
-                          f"example --json bench.json.")
-
-
 def format_table(results: list[dict]) -> str:
     """A plain-text table: row | baseline | vitlab | unit | ratio | target | met, then one note per row."""
 
@@ -184,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {name: why for name in names if (why := skip_reason(name, settings, args)) is not None}
     refuse_unread_flags(args, names, skipped)
     if args.json is not None:
-        check_json_path(args.json)
+        file_to_write("json", args.json)
     device = describe_device(settings.device)
     print(f"vitlab.bench on {device['name']}, torch {torch.__version__}", file=sys.stderr, flush=True)
     started = time.perf_counter()
