@@ -92,7 +92,7 @@ def test_every_on_off_setting_has_a_no_form() -> None:
     flags = explicit_flags(["--compile", "--no-compile", "--quiet", "--no-quiet"])  # the last one typed wins
     assert flags == {"compile": False, "quiet": False}
     switches = [field.name for field in fields(FinetuneConfig) if field.type == "bool"]
-    assert switches == ["compile", "cache_trunk", "quiet"]
+    assert switches == ["compile", "cache_trunk", "quiet", "tensorboard"]
     for name in switches:
         assert explicit_flags(["--no-" + name.replace("_", "-")]) == {name: False}
     assert pretrain.build_parser().parse_args(["--no-ship", "--no-quiet"]).ship is False
