@@ -25,11 +25,9 @@ NOTEBOOK_MEAN, NOTEBOOK_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # it
 
 def notebook_train_transform(image_size: int = 224, max_rotation_degrees: float = 10) -> transforms.Compose:
     """The notebook's training transform. `image_size` and the rotation exist only so tests can shrink them."""
-    return transforms.Compose([
-        transforms.Resize((image_size, image_size)), transforms.RandomHorizontalFlip(),
-        transforms.RandomRotation(max_rotation_degrees), transforms.ToTensor(),
-        transforms.Normalize(mean=NOTEBOOK_MEAN, std=NOTEBOOK_STD),
-    ])
+    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.RandomHorizontalFlip(),
+                               transforms.RandomRotation(max_rotation_degrees), transforms.ToTensor(),
+                               transforms.Normalize(mean=NOTEBOOK_MEAN, std=NOTEBOOK_STD)])
 
 
 def notebook_test_transform(image_size: int = 224) -> nn.Module:
@@ -44,8 +42,7 @@ class NotebookDataset(Dataset):
 
     def __init__(self, images_uint8_nhwc: np.ndarray, labels: np.ndarray | list[int], transform) -> None:
         if images_uint8_nhwc.dtype != np.uint8 or images_uint8_nhwc.ndim != 4 or images_uint8_nhwc.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images (N, H, W, 3), got {images_uint8_nhwc.dtype} "
-                             f"{images_uint8_nhwc.shape}")
+            raise ValueError(f"want uint8 images (N, H, W, 3), got {images_uint8_nhwc.dtype} {images_uint8_nhwc.shape}")
         self.data, self.targets, self.transform = images_uint8_nhwc, [int(label) for label in labels], transform
 
     def __len__(self) -> int:
@@ -128,7 +125,6 @@ def notebook_load_batches(loader: DataLoader, steps: int) -> float:
 def images_per_second(loader: DataLoader, steps: int, device: torch.device,
                       step: Callable[[Tensor, Tensor], None]) -> float:
     """Hand `loader`'s first `steps` batches to `step`; images/s, the PIL work and the device's queued work included."""
-
     def loop() -> int:
         seen = 0
         for inputs, labels in itertools.islice(loader, steps):

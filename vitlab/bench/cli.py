@@ -51,6 +51,7 @@ ROWS: dict[str, Row] = {
     "train_step_112": Row(partial(rows.bench_resolution_step, image_size=112), STEPS, optional=True),
     "laptop_estimate": Row(epoch.bench_laptop_estimate, RUNS, optional=True),
     "explorer": Row(explorer.bench_explorer, frozenset({"quick", "repeats", "arch"}), optional=True),  # the CPU's
+    "tensorboard": Row(rows.bench_tensorboard, RUNS, optional=True),
 }
 DEFAULT_ROWS = tuple(name for name, row in ROWS.items() if not row.optional)
 BENCH_DEVICES = ("cuda", "cpu")  # the device types the rows time, synchronise and measure memory on

@@ -87,8 +87,7 @@ def bench_epoch(settings: Settings) -> dict:
         batch_size=batch_size, train_images=len(train), val_images=len(val), **vitlab,
         notebook_train_images_per_second=[r[0] for r in rates], notebook_eval_images_per_second=[r[1] for r in rates],
         notes=f"vitlab: one epoch, compile {'on' if vitlab['compiled'] else 'off'}; notebook: {steps} steps before and "
-        f"after, extrapolated" + ("" if full_size else "; reduced size: the 30 s target does not apply"),
-    )
+        f"after, extrapolated" + ("" if full_size else "; reduced size: the 30 s target does not apply"))
 
 
 def run_counts(config: FinetuneConfig) -> dict[str, int]:
@@ -122,5 +121,4 @@ def bench_laptop_estimate(settings: Settings, config: FinetuneConfig | None = No
     return measure.row_result(
         "laptop_estimate", settings, None, minutes["total"], "min", target="<= 30 min", met=minutes["total"] <= 30.0,
         rates=rates, counts=counts, minutes=minutes, notes=f"--preset {config.preset or 'custom'}, {config.epochs} "
-        f"epochs, minutes: " + ", ".join(f"{phase} {value:.1f}" for phase, value in minutes.items()),
-    )
+        f"epochs, minutes: " + ", ".join(f"{phase} {value:.1f}" for phase, value in minutes.items()))

@@ -165,11 +165,10 @@ def vitlab_training(settings: Settings, total_steps: int, image_size: int | None
     # pretrained=True: the real job fine-tunes pretrained weights, so its body learns at a tenth of the head's rate.
     optimizer = vitlab_train.make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
     scheduler = vitlab_train.make_scheduler(optimizer, recipe, total_steps=total_steps)
-    common = {"criterion": vitlab_train.make_criterion(recipe), "device": device, "recipe": recipe,
-              "show_progress": False}
-    return VitlabTraining(model, partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler,
-                                         **common),
-                          partial(vitlab_train.evaluate, **common), vitlab_train.uses_bf16(device, recipe))
+    common = dict(criterion=vitlab_train.make_criterion(recipe), device=device, recipe=recipe, show_progress=False)
+    train = partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler, **common)
+    return VitlabTraining(model, train, partial(vitlab_train.evaluate, **common),
+                          vitlab_train.uses_bf16(device, recipe))
 
 
 def vitlab_trainer(settings: Settings, data: ImageDataset, batch_size: int, total_steps: int, *,

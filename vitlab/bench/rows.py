@@ -9,6 +9,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,8 +44,7 @@ def bench_data_pipeline(settings: Settings) -> dict:
     sides = (lambda: notebook_load_batches(loader, steps), lambda: len(data) / measure.timed(device, transform_all)[1])
     return measure.paired_row(
         "data_pipeline", settings, sides, settings.reps(5, 9), target=">= 4x", batch_size=batch_size, steps=steps,
-        notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL on the CPU; vitlab: on the {device.type}",
-    )
+        notes=f"resize to {size}, flip, rotation 10, normalise; notebook: PIL on the CPU; vitlab: on the {device.type}")
 
 
 def bench_train_step(settings: Settings) -> dict:
@@ -57,8 +57,7 @@ def bench_train_step(settings: Settings) -> dict:
     return measure.paired_row(  # the warm-up allocates Adam's state and primes the kernels
         "train_step", settings, (lambda: notebook(steps), lambda: vitlab(steps)), repeats, target=">= 1x",
         batch_size=batch_size, steps=steps, notes=f"{settings.arch}, random weights, last 3 blocks + head train; "
-        f"vitlab: recipe 'default' (AdamW, cosine, smoothing, clipping), {'bf16' if settings.cuda else 'fp32'}",
-    )
+        f"vitlab: recipe 'default' (AdamW, cosine, smoothing, clipping), {'bf16' if settings.cuda else 'fp32'}")
 
 
 def bench_eval_throughput(settings: Settings) -> dict:
@@ -78,8 +77,7 @@ def bench_eval_throughput(settings: Settings) -> dict:
     return measure.paired_row(
         "eval_throughput", settings, (lambda: notebook_eval_steps(training.model, loader, steps, device), vitlab),
         settings.reps(3, 5), batch_size=batch_size, steps=steps, notes=f"{settings.arch}; notebook: "
-        f"weights.transforms() per image, fp32; vitlab: BatchTransform eval, {'bf16' if settings.cuda else 'fp32'}",
-    )
+        f"weights.transforms() per image, fp32; vitlab: BatchTransform eval, {'bf16' if settings.cuda else 'fp32'}")
 
 
 def bench_resolution_step(settings: Settings, image_size: int, reference: int = 224) -> dict:
@@ -92,8 +90,7 @@ def bench_resolution_step(settings: Settings, image_size: int, reference: int = 
         f"train_step_{image_size}", settings, (lambda: base(steps), lambda: ours(steps)), repeats,
         ratio_meaning=f"{image_size} px / {reference} px", target=RESOLUTION_TARGETS.get(image_size, "report"),
         batch_size=batch_size, steps=steps, image_size=image_size, reference_size=reference,
-        notes=f"{settings.arch}, random weights, the last 3 blocks + head train; baseline: the same at {reference} px",
-    )
+        notes=f"{settings.arch}, random weights, the last 3 blocks + head train; baseline: the same at {reference} px")
 
 
 def capture_samples(arch: str, batch_size: int, forwards: int, repeats: int, device: str) -> dict:
@@ -134,8 +131,7 @@ def bench_capture_overhead(settings: Settings) -> dict:
         ratio_meaning="capture / plain (time), median of per-process ratios", target="<= 1.05x",
         batch_size=batch_size, process_ratios=ratios, logits_identical=identical,
         samples_baseline=[t for r in runs for t in r["plain"]], samples_vitlab=[t for r in runs for t in r["captured"]],
-        notes=f"{settings.arch}, eval, fp32; per-process ratios {', '.join(f'{x:.2f}x' for x in ratios)}",
-    )
+        notes=f"{settings.arch}, eval, fp32; per-process ratios {', '.join(f'{x:.2f}x' for x in ratios)}")
 
 
 def memory_child(side: str, arch: str, batch_size: int, steps: int, device: str) -> float:
@@ -188,8 +184,19 @@ def bench_demo(settings: Settings) -> dict:
         met=run["test_acc"] >= 0.97 and run["seconds"] <= 30.0, test_acc=run["test_acc"],
         pointing_game=run.get("pointing_game"), attention_mass_ratio=run.get("attention_mass_ratio"),
         wall_seconds_in_process=run["wall_seconds"],
-        notes=f"{' '.join(['--preset', 'demo', *settings.demo_args])}; {run['wall_seconds']:.0f} s inside the run",
-    )
+        notes=f"{' '.join(['--preset', 'demo', *settings.demo_args])}; {run['wall_seconds']:.0f} s inside the run")
+
+
+def bench_tensorboard(settings: Settings) -> dict:
+    """TensorBoard's cost: the demo preset's wall seconds without and with its events, alternating, in this process."""
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-tensorboard-") as folder:
+        runs = iter(range(1_000))  # a fresh run folder for every run
+        def side(switch: str) -> Callable[[], float]:
+            return lambda: finetune_job(["--preset", "demo", "--device", settings.device.type, switch,
+                                         *settings.demo_args], Path(folder) / str(next(runs)))["seconds"]
+        return measure.paired_row("tensorboard", settings, (side("--no-tensorboard"), side("--tensorboard")),
+                                  settings.reps(3, 3), unit="s", ratio_meaning="with / without TensorBoard",
+                                  target="<= 1.03x", notes="the demo preset, the same process")
 
 
 def transfer_runs(seed: int, device: str, extra: dict, folder: Path) -> dict[str, dict[str, float]]:
@@ -217,5 +224,4 @@ def bench_transfer(settings: Settings, variants: dict | None = None) -> dict:
         statistics.mean(first[s]["pretrained"]["test_acc"] for s in seeds), "test acc",
         target="the pretrained base beats from-scratch on every seed", met=all(n == len(seeds) for n in wins.values()),
         table={name: {str(s): r[s] for s in seeds} for name, r in table.items()}, wins=wins,
-        notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; seeds (of {len(seeds)}) the base won: {wins}",
-    )
+        notes=f"the demo preset vs {' '.join(FROM_SCRATCH)}; seeds (of {len(seeds)}) the base won: {wins}")
