@@ -19,18 +19,16 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vitlab.atomic import atomic_write
-from vitlab.data import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from vitlab.data import denormalize
 
 
-def to_display(image: Tensor, *, mean: tuple[float, float, float] = IMAGENET_MEAN,
-               std: tuple[float, float, float] = IMAGENET_STD) -> np.ndarray:
-    """(3, H, W) uint8, or float normalised with `mean` and `std` (ImageNet's unless the model has its own, as an
-    imported one may) -> (H, W, 3) float array in [0, 1]."""
+def to_display(image: Tensor) -> np.ndarray:
+    """(3, H, W) uint8, or float normalised as the model expects -> (H, W, 3) float array in [0, 1]."""
     image = image.detach().cpu()
     if image.dtype == torch.uint8:
         pixels = image.float() / 255
     else:
-        pixels = denormalize(image.float(), mean=mean, std=std)  # undo the normalisation (not "/2 + 0.5")
+        pixels = denormalize(image.float())  # undo the ImageNet normalisation (not "/2 + 0.5")
     return pixels.permute(1, 2, 0).numpy()
 
 
