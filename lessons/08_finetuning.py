@@ -48,6 +48,7 @@ from vitlab.teaching.flags import GENERATED_DATASETS, refuse_data_dir_for, studi
 from vitlab.teaching.lesson import assert_same, demo_run, explain, save, start
 from vitlab.training import finetune
 from vitlab.training.checkpoint import load_checkpoint
+from vitlab.training.imported import is_external
 
 FIGURES = ("parameters.png", "curves.png")
 FLAGS: list[str] = []  # in a notebook, the command line: for example ["--arch", "vit_b_16"] (see Settings)
@@ -76,6 +77,7 @@ class Plan:
     data_dir: str | None
     weights: dict[str, torch.Tensor] | None  # the body to start from (its head is replaced); None: ImageNet's
     description: str
+    imported: str | None = None  # a timm or Hugging Face checkpoint, fine-tuned through --pretrained instead
 
 
 def dataset_on_disk(name: str, data_dir: str) -> bool:
@@ -89,9 +91,16 @@ def dataset_on_disk(name: str, data_dir: str) -> bool:
 
 def plan_finetune(settings: argparse.Namespace) -> Plan:
     """The model and data of the fine-tune the flags ask for; a VitlabError for a plan that cannot run here."""
+    if settings.checkpoint is not None and is_external(settings.checkpoint):
+        return Plan("imported", "shapes", None, None, f"{settings.checkpoint} (imported) with a fresh head, on 256 "
+                    f"shapes images", imported=settings.checkpoint)
     if settings.checkpoint is not None:
         checkpoint = load_checkpoint(settings.checkpoint, purpose="study")
         config = checkpoint["config"]
+        if config["arch"] == "imported":
+            raise VitlabError(f"{settings.checkpoint} is a run of an imported model, which this lesson fine-tunes "
+                              f"from its source: pass --checkpoint {config['pretrained']} (the timm or Hugging Face "
+                              f"checkpoint the run started from).")
         refuse_data_dir_for(settings, config["dataset"], f"{config['arch']} from {settings.checkpoint}")
         generated = config["dataset"] in GENERATED_DATASETS  # made in memory or shipped: no data folder
         data_dir = None if generated else settings.data_dir or config["data_dir"]
@@ -203,10 +212,11 @@ def with_fresh_head(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
 
 run_dir = out / "finetune_run"
 shutil.rmtree(run_dir, ignore_errors=True)
-command = ["--arch", plan.arch, "--dataset", plan.dataset, *(["--data-dir", plan.data_dir] if plan.data_dir else [])]
+command = ["--dataset", plan.dataset, *(["--data-dir", plan.data_dir] if plan.data_dir else [])]
+command = ["--pretrained", plan.imported, *command] if plan.imported else ["--arch", plan.arch, *command]
 if plan.weights is not None:
     command += ["--pretrained", str(with_fresh_head(plan.weights, out / "start_weights.pt"))]
-command += [*(SMALL_RUN if plan.arch == "vit_tiny" else LARGE_RUN), "--out", str(run_dir), "--quiet"]
+command += [*(SMALL_RUN if plan.arch in ("vit_tiny", "imported") else LARGE_RUN), "--out", str(run_dir), "--quiet"]
 print(f"\nFine-tuning {plan.description}:\n  python -m vitlab.finetune {' '.join(command)}\n")
 code = finetune.main(command)
 if code != 0:

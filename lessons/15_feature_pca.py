@@ -105,7 +105,7 @@ def model_before(subject: Subject) -> tuple[VisionTransformer | None, str, int]:
         base = build_model(subject.arch, num_classes=classes, pretrained=weights_cache_file(subject.arch),
                            trainable_blocks=0)
         return base.eval(), f"torchvision's ImageNet {subject.arch}", frozen
-    if pretrained not in ("imagenet", "none", None) and Path(pretrained).is_file():  # a state-dict file
+    if pretrained not in ("imagenet", "none", None) and subject.arch != "imported" and Path(pretrained).is_file():
         base = build_model(subject.arch, num_classes=classes, pretrained=pretrained, trainable_blocks=0)
         return base.eval(), f"the weights in {pretrained}", frozen
     if pretrained == "none":

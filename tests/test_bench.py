@@ -230,7 +230,7 @@ def test_the_frontier_row_runs_the_preset_once_per_epoch_count(monkeypatch: pyte
         return {"test_acc": 0.8 + epochs / 100, "seconds": 10.0 * epochs}
 
     monkeypatch.setattr(bench_rows, "finetune_job", fake_job)
-    row = bench_rows.bench_demo_frontier(tiny())
+    row = bench_rows.bench_demo(tiny(), frontier=bench_rows.FRONTIER_EPOCHS)
     assert [a[a.index("--epochs") + 1] for a in seen] == [str(e) for e in bench_rows.FRONTIER_EPOCHS]
     assert all(a[:2] == ["--preset", "demo"] for a in seen)
     last = bench_rows.FRONTIER_EPOCHS[-1]
@@ -261,6 +261,31 @@ def test_transfer_row_compares_the_demo_with_its_from_scratch_twin(monkeypatch: 
     assert row["wins"] == {"few": {"scratch": 1, "scratch_equal_time": 1}} and row["met"] is False
     assert row["table"]["few"]["42"]["pretrained"]["test_acc"] == 0.9 and row["vitlab"] == pytest.approx(0.7)
     assert row["table"]["few"]["43"]["scratch_equal_time"]["epochs"] == 2
+
+
+def test_tensorboard_row_alternates_the_demo_without_and_with_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[list[str], Path]] = []
+
+    def fake_job(args: list[str], out: Path, fresh_process: bool = False) -> dict:
+        seen.append((args, out))
+        return {"seconds": 1.02 if "--tensorboard" in args else 1.0}
+
+    monkeypatch.setattr(bench_rows, "finetune_job", fake_job)
+    row = bench_rows.bench_tensorboard(tiny(repeats=3, demo_args=("--epochs", "1")))
+    switches = [args[args.index("--preset") + 4] for args, _ in seen]
+    assert switches == ["--no-tensorboard", "--tensorboard"] * 2 + ["--tensorboard", "--no-tensorboard",
+                                                                    "--no-tensorboard", "--tensorboard"]
+    assert all(args[:2] == ["--preset", "demo"] and args[-2:] == ["--epochs", "1"] for args, _ in seen)
+    assert len({out for _, out in seen}) == 8  # a fresh run folder for every run
+    assert row["ratio"] == pytest.approx(1.02) and row["met"] is True and row["target"] == "<= 1.03x"
+    assert row["samples_baseline"] == [1.0] * 3 and row["unit"] == "s"
+
+
+@pytest.mark.slow
+def test_tensorboard_row_runs_the_demo_both_ways() -> None:
+    result = bench_rows.bench_tensorboard(tiny(repeats=1, demo_args=("--epochs", "1", "--subset", "32")))
+    assert_well_formed(result, "tensorboard")
+    assert result["ratio"] == pytest.approx(result["vitlab"] / result["baseline"]) and result["baseline"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`streamlit run streamlit_app.py` on a free 127.0.0.1 port, one server for every test of this module, stopped
-    (and waited for) whatever happens. Its working folder holds runs/other, a copy of the demo run, to compare, and
+    (and waited for) whatever happens. Its working folder holds runs/other, a copy of the demo run, to compare,
+    runs/vit-hf, a Hugging Face checkpoint to import, and
     the project's .streamlit/config.toml, which streamlit reads from there: the server runs as the README serves it.
     Random ViT-B/16 weights lie in its torchvision cache (TORCH_HOME): the ImageNet source works, nothing downloaded."""
     import torch
@@ -65,6 +66,9 @@ def app_url(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
     folder = tmp_path_factory.mktemp("explorer_server")
     shutil.copytree(demo_cache / "demo", folder / "runs" / "other")
+    from vit_sources import save_hf_classifier
+
+    save_hf_classifier(folder / "runs" / "vit-hf")  # a Hugging Face save_pretrained folder, random weights
     shutil.copytree(ROOT / ".streamlit", folder / ".streamlit")
     weights = folder / "torch" / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"
     weights.parent.mkdir(parents=True)
@@ -364,4 +368,23 @@ def test_compare_side_by_side_in_chromium(browser, app_url: str, tmp_path: Path,
     expect(page.get_by_role("heading", name="Difference (second - first)")).to_be_visible()
     assert_healthy(page)
     save_screenshot(page, tmp_path, "explorer-compare.png", update_screenshots)
+    page.close()
+
+
+def test_a_hugging_face_checkpoint_in_the_runs_folder_is_explored_in_chromium(browser, app_url: str, tmp_path: Path,
+                                                                             update_screenshots: bool):
+    """The runs folder lists runs/vit-hf; its views draw, its predictions carry its own id2label names."""
+    from playwright.sync_api import expect
+
+    page = open_page(browser, app_url)
+    page.get_by_label("Model source").click()
+    page.get_by_role("option", name="A vitlab checkpoint").click()
+    page.get_by_label("Run under runs/").click()
+    page.get_by_role("option", name="runs/vit-hf").click()
+    expect(page.get_by_text("vit-hf imported from huggingface")).to_be_visible(timeout=RUN_SECONDS * 1000)
+    wait_until_done(page, images=10)  # 5 views and its 4 heads, as on the demo model
+    predictions = page.locator('[data-testid="stProgress"]').all_inner_texts()
+    assert sorted(re.sub(r": .*", "", text.strip()) for text in predictions) == ["cat", "dog", "eel"], predictions
+    assert_healthy(page)
+    save_screenshot(page, tmp_path, "explorer-imported.png", update_screenshots)
     page.close()

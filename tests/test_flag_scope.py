@@ -129,6 +129,51 @@ def test_a_typed_flag_that_cannot_apply_exits_2_naming_it(argv, named, tmp_path,
     assert named in refused(argv, capsys, tmp_path / "run")
 
 
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Hugging Face classifier saved by transformers (tests/vit_sources.py): 8-px patches."""
+    pytest.importorskip("transformers")
+    from vit_sources import save_hf_classifier
+
+    folder = tmp_path_factory.mktemp("imported") / "vit-hf"
+    save_hf_classifier(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--arch", "vit_tiny"], "--arch vit_tiny and --pretrained {hf} both choose the model"),
+    (["--weights", "IMAGENET1K_V1"], "--weights applies only to runs that start from torchvision's weights"),
+    (["--timm-name", "vit_tiny_patch16_224"], "--timm-name applies only to a timm state-dict file"),
+    (["--image-size", "36"], "--image-size 36 is not allowed: it must be a multiple of 8 (vit-hf's patch size)"),
+    (["--trainable-blocks", "3"], "--trainable-blocks 3 is not allowed: it must be from 0 to 2 (vit-hf has 2"),
+])
+def test_a_flag_that_cannot_apply_to_an_imported_model_exits_2(argv, named, hf_folder, tmp_path, capsys):
+    typed = ["--pretrained", str(hf_folder), "--dataset", "shapes", *argv]
+    assert named.format(hf=hf_folder) in refused(typed, capsys, tmp_path / "run")
+
+
+def test_an_imported_model_takes_a_presets_settings_that_fit_and_yields_the_rest(hf_folder: Path) -> None:
+    notes: list[str] = []
+    config = make_config(explicit_flags(["--preset", "demo", "--pretrained", str(hf_folder)]), notes=notes)
+    assert (config.arch, config.weights, config.image_size, config.trainable_blocks) == ("imported", None, 32, 2)
+    assert config.cache_trunk is False and config.imported["vit"]["num_layers"] == 2
+    assert "--preset demo's --arch vit_tiny yields: the --pretrained checkpoint brings its own architecture." in notes
+
+
+def test_a_timm_state_dict_needs_its_name_and_a_model_that_does_not_map_is_refused(tmp_path, capsys) -> None:
+    timm = pytest.importorskip("timm")
+    import torch
+
+    file = tmp_path / "weights.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1).state_dict(), file)
+    assert "Add --timm-name NAME" in refused(["--pretrained", str(file)], capsys, tmp_path / "run")
+    distilled = tmp_path / "deit.pth"
+    torch.save(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=1).state_dict(), distilled)
+    named = refused(["--pretrained", str(distilled), "--timm-name", "deit_tiny_distilled_patch16_224"], capsys,
+                    tmp_path / "run")
+    assert named.startswith(f"vitlab: --pretrained {distilled}: ") and "distillation" in named
+
+
 def test_a_flag_that_applies_is_taken(tmp_path: Path) -> None:
     config = make_config(explicit_flags(["--arch", "vit_tiny", "--dataset", "cifar100", "--val-size", "10",
                                          "--data-dir", str(tmp_path), "--subset", "49989"]))

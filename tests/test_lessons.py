@@ -274,3 +274,55 @@ def test_lessons_12_14_15_run_on_vit_b_16_with_planted_weights(prefix: str, demo
     assert run_lesson_file(path, argv) == 0
 
     assert all((tmp_path / name).read_bytes().startswith(PNG_SIGNATURE) for name in declared_figures(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lessons on a timm or Hugging Face checkpoint (--checkpoint PATH, imported by vitlab.import_vit)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("transformers")
+    from vit_sources import save_hf_classifier
+
+    folder = tmp_path_factory.mktemp("imported") / "vit-hf"
+    save_hf_classifier(folder)
+    return folder
+
+
+def test_an_imported_subject_has_its_own_classes_and_normalisation(hf_folder: Path, tmp_path: Path) -> None:
+    from vit_sources import LABELS, MEAN, STD
+
+    from vitlab.teaching.flags import parse_args
+    from vitlab.teaching.subject import study
+
+    subject = study(parse_args("07_rollout", ["--checkpoint", str(hf_folder), "--data-dir", str(tmp_path)]))
+    assert (subject.classes, subject.source, subject.labels_match) == (list(LABELS.values()), "imported", False)
+    images = subject.examples.images[:2]  # uint8 (2, 3, 32, 32): the model's own size, so no resize
+    expected = (images.float() / 255 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    torch.testing.assert_close(subject.inputs(images), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", ["07", "08", "12"])
+def test_a_lesson_studies_a_hugging_face_checkpoint(prefix: str, hf_folder: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = lesson_file(prefix)
+
+    assert run_lesson_file(path, ["--checkpoint", str(hf_folder), "--out", str(tmp_path / "out")]) == 0
+
+    printed = capsys.readouterr().out
+    assert "vit-hf (huggingface)" in printed or f"{hf_folder} (imported)" in printed
+    assert all((tmp_path / "out" / name).read_bytes().startswith(PNG_SIGNATURE) for name in declared_figures(path))
+
+
+def test_a_timm_file_without_its_config_is_refused_before_anything_loads(tmp_path: Path, capsys) -> None:
+    timm = pytest.importorskip("timm")
+    file = tmp_path / "weights.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1).state_dict(), file)
+
+    assert run_lesson_file(lesson_file("01"), ["--checkpoint", str(file), "--out", str(tmp_path / "out")]) == 2
+
+    assert "without timm's config.json beside it" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -105,8 +105,12 @@ def native_image_size(arch: str, weights: str | None = None) -> int:
 
 def image_size_range(arch: str) -> tuple[int, int]:
     """The `--image-size` values allowed for `arch`: multiples of its patch size from a 2x2 grid to LARGEST_IMAGE."""
-    patch = spec(arch).patch_size
-    return 2 * patch, LARGEST_IMAGE // patch * patch
+    return side_range(spec(arch).patch_size)
+
+
+def side_range(patch_size: int) -> tuple[int, int]:
+    """The image sides a ViT of `patch_size`-px patches takes: multiples of it from a 2x2 grid to LARGEST_IMAGE."""
+    return 2 * patch_size, LARGEST_IMAGE // patch_size * patch_size
 
 
 def weights_cache_file(arch: str = "vit_b_16", weights: str | None = None) -> Path:
@@ -128,14 +132,19 @@ def check_weights(arch: str, weights: str | None) -> None:
 def check_image_size(arch: str, image_size: Any) -> None:
     """`--image-size` is a multiple of the arch's patch size, from a 2x2 grid of patches to 1024 px (None: native).
 
-    The one place the rule lives: the command line and `build_model` both call it.
+    The one place the rule lives: the command line and `build_model` both call it (`check_side` for a model
+    vitlab knows by its patch size alone, an imported one).
     """
+    check_side(spec(arch).patch_size, image_size, arch)
+
+
+def check_side(patch_size: int, image_size: Any, whose: str) -> None:
+    """`--image-size` fits patches of `patch_size` px (the model `whose`): see `check_image_size`."""
     if image_size is None:
         return
-    patch = spec(arch).patch_size
-    low, high = image_size_range(arch)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size % patch \
+    low, high = side_range(patch_size)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size % patch_size \
             or not low <= image_size <= high:
-        example = patch * max(2, 112 // patch)  # 112 px for 16-px patches: a 7x7 grid, 4x fewer tokens than 224
-        raise refuse("image_size", image_size, f"a multiple of {patch} ({arch}'s patch size) from {low} to {high}",
-                     f"--image-size {example}")
+        example = patch_size * max(2, 112 // patch_size)  # 112 px for 16-px patches: a 7x7 grid, 4x fewer tokens
+        raise refuse("image_size", image_size, f"a multiple of {patch_size} ({whose}'s patch size) from {low} to "
+                     f"{high}", f"--image-size {example}")

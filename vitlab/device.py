@@ -1,4 +1,5 @@
-"""Which device a job runs on: one picker for the training job (`--device`) and the benchmark.
+"""Which device a job runs on: one picker for the training job (`--device`) and the benchmark, and the words that
+name it in a report (`device_name`, `describe_device`).
 
     pick_device("auto")                          # CUDA, then Apple's MPS, then the CPU
     pick_device("cuda:1")                        # exactly that GPU, or a VitlabError saying what to use instead
@@ -6,6 +7,10 @@
 """
 
 from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -50,3 +55,19 @@ def pick_device(name: str = "auto", kinds: tuple[str, ...] = KINDS) -> torch.dev
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise VitlabError(f"--device {name} asked for Apple's MPS, which is not available here. Use --device cpu.")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3 (CUDA)' or 'Intel(R) Xeon(R) ... (CPU, 2 cores, 2 torch threads)'."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu} (CPU, {cores} cores, {torch.get_num_threads()} torch threads)"
+
+
+def describe_device(device: torch.device) -> dict:
+    """The machine the numbers come from, for the JSON and the table's header."""
+    return {"name": device_name(device), "type": device.type,
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

@@ -45,9 +45,9 @@ from vitlab.shipped import shipped_base_file
 VIT_TINY_CONFIG = asdict(SPECS["vit_tiny"])
 
 # What callers import from here: building a model, and the names of vitlab.archs that go with it.
-__all__ = ["ARCHS", "PRETRAINED", "VIT_TINY_CONFIG", "build_model", "count_parameters", "freeze_all_but_last",
-           "load_state_dict_file", "num_blocks", "safe_torch_load", "stem_parameters", "train_mode",
-           "weights_cache_file"]
+__all__ = ["ARCHS", "PRETRAINED", "VIT_TINY_CONFIG", "build_model", "count_parameters", "fit_grid",
+           "freeze_all_but_last", "load_state_dict_file", "num_blocks", "replace_head", "safe_torch_load",
+           "stem_parameters", "train_mode", "weights_cache_file"]
 
 
 def build_model(
@@ -90,17 +90,17 @@ def build_model(
         pretrained = shipped_base_file()  # raises WeightsUnavailableError, with the rebuild command, if damaged
     model = VisionTransformer(num_classes=1000, **{**asdict(shape), "image_size": size})
     if pretrained is True:
-        _load_state_dict(model, _fit_grid(_torchvision_state_dict(arch, weights, progress), model),
+        _load_state_dict(model, fit_grid(_torchvision_state_dict(arch, weights, progress), model),
                          weights_cache_file(arch, weights))
 
-    _replace_head(model, num_classes)
+    replace_head(model, num_classes)
     if pretrained not in (True, False):
         state_dict = load_state_dict_file(pretrained)
         if state_dict.get("heads.head.weight", torch.empty(0)).shape[:1] != (num_classes,):
             # A head for other classes (ImageNet's 1000, say): keep the body, start a fresh head.
             state_dict = {name: value for name, value in state_dict.items() if not name.startswith("heads.")}
             state_dict.update({f"heads.{name}": value for name, value in model.heads.state_dict().items()})
-        _load_state_dict(model, _fit_grid(state_dict, model), pretrained)
+        _load_state_dict(model, fit_grid(state_dict, model), pretrained)
 
     freeze_all_but_last(model, trainable_blocks)
     return model
@@ -108,7 +108,7 @@ def build_model(
 
 
 
-def _fit_grid(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
+def fit_grid(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
     """`state_dict` with its position embeddings resized to `model`'s grid when the two grids differ.
 
     (1, 1 + g*g, D) -> (1, 1 + G*G, D) with torchvision's own `interpolate_embeddings`; an equal grid, or a state
@@ -187,9 +187,13 @@ def _load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path
         ) from None
 
 
-def _replace_head(model: VisionTransformer, num_classes: int) -> None:
-    """Swap the classification head for a fresh Linear(hidden_dim, num_classes), as the notebook does."""
-    model.heads.head = nn.Linear(model.hidden_dim, num_classes)
+def replace_head(model: VisionTransformer, num_classes: int) -> None:
+    """Swap the classification head for a fresh Linear(width, num_classes), as the notebook does.
+
+    The width is `hidden_dim`, or `representation_size` when the heads hold torchvision's representation layer
+    (`heads.pre_logits`, kept: a Hugging Face pooler imported by `vitlab.external`).
+    """
+    model.heads.head = nn.Linear(model.representation_size or model.hidden_dim, num_classes)
     model.num_classes = num_classes
 
 

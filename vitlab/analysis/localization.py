@@ -50,9 +50,13 @@ def random_maps(shape: torch.Size | tuple[int, ...], seed: int = 0) -> Tensor:
 
 @torch.no_grad()
 def localization_scores(
-    model: VisionTransformer, dataset: ImageDataset, batch_size: int = 250, device: torch.device | str = "cpu"
+    model: VisionTransformer, dataset: ImageDataset, batch_size: int = 250, device: torch.device | str = "cpu",
+    transform: BatchTransform | None = None,
 ) -> dict[str, float | dict]:
     """How well attention rollout finds the object, on a dataset with object masks (shapes).
+
+    `transform` turns the images into the model's input (None: at its size, with ImageNet's normalisation; a model
+    with statistics of its own, an imported one, passes its evaluation transform).
 
     An object patch is a patch holding at least one object pixel.
 
@@ -68,7 +72,7 @@ def localization_scores(
         raise ValueError("localization_scores needs a dataset with object masks (the shapes dataset)")
     model.eval()
     geo = geometry(model)
-    transform = BatchTransform(model.image_size, train=False).to(device)
+    transform = (BatchTransform(model.image_size, train=False) if transform is None else transform).to(device)
     maps, plain_maps, objects = [], [], []
     for start in range(0, len(dataset), batch_size):
         images = dataset.images[start : start + batch_size].to(device)

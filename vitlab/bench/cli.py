@@ -22,9 +22,9 @@ import torchvision
 
 from vitlab.atomic import atomic_write
 from vitlab.bench import epoch, explain, explorer, rows
-from vitlab.bench.measure import Settings, describe_device, row_result
+from vitlab.bench.measure import Settings, row_result
 from vitlab.cli import Parser, Rule, command, file_to_write, flag_name, number_flag
-from vitlab.device import pick_device
+from vitlab.device import describe_device, pick_device
 from vitlab.errors import VitlabError
 
 
@@ -45,12 +45,13 @@ ROWS: dict[str, Row] = {
     "demo": Row(rows.bench_demo, frozenset({"device"})),  # the preset as it ships
     "epoch": Row(epoch.bench_epoch, STEPS - {"repeats"} | {"force_epoch", "epoch_images", "compile"}),
     "transfer": Row(rows.bench_transfer, RUNS, optional=True),
-    "demo_frontier": Row(rows.bench_demo_frontier, frozenset({"device"}), optional=True),
+    "demo_frontier": Row(partial(rows.bench_demo, frontier=rows.FRONTIER_EPOCHS), frozenset({"device"}), optional=True),
     "train_step_160": Row(partial(rows.bench_resolution_step, image_size=160), STEPS, optional=True),
     "train_step_112": Row(partial(rows.bench_resolution_step, image_size=112), STEPS, optional=True),
     "laptop_estimate": Row(epoch.bench_laptop_estimate, RUNS, optional=True),
     "explorer": Row(explorer.bench_explorer, frozenset({"quick", "repeats", "arch"}), optional=True),  # the CPU's
     "explain": Row(explain.bench_explain, frozenset({"device", "quick", "repeats", "arch"}), optional=True),
+    "tensorboard": Row(rows.bench_tensorboard, RUNS, optional=True),
 }
 DEFAULT_ROWS = tuple(name for name, row in ROWS.items() if not row.optional)
 BENCH_DEVICES = ("cuda", "cpu")  # the device types the rows time, synchronise and measure memory on

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -13,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +18,7 @@ import torch
 from torchvision.models import VisionTransformer
 
 from vitlab.data import BatchTransform, ImageDataset, batches
+from vitlab.device import device_name
 from vitlab.model import build_model
 from vitlab.training import train as vitlab_train
 
@@ -162,11 +160,10 @@ def vitlab_training(settings: Settings, total_steps: int, image_size: int | None
     # pretrained=True: the real job fine-tunes pretrained weights, so its body learns at a tenth of the head's rate.
     optimizer = vitlab_train.make_optimizer(model, recipe, recipe.lr, pretrained=True, fused=settings.cuda)
     scheduler = vitlab_train.make_scheduler(optimizer, recipe, total_steps=total_steps)
-    common = {"criterion": vitlab_train.make_criterion(recipe), "device": device, "recipe": recipe,
-              "show_progress": False}
+    common = dict(criterion=vitlab_train.make_criterion(recipe), device=device, recipe=recipe, show_progress=False)
     train = partial(vitlab_train.train_one_epoch, optimizer=optimizer, scheduler=scheduler, **common)
-    evaluate, bf16 = partial(vitlab_train.evaluate, **common), vitlab_train.uses_bf16(device, recipe)
-    return VitlabTraining(model, train, evaluate, bf16)
+    return VitlabTraining(model, train, partial(vitlab_train.evaluate, **common),
+                          vitlab_train.uses_bf16(device, recipe))
 
 
 def vitlab_trainer(settings: Settings, data: ImageDataset, batch_size: int, total_steps: int, *,
@@ -183,19 +180,3 @@ def vitlab_trainer(settings: Settings, data: ImageDataset, batch_size: int, tota
         return metrics["count"] / seconds
 
     return run
-
-
-def device_name(device: torch.device) -> str:
-    """'NVIDIA H100 80GB HBM3 (CUDA)' or 'Intel(R) Xeon(R) ... (CPU, 2 cores, 2 torch threads)'."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu} (CPU, {cores} cores, {torch.get_num_threads()} torch threads)"
-
-
-def describe_device(device: torch.device) -> dict:
-    """The machine the numbers come from, for the JSON and the table's header."""
-    return {"name": device_name(device), "type": device.type,
-            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

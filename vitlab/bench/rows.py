@@ -8,6 +8,7 @@ import json
 import resource
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -169,11 +170,18 @@ def finetune_job(args: list[str], out: Path, fresh_process: bool = False) -> dic
     return {**json.loads((out / "summary.json").read_text()), "seconds": seconds}
 
 
-def bench_demo(settings: Settings) -> dict:
-    """The offline demo end to end, in a fresh process: wall seconds (starting Python included) and test accuracy."""
+def bench_demo(settings: Settings, frontier: tuple[int, ...] = ()) -> dict:
+    """The offline demo end to end, in a fresh process: wall seconds (starting Python included) and test accuracy.
+    With `frontier` (epoch counts), the demo_frontier row: the preset's accuracy against wall time, one run each."""
     with tempfile.TemporaryDirectory(prefix="vitlab-bench-demo-") as folder:
-        run = finetune_job(["--preset", "demo", "--device", settings.device.type, *settings.demo_args],
-                           Path(folder) / "demo", fresh_process=True)
+        runs = {e: finetune_job(["--preset", "demo", "--device", settings.device.type, *settings.demo_args, *(
+            ["--epochs", str(e)] if e else [])], Path(folder) / str(e), fresh_process=True) for e in frontier or [0]}
+    if frontier:
+        points = {str(e): {"test_acc": r["test_acc"], "seconds": round(r["seconds"], 1)} for e, r in runs.items()}
+        return measure.row_result("demo_frontier", settings, None, max(r["test_acc"] for r in runs.values()),
+                                  "test acc", frontier=points, notes="epochs: accuracy, wall s: " + ", ".join(
+                                      f"{e}: {v['test_acc']:.1%} {v['seconds']:.0f} s" for e, v in points.items()))
+    run = runs[0]
     return measure.row_result(
         "demo", settings, None, run["seconds"], "s", target=">= 90% test acc, <= 30 s (never < 87% or > 60 s)",
         met=run["test_acc"] >= 0.90 and run["seconds"] <= 30.0, test_acc=run["test_acc"],
@@ -182,17 +190,16 @@ def bench_demo(settings: Settings) -> dict:
         notes=f"{' '.join(['--preset', 'demo', *settings.demo_args])}; {run['wall_seconds']:.0f} s inside the run")
 
 
-def bench_demo_frontier(settings: Settings) -> dict:
-    """The demo preset's test accuracy against its wall time (fresh processes), one run per FRONTIER_EPOCHS."""
-    with tempfile.TemporaryDirectory(prefix="vitlab-bench-frontier-") as folder:
-        points = [finetune_job(["--preset", "demo", "--device", settings.device.type, "--epochs", str(epochs)],
-                               Path(folder) / str(epochs), fresh_process=True) for epochs in FRONTIER_EPOCHS]
-    frontier = {str(e): {"test_acc": p["test_acc"], "seconds": round(p["seconds"], 1)}
-                for e, p in zip(FRONTIER_EPOCHS, points, strict=True)}
-    return measure.row_result(
-        "demo_frontier", settings, None, max(p["test_acc"] for p in points), "test acc", frontier=frontier,
-        notes="epochs: accuracy, wall s: " + ", ".join(f"{e}: {v['test_acc']:.1%} {v['seconds']:.0f} s"
-                                                         for e, v in frontier.items()))
+def bench_tensorboard(settings: Settings) -> dict:
+    """TensorBoard's cost: the demo preset's wall seconds without and with its events, alternating, in this process."""
+    with tempfile.TemporaryDirectory(prefix="vitlab-bench-tensorboard-") as folder:
+        runs = iter(range(1_000))  # a fresh run folder for every run
+        def side(switch: str) -> Callable[[], float]:
+            return lambda: finetune_job(["--preset", "demo", "--device", settings.device.type, switch,
+                                         *settings.demo_args], Path(folder) / str(next(runs)))["seconds"]
+        return measure.paired_row("tensorboard", settings, (side("--no-tensorboard"), side("--tensorboard")),
+                                  settings.reps(3, 3), unit="s", ratio_meaning="with / without TensorBoard",
+                                  target="<= 1.03x", notes="the demo preset, the same process")
 
 
 def transfer_runs(seed: int, device: str, extra: dict, folder: Path) -> dict[str, dict[str, float]]:

@@ -1,8 +1,10 @@
-"""Where the explorer's model comes from: the demo model, a vitlab run's checkpoint, or the ImageNet ViT-B/16.
+"""Where the explorer's model comes from: the demo model, a vitlab run's checkpoint (or a timm or Hugging Face
+checkpoint, `vitlab.explorer.imported`), or the ImageNet ViT-B/16.
 
     loaded = load_model_source("demo")             # LoadedModel: model (eval), class names, images to browse
     loaded.images.images[0]                        # uint8 (3, 32, 32), from the demo's test photos
     load_model_source("checkpoint", "runs/demo")   # a run folder (its best.pt) or a .pt file
+    load_model_source("checkpoint", "runs/vit-hf") # a save_pretrained or timm hub folder: its own class names
     load_model_source("imagenet")                  # only from torchvision's local cache: nothing is downloaded
     load_model_source("base")                      # the pretrained vit_tiny base the demo was fine-tuned from
 
@@ -23,12 +25,21 @@ from torchvision.models import VisionTransformer, ViT_B_16_Weights
 
 from vitlab.data import ImageDataset, load_dataset
 from vitlab.errors import CheckpointError, DataUnavailableError, VitlabError, WeightsUnavailableError
+from vitlab.explorer.imported import (
+    check_inside,
+    expect_imagenet_inputs,
+    imported_stamp,
+    is_imported_checkpoint,
+    list_imported,
+    load_imported,
+)
 from vitlab.explorer.runs_folder import DEFAULT_RUNS, is_inside, within_runs
 from vitlab.model import build_model, weights_cache_file
 from vitlab.shipped import shipped_base_file
 from vitlab.training.checkpoint import checkpoint_file, load_trained_model
 from vitlab.training.config import PRESETS, make_config
 from vitlab.training.demo import default_cache_dir, load_demo_model
+from vitlab.training.imported import model_name, statistics
 
 # Where the explorer's model comes from: the sidebar's choices. "base" is the pretrained base the demo was
 # fine-tuned from, for comparing with it (its head is untrained: the page labels it so, see _load_base_source).
@@ -64,7 +75,8 @@ def imagenet_hint() -> str:
 
 
 def list_runs(root: str | Path = DEFAULT_RUNS) -> list[Path]:
-    """Run folders under `root` that hold a checkpoint (best.pt or checkpoint.pt), newest first.
+    """Run folders under `root` that hold a checkpoint (best.pt or checkpoint.pt), and folders holding a timm or
+    Hugging Face checkpoint, newest first.
 
     A symlinked folder (or checkpoint) that leads out of `root` is left out: the explorer reads only under it.
     """
@@ -73,6 +85,7 @@ def list_runs(root: str | Path = DEFAULT_RUNS) -> list[Path]:
         return []
     runs = [d for d in root.iterdir() if d.is_dir() and is_inside(d, root) and any(
         (d / name).is_file() and is_inside(d / name, root) for name in ("best.pt", "checkpoint.pt"))]
+    runs += [folder for folder in list_imported(root) if folder not in runs]
     return sorted(runs, key=lambda d: d.stat().st_mtime, reverse=True)
 
 
@@ -83,9 +96,13 @@ def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path
     a path outside is a CheckpointError that says so. Without, any path is read (library use).
     """
     if root is None:
-        return checkpoint_file(path, "study")
+        return Path(path).expanduser() if is_imported_checkpoint(Path(path)) else checkpoint_file(path, "study")
     root = Path(root)
-    file = checkpoint_file(within_runs(path, root), "study")
+    found = within_runs(path, root)
+    if is_imported_checkpoint(found):
+        check_inside(found, root)
+        return found
+    file = checkpoint_file(found, "study")
     return within_runs(file, root)  # best.pt itself may be a link that leads out
 
 
@@ -104,6 +121,8 @@ def source_stamp(source: str, checkpoint: Path | None = None) -> str:
     if source == "checkpoint":
         if checkpoint is None:
             raise CheckpointError(_CHOOSE_A_CHECKPOINT)
+        if is_imported_checkpoint(checkpoint):
+            return imported_stamp(checkpoint)
         return f"checkpoint:{checkpoint.resolve()}:{checkpoint.stat().st_mtime_ns}"
     if source == "imagenet":
         return f"imagenet:{weights_cache_file()}"
@@ -164,10 +183,7 @@ def _load_imagenet_source() -> LoadedModel:
         raise WeightsUnavailableError(f"The ImageNet ViT-B/16 weights are not on this machine. {imagenet_hint()}")
     # A state-dict path whose head already has 1000 outputs keeps that head (build_model keeps ImageNet's).
     model = build_model("vit_b_16", num_classes=1000, pretrained=weights_cache_file(), progress=False)
-    images, note = _browse_images("cifar100", "./data")
-    if images is None:  # offline and no CIFAR: the photos that ship with vitlab still give something to look at
-        images, _ = _browse_images("fashion")
-        note = "no CIFAR-100 under ./data, so the Fashion-MNIST photos that ship with vitlab: or upload a photo"
+    images, note = _cifar_or_photos()
     return LoadedModel(
         model=model.eval(), classes=list(ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]),
         key=source_stamp("imagenet"),
@@ -197,9 +213,13 @@ def _load_base_source() -> LoadedModel:
 
 
 def _load_checkpoint_source(path: Path) -> LoadedModel:
+    if is_imported_checkpoint(path):
+        return _load_imported_source(path)
     # load_trained_model raises CheckpointError for missing, foreign, unsafe (pickled code) and incomplete files.
     model, checkpoint = load_trained_model(path)
     config, classes = checkpoint["config"], list(checkpoint["classes"])
+    if config.get("imported") is not None:  # a run of an imported model: its own statistics, folded in
+        model = expect_imagenet_inputs(model, *statistics(config["imported"]))
     dataset = config["dataset"]
     images, note = _browse_images(
         dataset, config.get("data_dir", "./data"), seed=config.get("seed", 42), subset=config.get("subset"),
@@ -208,10 +228,28 @@ def _load_checkpoint_source(path: Path) -> LoadedModel:
     accuracy = checkpoint.get("val_acc")
     return LoadedModel(
         model=model, classes=classes, key=source_stamp("checkpoint", path),
-        description=f"Checkpoint {path}: {config['arch']} trained on {dataset}, epoch {checkpoint.get('epoch')}"
+        description=f"Checkpoint {path}: {model_name(config)} trained on {dataset}, epoch {checkpoint.get('epoch')}"
         + (f", validation accuracy {accuracy:.1%}." if isinstance(accuracy, float) else "."),
         images=images, images_note=note,
     )
+
+
+def _load_imported_source(path: Path) -> LoadedModel:
+    """A timm or Hugging Face checkpoint as saved: its head and class names, on CIFAR-100 or else the shapes."""
+    model, classes, description = load_imported(path)
+    images, note = _cifar_or_photos()
+    return LoadedModel(model=model, classes=classes, key=source_stamp("checkpoint", path),
+                       description=f"Checkpoint {path}: {description}", images=images, images_note=note)
+
+
+def _cifar_or_photos() -> tuple[ImageDataset, str]:
+    """CIFAR-100's test split under ./data, for a model whose own data is unknown; else the Fashion-MNIST photos that
+    ship with vitlab, which still give something to look at offline."""
+    images, note = _browse_images("cifar100", "./data")
+    if images is None:
+        images, _ = _browse_images("fashion")
+        note = "no CIFAR-100 under ./data, so the Fashion-MNIST photos that ship with vitlab: or upload a photo"
+    return images, note
 
 
 def _browse_images(dataset: str, data_dir: str = "./data", **options: Any) -> tuple[ImageDataset | None, str]:

@@ -134,7 +134,7 @@ def _open(path: Path) -> tuple[Source, Path, dict[str, Any] | None, dict[str, Te
         if source is None:
             raise VitlabError(f"{path} is a folder without a timm or Hugging Face config.json (a vitlab run folder "
                               f"loads with --checkpoint / load_trained_model). {WHAT_IT_READS}")
-        return source, path, config, _read_folder_weights(path)
+        return source, path, config, read_folder_weights(path)
     if not path.is_file():
         raise VitlabError(f"No file or folder at {path}. Check the path. {WHAT_IT_READS}")
     if path.suffix not in SUFFIXES:
@@ -153,21 +153,54 @@ def _open(path: Path) -> tuple[Source, Path, dict[str, Any] | None, dict[str, Te
     return source, path.parent, config, tensors
 
 
-def _read_folder_weights(folder: Path) -> dict[str, Tensor]:
+def read_folder_weights(folder: Path) -> dict[str, Tensor]:
     """The tensors of a hub folder: its first WEIGHTS_FILES entry, every shard an index lists merged."""
+    files = weights_files(folder)
+    return {name: value for file in files if not file.name.endswith(".index.json")
+            for name, value in read_tensors(file).items()}
+
+
+def weights_files(folder: Path) -> list[Path]:
+    """The weights files an import of `folder` reads: its first WEIGHTS_FILES entry, or an index and its shards.
+
+    Raises:
+        VitlabError: no weights file, or an index that lists no shards, shards elsewhere, or missing shards.
+    """
     for file_name in WEIGHTS_FILES:
         if not (folder / file_name).is_file():
             continue
         if not file_name.endswith(".index.json"):
-            return read_tensors(folder / file_name)
+            return [folder / file_name]
         weight_map = (_read_json(folder / file_name) or {}).get("weight_map") or {}
         shards = sorted(set(weight_map.values()))
         if not shards or any(Path(shard).name != shard or not (folder / shard).is_file() for shard in shards):
             raise VitlabError(f"{folder / file_name} lists no shards, shards outside its folder, or shards that are "
                               f"missing. Use the index save_pretrained wrote, with every shard beside it.")
-        return {name: value for shard in shards for name, value in read_tensors(folder / shard).items()}
+        return [folder / file_name, *(folder / shard for shard in shards)]
     raise VitlabError(f"{folder} has a config.json but no weights: none of {', '.join(WEIGHTS_FILES)}. Copy the "
                       f"weights file into the folder.")
+
+
+def import_files(path: str | os.PathLike) -> list[Path]:
+    """Every file `import_vit(path)` reads (weights, config.json, preprocessor_config.json where they are), for
+    keys that must change when one of them does. Raises a VitlabError where `weights_files` does."""
+    path = Path(path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    weights = weights_files(path) if path.is_dir() else [path]
+    return [*weights, *(folder / name for name in ("config.json", "preprocessor_config.json")
+                        if (folder / name).is_file())]
+
+
+def needs_model_name(path: str | os.PathLike) -> bool:
+    """Whether `path` is a timm state-dict file without timm's config.json beside it: then only a `model_name`
+    says which ViT it is (the head count is in no tensor). Cheap, as `detect_format`; never raises."""
+    path = Path(path).expanduser()
+    if path.is_dir() or detect_format(path) != "timm":
+        return False
+    try:
+        return _config_format(_read_json(path.parent / "config.json")) != "timm"
+    except VitlabError:
+        return True
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -134,6 +135,27 @@ def build_vit(translation: Translation) -> VisionTransformer:
         raise VitlabError(f"The tensors of {translation.name} do not fit one ViT shape ({detail[:200]}): blocks of "
                           f"different widths, or a damaged file. Use the model's own, complete weights.") from None
     return model.eval()
+
+
+def vit_arguments(model: VisionTransformer) -> dict[str, Any]:
+    """torchvision's VisionTransformer arguments that rebuild `model`'s shape, head aside (plain values, for JSON).
+
+    image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, layer_norm_eps (its LayerNorms' eps: 1e-6
+    for torchvision and timm, a Hugging Face config's own) and representation_size (None, or the width of
+    `heads.pre_logits`, Hugging Face's pooler). `build_from_arguments` builds the model back.
+    """
+    return {"image_size": model.image_size, "patch_size": model.patch_size, "num_layers": len(model.encoder.layers),
+            "num_heads": model.encoder.layers[0].self_attention.num_heads, "hidden_dim": model.hidden_dim,
+            "mlp_dim": model.mlp_dim, "layer_norm_eps": model.encoder.ln.eps,
+            "representation_size": model.representation_size}
+
+
+def build_from_arguments(arguments: Mapping[str, Any], num_classes: int) -> VisionTransformer:
+    """A VisionTransformer of `vit_arguments`' shape with a `num_classes` head, randomly initialised (torch's
+    global generator), in training mode: load its weights next."""
+    settings = dict(arguments)
+    eps = float(settings.pop("layer_norm_eps"))
+    return VisionTransformer(**settings, num_classes=num_classes, norm_layer=partial(nn.LayerNorm, eps=eps))
 
 
 def _check_geometry(translation: Translation, state: dict[str, Tensor], patch: int, shape: tuple[int, int]) -> None:

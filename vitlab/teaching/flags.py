@@ -1,7 +1,8 @@
 """The flags every lesson takes, each checked as it is parsed, and the refusals of flags that would do nothing.
 
     --arch ARCH        the model to study: vit_tiny (the demo model, default) or an ImageNet ViT (vit_b_16, ...)
-    --checkpoint PATH  the model a vitlab run trained, instead (it knows its arch: --arch with it is refused)
+    --checkpoint PATH  the model a vitlab run trained, or a timm or Hugging Face ViT, instead (it knows its arch:
+                       --arch with it is refused)
     --data-dir DIR     where CIFAR (or a checkpoint's image folder) is: refused where the studied model reads no
                        files (the demo model, or a checkpoint trained on generated images)
     --out DIR          where the figures go;  --threads N  PyTorch's CPU threads
@@ -24,6 +25,7 @@ from vitlab.cli import Parser, Rule, folder_to_write, number_flag
 from vitlab.errors import CheckpointError, VitlabError
 from vitlab.training.checkpoint import checkpoint_file
 from vitlab.training.config import DATASETS_FLAGS
+from vitlab.training.imported import is_external, needs_model_name
 
 THREADS = number_flag("threads", Rule(1, 1024, "--threads 2"))  # more than 1,024 is a typo, not a machine
 DEMO_ARCH = "vit_tiny"  # --arch vit_tiny (or no --arch) studies the demo model
@@ -46,7 +48,9 @@ def parse_args(name: str, argv: Sequence[str], own_flags: OwnFlags | None = None
                         "vit_b_16 (or vit_b_32, "
                         "vit_l_16, vit_l_32, vit_h_14): torchvision's ImageNet ViT (needs its cached weights file)")
     parser.add_argument("--checkpoint", metavar="PATH", default=None, type=checkpoint_flag,
-                        help="study the model of a vitlab run instead (its best.pt); not with --arch")
+                        help="study the model of a vitlab run instead (its best.pt), or a timm or Hugging Face ViT "
+                        "(a save_pretrained or timm hub folder, or a timm file with timm's config.json beside it); "
+                        "not with --arch")
     parser.add_argument("--data-dir", metavar="DIR", default=None, type=data_dir_flag,
                         help="where CIFAR-100 is for an ImageNet --arch, or the data of a --checkpoint trained on "
                         "files (default: the checkpoint run's data folder, else ./data); lessons never download")
@@ -83,11 +87,19 @@ def refuse_data_dir_for(args: argparse.Namespace, dataset: str, model: str) -> N
 
 
 def checkpoint_flag(text: str) -> str:
-    """--checkpoint: a run folder (its best.pt) or a .pt file that exists and is a torch.save archive.
+    """--checkpoint: a run folder (its best.pt) or a .pt file that exists and is a torch.save archive, or a timm or
+    Hugging Face checkpoint (`vitlab.external.detect_format`) that names its model.
 
-    The full check (a vitlab checkpoint: tensors and plain values, a known arch) is vitlab.training.checkpoint's,
-    when the lesson loads it, before anything is written; this one answers a typo before anything loads.
+    The full check (a vitlab checkpoint: tensors and plain values, a known arch; a ViT that maps) is
+    vitlab.training.checkpoint's or vitlab.external's, when the lesson loads it, before anything is written; this one
+    answers a typo before anything loads.
     """
+    if is_external(text):
+        if needs_model_name(text):
+            raise CheckpointError(f"--checkpoint {text} is a timm state dict without timm's config.json beside it, "
+                                  f"so its model is unknown (the head count is in no tensor). Keep the config.json "
+                                  f"timm's save_for_hf writes beside it, or pass timm's hub folder.")
+        return text
     try:
         path = checkpoint_file(text, "study")
     except CheckpointError as error:

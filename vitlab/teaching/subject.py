@@ -5,7 +5,10 @@
   32x32: 4x4 patches, an 8x8 grid). It is fine-tuned once (under a minute) and cached by
   `vitlab.training.demo.load_demo_model`, so no lesson retrains what another already trained. Its examples are the
   test photos of the dataset it learned, each with its garment's silhouette as the object mask.
-- `--checkpoint PATH`: the model a vitlab run saved (`best.pt`), on its own dataset's test images.
+- `--checkpoint PATH`: the model a vitlab run saved (`best.pt`), on its own dataset's test images; or a timm or
+  Hugging Face ViT (`vitlab.import_vit`: timm's hub folder or a state dict with timm's config.json beside it, a
+  save_pretrained folder), with its own class names and normalisation, on CIFAR-100 test images when they are under
+  `--data-dir`, else on the shipped Fashion-MNIST photos resized to its input size.
 - `--arch vit_b_16` (or vit_b_32, vit_l_16, vit_l_32, vit_h_14): torchvision's ViT with its default ImageNet
   weights and ImageNet head (so its predictions are ImageNet classes), on CIFAR-100 test images when they are under
   `--data-dir`, else on the shipped Fashion-MNIST test photos resized to the model's input size (224x224;
@@ -27,12 +30,17 @@ from torch import Tensor
 from torchvision.models import VisionTransformer
 
 from vitlab.archs import weights_enum
-from vitlab.data import BatchTransform, DataSplits, ImageDataset, load_dataset
-from vitlab.errors import DataUnavailableError
+from vitlab.data import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, DataSplits, ImageDataset, load_dataset
+from vitlab.errors import DataUnavailableError, VitlabError
+from vitlab.external import import_vit
+from vitlab.external.build import Triple
 from vitlab.model import build_model, weights_cache_file
 from vitlab.teaching.flags import GENERATED_DATASETS, refuse_data_dir_for, studies_small_model, use_threads
 from vitlab.training.checkpoint import load_checkpoint, load_trained_model
 from vitlab.training.demo import default_cache_dir, load_demo_model
+from vitlab.training.imported import is_external, model_name, statistics
+
+SMALL_IMPORT_SIDE = 64  # an imported model at most this many pixels a side is sized for like the demo model
 
 
 @dataclass
@@ -46,9 +54,11 @@ class Subject:
     splits: DataSplits  # where example (and, for lesson 9, training) images come from
     labels_match: bool  # True when splits' labels index `classes` (False: ImageNet model on CIFAR or shapes)
     small: bool  # the default laptop model: lessons size their work by it
-    source: str  # "demo", "checkpoint" or "imagenet"
+    source: str  # "demo", "checkpoint", "imagenet" or "imported" (a timm or Hugging Face checkpoint)
     weights_path: Path | None = None  # the file the weights came from (demo's best.pt, --checkpoint)
     run_config: dict | None = None  # the vitlab run's settings (seed, arch, ...), None for the ImageNet model
+    mean: Triple = IMAGENET_MEAN  # the model's input normalisation: ImageNet's, or an imported model's own
+    std: Triple = IMAGENET_STD
 
     @property
     def examples(self) -> ImageDataset:
@@ -57,8 +67,9 @@ class Subject:
 
     @property
     def transform(self) -> BatchTransform:
-        """uint8 images -> the model's normalised input at its own size (32 for vit_tiny, 224 for ViT-B/16)."""
-        return BatchTransform(self.model.image_size, train=False)
+        """uint8 images -> the model's normalised input at its own size (32 for vit_tiny, 224 for ViT-B/16), with
+        its own mean and std."""
+        return BatchTransform(self.model.image_size, train=False, mean=self.mean, std=self.std)
 
     def inputs(self, images: Tensor) -> Tensor:
         """uint8 (B, 3, H, W) -> model input (B, 3, S, S)."""
@@ -107,16 +118,37 @@ def _demo() -> Subject:
 
 
 def _from_checkpoint(path: Path, args: argparse.Namespace) -> Subject:
+    if is_external(str(path)):
+        return _imported(path, args)
     model, checkpoint = load_trained_model(path)  # CheckpointError (a VitlabError) for a missing or bad file
     config = checkpoint["config"]
-    name = f"{config['arch']} from {path}"
+    name = f"{model_name(config)} from {path}"
+    mean, std = statistics(config.get("imported"))
     refuse_data_dir_for(args, config["dataset"], name)
     if config["dataset"] in GENERATED_DATASETS:
         splits, matched = load_dataset(config["dataset"], seed=config["seed"]), True
     else:
         splits, matched = _files_or_photos(args.data_dir or config["data_dir"], config["dataset"])
+    small = config["arch"] == "vit_tiny" or (config.get("imported") is not None
+                                             and model.image_size <= SMALL_IMPORT_SIDE)
     return Subject(model, config["arch"], name, list(checkpoint["classes"]), splits, labels_match=matched,
-                   small=config["arch"] == "vit_tiny", source="checkpoint", weights_path=path, run_config=config)
+                   small=small, source="checkpoint", weights_path=path, run_config=config, mean=mean, std=std)
+
+
+def _imported(path: Path, args: argparse.Namespace) -> Subject:
+    """A timm or Hugging Face ViT as it was saved: its head, class names and normalisation (`vitlab.import_vit`)."""
+    try:
+        imported = import_vit(path)
+    except VitlabError as error:
+        raise VitlabError(f"--checkpoint {path}: {error}") from None
+    if imported.classes is None:
+        raise VitlabError(f"--checkpoint {path}: {imported.name} has no classification head (it returns features), "
+                          f"and the lessons study predictions. Give it a head first: python -m vitlab.finetune "
+                          f"--pretrained {path} --dataset shapes, then --checkpoint the run folder.")
+    splits, _ = _files_or_photos(args.data_dir or "./data", "cifar100")
+    return Subject(imported.model, "imported", f"{imported.name} ({imported.source})", imported.classes, splits,
+                   labels_match=False, small=imported.image_size <= SMALL_IMPORT_SIDE, source="imported",
+                   weights_path=path, mean=imported.mean, std=imported.std)
 
 
 def _imagenet_model(arch: str, args: argparse.Namespace) -> Subject:

@@ -27,6 +27,7 @@ from torchvision.models import VisionTransformer
 from vitlab.atomic import atomic_write
 from vitlab.errors import CheckpointError
 from vitlab.model import build_model, safe_torch_load
+from vitlab.training.imported import IMPORTED, build_from_spec
 
 FORMAT = "vitlab-checkpoint-v1"
 
@@ -158,19 +159,23 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
 
 def load_trained_model(path: str | os.PathLike) -> tuple[VisionTransformer, dict[str, Any]]:
     """Rebuild the model a vitlab run trained, in eval mode, from a run folder (its best.pt), a .pt file or the run's
-    model.safetensors.
+    model.safetensors. A run of an imported timm or Hugging Face model (arch "imported") is rebuilt from the spec
+    its config carries (vitlab.training.imported); its inputs take the spec's normalisation (`statistics`).
 
     Returns:
         (model, checkpoint): the checkpoint dict holds "config", "classes", "epoch" and more.
     """
     checkpoint = load_checkpoint(path, purpose="study")
     try:
-        model = build_model(
-            checkpoint["config"]["arch"], num_classes=len(checkpoint["classes"]), pretrained=False,
-            trainable_blocks=checkpoint["trainable_blocks"], image_size=_trained_image_size(checkpoint),
-        )
+        config, classes = checkpoint["config"], len(checkpoint["classes"])
+        if config["arch"] == IMPORTED:
+            model = build_from_spec(config["imported"], num_classes=classes)
+        else:
+            model = build_model(config["arch"], num_classes=classes, pretrained=False,
+                                trainable_blocks=checkpoint["trainable_blocks"],
+                                image_size=_trained_image_size(checkpoint))
         model.load_state_dict(checkpoint["model"])
-    except (KeyError, TypeError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(
             f"{path} carries the vitlab marker but is incomplete or does not fit its own settings ({error!r}). "
             f"Use a best.pt or checkpoint.pt written by python -m vitlab.finetune."

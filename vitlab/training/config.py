@@ -23,6 +23,7 @@ from vitlab.archs import (
     BASES,
     PRETRAINED,
     check_image_size,
+    check_side,
     check_weights,
     default_weights,
     native_image_size,
@@ -33,6 +34,7 @@ from vitlab.cli import LARGEST_SEED, Rule, check_rules, refuse
 from vitlab.errors import VitlabError
 from vitlab.training import trunk_cache
 from vitlab.training.distributed import launched_by_torchrun
+from vitlab.training.imported import IMPORTED, NAMED_STARTS, check_timm_name, describe, import_start, is_external
 
 # One rule per number a user types: the allowed range and an example (the arch's block count is checked later).
 RULES: dict[str, Rule] = {
@@ -68,6 +70,9 @@ DATASETS_FLAGS: dict[str, DataFlags] = {
     "folder": DataFlags(True, False, (None, None, None), "is read from --data-dir"),
 }
 
+# Settings that are no flag: make_config fills them (the command line leaves them out).
+NOT_FLAGS = ("imported",)
+
 # Training images before validation is held out, for the datasets that hold it out (the others have fixed splits).
 TRAIN_IMAGES = {name: row.images[0] for name, row in DATASETS_FLAGS.items() if row.val_size}
 
@@ -79,8 +84,13 @@ class FinetuneConfig:
     image_size: int | None = None  # input side in pixels; make_config turns None into the weights' native size
     dataset: str = "cifar100"  # one of vitlab.data.DATASETS, e.g. shapes (synthetic, offline) or folder (yours)
     data_dir: str = "./data"  # where datasets are read from (and downloaded to): DATASETS_FLAGS says which
-    pretrained: str | None = None  # "imagenet", "fractal", "none" or a state-dict path; make_config turns None into
-    # the arch's own base: imagenet for vit_b_16 (the notebook's start), fractal for vit_tiny (shipped in vitlab)
+    pretrained: str | None = None  # "imagenet", "fractal", "none", a state-dict path, or a timm or Hugging Face
+    # checkpoint (vitlab.training.imported); make_config turns None into the arch's own base: imagenet for vit_b_16
+    # (the notebook's start), fractal for vit_tiny (shipped in vitlab)
+    timm_name: str | None = None  # the timm name of a --pretrained timm state-dict file that has no config.json
+    # beside it (vit_small_patch16_224.dino): no tensor holds the head count
+    imported: dict | None = None  # never typed: make_config's spec of a --pretrained timm or Hugging Face model
+    # (arch "imported"), what rebuilding it needs (vitlab.training.imported.describe)
     epochs: int = 5  # the notebook trained 5 epochs
     batch_size: int = 64  # global batch: with torchrun, each of N processes takes batch_size / N
     lr: float | None = None  # head learning rate; None takes the recipe's (1e-3 for both recipes)
@@ -146,19 +156,23 @@ def make_config(flags: dict[str, Any], base: FinetuneConfig | None = None,
     Complete: `pretrained` None becomes the arch's own base ("imagenet" for vit_b_16, "fractal" for vit_tiny),
     `weights` None the arch's default torchvision weights, `image_size` None those weights' native size (224 for
     IMAGENET1K_V1), `trainable_blocks` None ("all") the arch's block count, and a trunk cache without a typed
-    `--max-rotation` sets it to 0. A preset's setting that cannot apply yields, and says so in `notes` when given; a
-    typed flag that cannot apply, or any bad value, is a VitlabError (exit 2) naming the flag.
+    `--max-rotation` sets it to 0. A `--pretrained` timm or Hugging Face checkpoint is imported here, once, to check
+    that it maps and to read its shape: the arch becomes "imported" and `imported` its spec (its size the model's
+    own unless --image-size is typed). A preset's setting that cannot apply yields, and says so in `notes` when
+    given, as do the importer's notes; a typed flag that cannot apply, or any bad value, is a VitlabError (exit 2)
+    naming the flag.
     """
     values = vars(base if base is not None else FinetuneConfig()).copy()
     preset = flags.get("preset")
     chosen = {name: value for name, value in PRESETS.get(preset, {}).items() if name not in flags}
     values.update(chosen)
     values.update(flags)
-    yielded = _resolve(values, chosen, flags)
+    yielded, found = _resolve(values, chosen, flags)
     config = check_config(FinetuneConfig(**values))  # each value alone first: a bad one is named before any mix
     _refuse_typed(config, flags)
     if notes is not None:
         notes.extend(f"--preset {preset}'s {_flag(name, chosen[name])} yields: {why}." for name, why in yielded)
+        notes.extend(f"--pretrained {config.pretrained}: {note}" for note in found)
     return config
 
 
@@ -168,10 +182,32 @@ def _flag(name: str, value: Any) -> str:
     return flag if value is True else f"{flag} {value}"
 
 
-def _resolve(values: dict[str, Any], chosen: dict[str, Any], typed: dict[str, Any]) -> list[tuple[str, str]]:
+def _resolve(values: dict[str, Any], chosen: dict[str, Any],
+             typed: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
     """Fill in place the settings whose default depends on others; a preset's (`chosen`) setting that cannot apply
-    yields to what would apply without it. Returns (setting, why) for each one that yielded."""
-    arch, yielded = values["arch"], []
+    yields to what would apply without it. Returns (setting, why) for each one that yielded, and the importer's
+    notes on a --pretrained timm or Hugging Face model (what it chose because the files did not say)."""
+    yielded: list[tuple[str, str]] = []
+    found: tuple[str, ...] = ()
+    if values["imported"] is None:  # a saved imported run keeps its spec; its files may be gone
+        check_timm_name(values["pretrained"], values["timm_name"])
+    if values["arch"] == IMPORTED or is_external(values["pretrained"]):
+        found = _resolve_imported(values, chosen, typed, yielded)
+    else:
+        _resolve_arch(values, chosen, yielded)
+    if values["trainable_blocks"] is None:
+        values["trainable_blocks"] = _block_count(values["arch"], values["imported"])
+    if values["cache_trunk"] and "cache_trunk" in chosen and (why := _cache_cannot_apply(values, typed)):
+        yielded.append(("cache_trunk", why))
+        values["cache_trunk"] = False
+    if values["cache_trunk"] and "max_rotation" not in typed:
+        values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.training.trunk_cache)
+    return yielded, found
+
+
+def _resolve_arch(values: dict[str, Any], chosen: dict[str, Any], yielded: list[tuple[str, str]]) -> None:
+    """The start weights, torchvision weights and image size of one of vitlab's own archs."""
+    arch = values["arch"]
     if values["pretrained"] in set(BASE_NAMES) - set(BASES[arch]) and "pretrained" in chosen:
         yielded.append(("pretrained", f"{arch}'s own base is {PRETRAINED[arch]}"))
         values["pretrained"] = None
@@ -188,14 +224,47 @@ def _resolve(values: dict[str, Any], chosen: dict[str, Any], typed: dict[str, An
     if values["image_size"] is None:
         check_weights(arch, values["weights"])  # the native size needs weights that exist
         values["image_size"] = native_image_size(arch, values["weights"])
-    if values["trainable_blocks"] is None:
-        values["trainable_blocks"] = num_blocks(arch)
-    if values["cache_trunk"] and "cache_trunk" in chosen and (why := _cache_cannot_apply(values, typed)):
-        yielded.append(("cache_trunk", why))
-        values["cache_trunk"] = False
-    if values["cache_trunk"] and "max_rotation" not in typed:
-        values["max_rotation"] = 0.0  # a cached trunk cannot see rotated images (see vitlab.training.trunk_cache)
-    return yielded
+
+
+def _resolve_imported(values: dict[str, Any], chosen: dict[str, Any], typed: dict[str, Any],
+                      yielded: list[tuple[str, str]]) -> tuple[str, ...]:
+    """A --pretrained timm or Hugging Face model: it brings its architecture, weights and size, so the preset's
+    yield; a new run imports it (refused here, with the importer's message, if it does not map) for its spec."""
+    if "arch" in typed:
+        raise VitlabError(f"--arch {typed['arch']} and --pretrained {values['pretrained']} both choose the model: a "
+                          f"timm or Hugging Face checkpoint brings its own architecture. Drop --arch.")
+    why = {"arch": "the --pretrained checkpoint brings its own architecture",
+           "weights": "the --pretrained checkpoint brings its own weights",
+           "image_size": "the imported model runs at its own size unless --image-size is typed"}
+    for name in why:
+        if name in chosen and values["imported"] is None:
+            yielded.append((name, why[name]))
+            values[name] = None
+    values["arch"], values["weights"] = IMPORTED, None
+    notes: tuple[str, ...] = ()
+    if values["imported"] is None:
+        if not is_external(values["pretrained"]):
+            raise VitlabError(f"--pretrained {values['pretrained']} is not a timm or Hugging Face checkpoint, yet the "
+                              f"settings name the arch {IMPORTED!r}. Pass the checkpoint vitlab imports, or an arch.")
+        imported = import_start(values["pretrained"], values["timm_name"])
+        values["imported"], notes = describe(imported, values["image_size"]), imported.notes
+    values["image_size"] = values["imported"]["vit"]["image_size"]
+    blocks = _block_count(IMPORTED, values["imported"])
+    if "trainable_blocks" not in typed and (values["trainable_blocks"] or 0) > blocks:  # the default's 3, a preset's
+        if "trainable_blocks" in chosen:
+            yielded.append(("trainable_blocks", f"the imported model has {blocks} blocks, so all of them train"))
+        values["trainable_blocks"] = None
+    return notes
+
+
+def _block_count(arch: str, imported: dict | None) -> int:
+    """Encoder blocks of `arch`, or of an imported model (its spec)."""
+    return int(imported["vit"]["num_layers"]) if arch == IMPORTED else num_blocks(arch)
+
+
+def block_count(config: FinetuneConfig) -> int:
+    """Encoder blocks of the run's model: the arch's (vitlab.archs), or an imported model's spec."""
+    return _block_count(config.arch, config.imported)
 
 
 def _fits(arch: str, image_size: int | None) -> bool:
@@ -208,7 +277,7 @@ def _fits(arch: str, image_size: int | None) -> bool:
 
 def _cache_cannot_apply(values: dict[str, Any], typed: dict[str, Any]) -> str | None:
     """Why a preset's trunk cache cannot serve these settings, in words; None when it can."""
-    if values["trainable_blocks"] == num_blocks(values["arch"]):
+    if values["trainable_blocks"] == _block_count(values["arch"], values["imported"]):
         return "every block trains, so no frozen trunk is left to cache"
     if launched_by_torchrun():
         return "a cached trunk runs in one process and torchrun started several, so each step runs the whole model"
@@ -239,7 +308,7 @@ def _refuse_typed(config: FinetuneConfig, typed: dict[str, Any]) -> None:
                           f"{sizes[1]:,} val, {sizes[2]:,} test), so it changes nothing: choose fewer (for example "
                           f"--subset 512), or drop --subset.")
     if config.cache_trunk and ("cache_trunk" in typed or "max_rotation" in typed):
-        every = config.trainable_blocks == num_blocks(config.arch)
+        every = config.trainable_blocks == block_count(config)
         trunk_cache.check_settings(config.max_rotation, None if every else config.trainable_blocks,
                                    launched_by_torchrun())
 
@@ -257,16 +326,20 @@ def check_config(config: FinetuneConfig) -> FinetuneConfig:
     merged); return it unchanged, or raise a VitlabError naming the flag, the value, what is allowed and an example.
     """
     check_rules(config, RULES)
-    own = BASES[config.arch]
-    if config.pretrained in set(BASE_NAMES) - set(own):
-        raise VitlabError(f"--pretrained {config.pretrained} is not a base for --arch {config.arch}: its own "
-                          f"{'are' if len(own) > 1 else 'is'} {', '.join(own)}. Use --pretrained {own[0]}, none, or "
-                          f"PATH.")
-    check_weights(config.arch, config.weights)
-    check_image_size(config.arch, config.image_size)
-    blocks = num_blocks(config.arch)
+    if config.arch == IMPORTED:
+        _check_imported(config)
+    else:
+        own = BASES[config.arch]
+        if config.pretrained in set(BASE_NAMES) - set(own):
+            raise VitlabError(f"--pretrained {config.pretrained} is not a base for --arch {config.arch}: its own "
+                              f"{'are' if len(own) > 1 else 'is'} {', '.join(own)}. Use --pretrained {own[0]}, none, "
+                              f"or PATH.")
+        check_weights(config.arch, config.weights)
+        check_image_size(config.arch, config.image_size)
+    blocks = block_count(config)
     if config.trainable_blocks > blocks:
-        raise refuse("trainable_blocks", config.trainable_blocks, f"from 0 to {blocks} ({config.arch} has {blocks}"
+        whose = config.arch if config.imported is None else config.imported["name"]
+        raise refuse("trainable_blocks", config.trainable_blocks, f"from 0 to {blocks} ({whose} has {blocks}"
                      " blocks) or 'all'", "--trainable-blocks 3")
     total = TRAIN_IMAGES.get(config.dataset)
     if total is not None and config.val_size >= total:
@@ -276,12 +349,24 @@ def check_config(config: FinetuneConfig) -> FinetuneConfig:
     return config
 
 
+def _check_imported(config: FinetuneConfig) -> None:
+    """An imported model's settings: its spec, no torchvision weights, an image size its patches tile."""
+    if config.imported is None:
+        raise VitlabError(f"The settings name the arch {IMPORTED!r} without the spec of the model (config.json's "
+                          f"'imported'): start the run again from its --pretrained checkpoint, with --out.")
+    if config.weights is not None:
+        raise VitlabError(f"--weights {config.weights}: an imported model brings its own weights. Drop --weights.")
+    check_side(int(config.imported["vit"]["patch_size"]), config.image_size, config.imported["name"])
+
+
 def _check_paths(config: FinetuneConfig) -> None:
-    """Files the run must read exist now, not after minutes of loading."""
-    if config.pretrained not in {*BASE_NAMES, "none"} and not Path(config.pretrained).expanduser().is_file():
-        raise VitlabError(f"--pretrained {config.pretrained} is not a file. Pass a state-dict file (.pth), or one "
-                          f"of: imagenet (vit_b_16), fractal or fashion (vit_tiny), none (for example --pretrained "
-                          f"none).")
+    """Files the run must read exist now, not after minutes of loading (an imported run's spec rebuilds it)."""
+    if config.imported is None and config.pretrained not in NAMED_STARTS \
+            and not Path(config.pretrained).expanduser().is_file():
+        raise VitlabError(f"--pretrained {config.pretrained} is not a file, nor a timm or Hugging Face checkpoint. "
+                          f"Pass a state-dict file (.pth), a timm or Hugging Face ViT (a file, or the folder with its "
+                          f"config.json), or one of: imagenet (vit_b_16), fractal or fashion (vit_tiny), none (for "
+                          f"example --pretrained none).")
     if config.dataset == "folder" and not Path(config.data_dir).expanduser().is_dir():
         raise VitlabError(f"--data-dir {config.data_dir} is not a folder. --dataset folder reads one subfolder per "
                           f"class from it (for example --data-dir ~/pictures/pets).")

@@ -33,14 +33,15 @@ from vitlab.cli import command
 from vitlab.data import BatchTransform, DataSplits, ImageDataset, batches, load_dataset
 from vitlab.device import pick_device
 from vitlab.errors import CheckpointError, Interrupted, VitlabError
-from vitlab.model import build_model, count_parameters, num_blocks
+from vitlab.model import build_model, count_parameters, freeze_all_but_last
 from vitlab.plotting import plot_curves, plot_predictions, save_figure
 from vitlab.shipped import shipped_base_file
 from vitlab.training import distributed, trunk_cache
 from vitlab.training.checkpoint import BEST, LAST, WEIGHTS_FILE, load_checkpoint, save_json, write_safetensors
-from vitlab.training.config import FinetuneConfig
+from vitlab.training.config import FinetuneConfig, block_count
 from vitlab.training.flags import resolve_config
 from vitlab.training.folder_lock import lock_folder
+from vitlab.training.imported import IMPORTED, build_from_spec, import_start, model_name, start_model, statistics
 from vitlab.training.model_card import write_model_card
 from vitlab.training.run_folder import Run, prepare_out, record_epoch, restore, run_folder_path
 from vitlab.training.run_log import WATCHED_IMAGES, RunLog
@@ -117,6 +118,7 @@ def setup(config: FinetuneConfig, checkpoint: dict | None, process: distributed.
     # The whole dataset moves to the training device once (CIFAR-100 train is 154 MB of uint8).
     splits = DataSplits(splits.name, *(split.to(device) for split in (splits.train, splits.val, splits.test)))
     recipe = RECIPES[config.recipe]
+    mean, std = statistics(config.imported)  # the model's own normalisation: ImageNet's, or an imported model's
     local_batch = config.batch_size // process.world_size
     steps_per_epoch = -(-(len(splits.train) // process.world_size) // local_batch)
     optimizer = make_optimizer(model, recipe, config.lr or recipe.lr, pretrained=config.pretrained != "none",
@@ -125,15 +127,15 @@ def setup(config: FinetuneConfig, checkpoint: dict | None, process: distributed.
         config, out, process, device, splits, model, recipe, optimizer,
         scheduler=make_scheduler(optimizer, recipe, total_steps=config.epochs * steps_per_epoch),
         criterion=make_criterion(recipe),
-        train_transform=BatchTransform(model.image_size, train=True, max_rotation_degrees=config.max_rotation)
-        .to(device),
-        eval_transform=BatchTransform(model.image_size, train=False).to(device),
+        train_transform=BatchTransform(model.image_size, train=True, max_rotation_degrees=config.max_rotation,
+                                       mean=mean, std=std).to(device),
+        eval_transform=BatchTransform(model.image_size, train=False, mean=mean, std=std).to(device),
         local_batch=local_batch,
     )
     trainable, total = count_parameters(model)
-    run.say(f"vitlab: {config.arch} at {model.image_size} px on {config.dataset} ({len(splits.train)} train / "
-            f"{len(splits.val)} val / {len(splits.test)} test) on {device}; training {trainable:,} of {total:,} "
-            f"parameters; run folder {out}")
+    run.say(f"vitlab: {model_name(vars(config))} at {model.image_size} px on {config.dataset} "
+            f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test) on {device}; training "
+            f"{trainable:,} of {total:,} parameters; run folder {out}")
     if process.is_main:
         save_json(out / "config.json", asdict(config))
     run.trainer = _trainer(run)
@@ -149,7 +151,7 @@ def _refuse_early(config: FinetuneConfig, process: distributed.Process) -> None:
     if config.batch_size % process.world_size:
         raise VitlabError(f"--batch-size {config.batch_size} must divide by the {process.world_size} processes.")
     if config.cache_trunk:  # check_settings reads None as "all": every block trains, there is no trunk to cache
-        trains_all = config.trainable_blocks == num_blocks(config.arch)
+        trains_all = config.trainable_blocks == block_count(config)
         trunk_cache.check_settings(config.max_rotation, None if trains_all else config.trainable_blocks,
                                    process.distributed)
 
@@ -157,12 +159,19 @@ def _refuse_early(config: FinetuneConfig, process: distributed.Process) -> None:
 def _build_model(config: FinetuneConfig, splits: DataSplits, checkpoint: dict | None,
                  progress: bool) -> VisionTransformer:
     """The model with its start weights (the checkpoint's when resuming) and all but the last blocks frozen."""
-    weights = {"imagenet": True, "fractal": True, "none": False}.get(config.pretrained, config.pretrained)
-    if config.pretrained == "fashion":
-        weights = shipped_base_file(name="fashion")  # checked against its card, as the fractal base is
-    model = build_model(config.arch, splits.num_classes, pretrained=weights,
-                        trainable_blocks=config.trainable_blocks, progress=progress, image_size=config.image_size,
-                        weights=config.weights)
+    if config.arch == IMPORTED and checkpoint is not None:  # the checkpoint holds every weight: the spec's shape
+        model = build_from_spec(config.imported, splits.num_classes)
+        freeze_all_but_last(model, config.trainable_blocks)
+    elif config.arch == IMPORTED:
+        model = start_model(import_start(config.pretrained, config.timm_name), config.imported, splits.num_classes,
+                            config.trainable_blocks)
+    else:
+        weights = {"imagenet": True, "fractal": True, "none": False}.get(config.pretrained, config.pretrained)
+        if config.pretrained == "fashion":
+            weights = shipped_base_file(name="fashion")  # checked against its card, as the fractal base is
+        model = build_model(config.arch, splits.num_classes, pretrained=weights,
+                            trainable_blocks=config.trainable_blocks, progress=progress,
+                            image_size=config.image_size, weights=config.weights)
     if checkpoint is not None:
         if len(checkpoint["classes"]) != splits.num_classes:
             raise CheckpointError(
@@ -259,7 +268,8 @@ def finish(run: Run) -> dict:
         summary["trunk_cache_seconds"] = run.trunk_cache_seconds
     if run.process.is_main:
         if splits.test.masks is not None:
-            summary.update(localization_scores(run.model, splits.test, device=run.device))
+            summary.update(localization_scores(run.model, splits.test, device=run.device,
+                                               transform=run.eval_transform))
         _draw(run)
         run.say(f"test accuracy {summary['test_acc']:.2%} (best epoch {summary['best_epoch']}), "
                 + (f"pointing game {summary['pointing_game']:.2f}, attention mass ratio "

@@ -14,7 +14,7 @@ from typing import Any
 from vitlab.archs import ARCHS
 from vitlab.cli import Parser, number_flag
 from vitlab.data import DATASETS
-from vitlab.training.config import PRESETS, RULES, FinetuneConfig, make_config
+from vitlab.training.config import NOT_FLAGS, PRESETS, RULES, FinetuneConfig, make_config
 from vitlab.training.resume import resume_config
 from vitlab.training.train import RECIPES
 
@@ -29,8 +29,11 @@ HELP = {
     "dataset": f"dataset: {', '.join(DATASETS)} (default: cifar100)",
     "data_dir": "folder holding (or receiving) the dataset, for the datasets read from disk (default: ./data)",
     "pretrained": "'imagenet' (torchvision's archs: the --weights file), 'fractal' (vit_tiny: the base vitlab "
-    "ships, pretrained on generated fractals), 'none' (random init) or PATH to a state-dict file (default: the "
-    "arch's own base)",
+    "ships, pretrained on generated fractals), 'none' (random init), PATH to a state-dict file, or PATH to a timm or "
+    "Hugging Face ViT (a save_pretrained or timm hub folder, or a timm state-dict file with --timm-name): its body "
+    "with a new head, at its own size and normalisation, no --arch (default: the arch's own base)",
+    "timm_name": "the timm name of a --pretrained timm state-dict file that has no timm config.json beside it, e.g. "
+    "vit_small_patch16_224.dino (no tensor holds the head count)",
     "epochs": "epochs to train (default: 5)",
     "batch_size": "global batch size; with torchrun it is split across processes (default: 64)",
     "lr": "learning rate of the new head; pretrained blocks use a tenth in the default recipe (default: 1e-3)",
@@ -63,7 +66,7 @@ HELP = {
 METAVARS = {"data_dir": "DIR", "out": "DIR", "resume": "DIR", "pretrained": "WEIGHTS", "epochs": "N",
             "batch_size": "N", "subset": "N", "val_size": "N", "seed": "N", "lr": "LR", "device": "DEVICE",
             "trainable_blocks": "N|all", "max_rotation": "DEGREES", "weights": "NAME",
-            "image_size": "PIXELS"}
+            "image_size": "PIXELS", "timm_name": "NAME"}
 
 
 def _blocks(value: str) -> int | None:
@@ -89,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     types["image_size"] = int  # its rule depends on the arch: check_config checks it
     choices = {"arch": ARCHS, "dataset": DATASETS, "recipe": tuple(RECIPES), "preset": tuple(PRESETS)}
     for field in fields(FinetuneConfig):
+        if field.name in NOT_FLAGS:
+            continue
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":  # --flag and --no-flag: any preset's choice can be undone
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP[field.name])

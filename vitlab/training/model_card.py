@@ -23,10 +23,12 @@ from vitlab.data import BatchTransform, DataSplits
 from vitlab.plotting import draw_overlay, save_figure
 from vitlab.training.checkpoint import WEIGHTS_FILE
 from vitlab.training.config import FinetuneConfig
+from vitlab.training.imported import IMPORTED, model_name, statistics
 
 CARD_FILE = "MODEL_CARD.md"
 GALLERY_FILE = "attention.png"
-SETTINGS_NOT_IN_COMMAND = ("preset", "resume", "quiet", "out")  # resolved into the others; a new run needs a new folder
+# Resolved into the others, or filled from --pretrained (an imported model's spec); a new run needs a new folder.
+SETTINGS_NOT_IN_COMMAND = ("preset", "resume", "quiet", "out", "imported")
 
 
 def command_line(config: FinetuneConfig) -> str:
@@ -35,7 +37,8 @@ def command_line(config: FinetuneConfig) -> str:
     flags = []
     for field in fields(FinetuneConfig):
         value = getattr(config, field.name)
-        if field.name in SETTINGS_NOT_IN_COMMAND or value == getattr(default, field.name) or value is None:
+        if field.name in SETTINGS_NOT_IN_COMMAND or value == getattr(default, field.name) or value is None \
+                or value == IMPORTED:
             continue
         flag = "--" + field.name.replace("_", "-")
         if isinstance(value, bool):
@@ -57,7 +60,7 @@ def card_text(config: FinetuneConfig, summary: dict, splits: DataSplits) -> str:
     """The card's Markdown: model, data, recipe, result, where and how long, the command, the gallery."""
     machine = platform.processor() or platform.machine()
     rows = [
-        ("architecture", f"torchvision VisionTransformer `{config.arch}` at {config.image_size} px"),
+        ("architecture", _architecture(config)),
         ("start weights", f"{config.pretrained}" + (f" ({config.weights})" if config.weights else "")),
         ("trained", f"the last {config.trainable_blocks} encoder blocks and a new {splits.num_classes}-class head "
                     f"({summary['trainable_parameters']:,} of {summary['total_parameters']:,} parameters)"),
@@ -73,7 +76,7 @@ def card_text(config: FinetuneConfig, summary: dict, splits: DataSplits) -> str:
         ("wall time", f"{summary['wall_seconds']:.1f} s inside the run"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    return f"""# Model card: {config.arch} fine-tuned on {config.dataset}
+    return f"""# Model card: {model_name(vars(config))} fine-tuned on {config.dataset}
 
 Written by vitlab at the end of the run. The weights are `{WEIGHTS_FILE}` (safetensors; the same as `best.pt`'s),
 readable with the safetensors library alone; `vitlab.load_trained_model` rebuilds the model from either file.
@@ -95,6 +98,18 @@ Every setting, resolved, is in `config.json`; every epoch in `history.json` and 
 `{GALLERY_FILE}`: eight test images and their attention rollout (mean over heads, every block), the model's own
 view of where the class token's information comes from. No attention map is ground truth: see vitlab's lessons.
 """
+
+
+def _architecture(config: FinetuneConfig) -> str:
+    """The card's architecture row: vitlab's arch, or an imported model's origin, shape and normalisation."""
+    if config.arch != IMPORTED:
+        return f"torchvision VisionTransformer `{config.arch}` at {config.image_size} px"
+    spec, (mean, std) = config.imported, statistics(config.imported)
+    vit = spec["vit"]
+    return (f"`{spec['name']}` imported from {spec['source']} (`{config.pretrained}`) as a torchvision "
+            f"VisionTransformer: {vit['num_layers']} blocks of width {vit['hidden_dim']}, {vit['num_heads']} heads, "
+            f"{vit['patch_size']}-px patches, at {config.image_size} px (made for {spec['native_image_size']}); "
+            f"inputs normalised with mean {mean} and std {std}")
 
 
 @torch.no_grad()

@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitlab.archs import num_blocks
 from vitlab.errors import CheckpointError
 from vitlab.training.checkpoint import saved_run
-from vitlab.training.config import FinetuneConfig, make_config
+from vitlab.training.config import FinetuneConfig, block_count, make_config
 from vitlab.training.train import RECIPES
 
 # What each setting of a saved run allows when typed again with --resume:
@@ -25,10 +24,11 @@ from vitlab.training.train import RECIPES
 #   "free":    it changes how the run is carried out, not what it computes;
 #   "epochs":  the saved count, or with a constant learning rate (the notebook recipe) any count not below the
 #              epochs already done: a warmup + cosine schedule is planned over the saved count and cannot stretch;
-#   "folder":  --out may only name the folder being resumed; "refused": never with --resume (a preset).
+#   "folder":  --out may only name the folder being resumed; "refused": never with --resume (a preset);
+#   "set":     no flag: make_config fills it (an imported model's spec), and the saved value holds.
 ON_RESUME: dict[str, str] = {
     "arch": "weights", "weights": "weights", "image_size": "weights", "dataset": "weights",
-    "trainable_blocks": "weights", "pretrained": "weights",
+    "trainable_blocks": "weights", "pretrained": "weights", "timm_name": "weights", "imported": "set",
     "recipe": "plan", "lr": "plan", "seed": "plan", "batch_size": "plan", "subset": "plan", "val_size": "plan",
     "max_rotation": "plan", "cache_trunk": "plan",
     "epochs": "epochs",
@@ -83,7 +83,7 @@ def _refuse_change(name: str, typed: Any, saved: FinetuneConfig, folder: str, do
         _refuse_epochs(typed, saved, folder, done)
     if rule not in WHY:
         return
-    value = num_blocks(saved.arch) if name == "trainable_blocks" and typed is None else typed  # None: "all"
+    value = block_count(saved) if name == "trainable_blocks" and typed is None else typed  # None: "all"
     if value != getattr(saved, name):
         as_typed = (flag if typed else f"--no-{flag[2:]}") if isinstance(typed, bool) else \
             f"{flag} {'all' if typed is None else typed}"
