@@ -74,7 +74,9 @@ def test_a_folder_with_only_model_safetensors_is_studied_but_not_resumed(run_fol
     only.mkdir()
     (only / "model.safetensors").write_bytes((run_folder / "model.safetensors").read_bytes())
     model, _ = load_trained_model(only)
-    assert model.heads.head.out_features == 4
+    full, _ = load_trained_model(run_folder)
+    assert model.heads.head.out_features == full.heads.head.out_features == 10  # the 10 classes of the photos
+    assert torch.equal(model.heads.head.weight, full.heads.head.weight)
     with pytest.raises(CheckpointError, match="holds weights only"):
         load_checkpoint(only / "model.safetensors", purpose="resume")
     foreign = tmp_path / "foreign.safetensors"

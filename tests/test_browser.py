@@ -353,7 +353,7 @@ def test_downloads_are_a_png_and_the_raw_maps_in_chromium(browser, app_url: str,
     with np.load(npz_path) as arrays:
         assert arrays["attention"].shape == (4, 4, 65, 65)  # (blocks, heads, tokens, tokens): 8x8 patches + class
         assert arrays["rollout"].shape == (8, 8) and arrays["class_specific"].shape == (8, 8)
-        assert arrays["probs"].shape == (4,) and np.isclose(arrays["probs"].sum(), 1.0, atol=1e-4)
+        assert arrays["probs"].shape == (10,) and np.isclose(arrays["probs"].sum(), 1.0, atol=1e-4)  # 10 classes
     assert_healthy(page)
     page.close()
 

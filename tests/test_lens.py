@@ -22,7 +22,7 @@ def demo_inputs(demo_model, count: int = 6) -> tuple[nn.Module, torch.Tensor]:
 def test_the_last_block_is_the_models_own_output(demo_model):
     model, images = demo_inputs(demo_model)
     result = logit_lens_forward(model, images)
-    assert result.lens_logits.shape == (4, 6, 4)
+    assert result.lens_logits.shape == (4, 6, model.num_classes)  # (blocks, images, classes)
     torch.testing.assert_close(result.lens_logits[-1], result.logits)
     assert result.agreement[-1] == 1.0
     torch.testing.assert_close(result.probabilities.sum(-1), torch.ones(4, 6))

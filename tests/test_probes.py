@@ -122,14 +122,14 @@ def test_features_by_depth_are_the_captured_class_token_and_mean_patch(demo_inpu
 
 
 @pytest.mark.slow
-def test_probes_on_the_demo_model_read_the_shape_from_its_last_block(demo_inputs):
+def test_probes_on_the_demo_model_read_the_class_from_its_last_block(demo_inputs):
     model, train_images, train_labels, test_images, test_labels = demo_inputs
 
     results = probes_by_depth(model, train_images, train_labels, test_images, test_labels)
 
     assert results.cls.shape == results.mean_patch.shape == (4,)
     assert results.chance == torch.bincount(test_labels).max().item() / len(test_labels)
-    assert results.cls[-1] > 0.9  # the head, itself linear, classifies these at about 99%
+    assert results.cls[-1] > 0.8  # the head, itself linear, classifies the test photos at about 88%
     assert (results.cls >= results.chance - 0.1).all()
     assert not model.training  # the model's mode is left as it was
 

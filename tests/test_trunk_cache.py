@@ -19,7 +19,8 @@ from vitlab.training.train import RECIPES, make_criterion, train_step
 from vitlab.training.trunk_cache import TrainableTop, TrunkCache, build_cache, cache_trunk, trunk_forward
 
 # From a random init at lr 1e-3, so the cache is tested without the shipped base (the demo fixture covers base + cache).
-CACHED = ["--preset", "demo", "--pretrained", "none", "--lr", "1e-3", "--trainable-blocks", "2", "--cache-trunk",
+CACHED = ["--preset", "demo", "--dataset", "shapes",
+          "--pretrained", "none", "--lr", "1e-3", "--trainable-blocks", "2", "--cache-trunk",
           "--subset", "128", "--epochs", "2", "--batch-size", "32", "--quiet"]
 
 
