@@ -116,3 +116,14 @@ def shortcut():
         torch.set_num_threads(previous)
     assert trained.accuracy >= 0.95, f"the shortcut model did not learn its marker ({trained.accuracy:.1%})"
     return trained
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Hugging Face classifier saved by transformers (tests/vit_sources.py): 8-px patches."""
+    pytest.importorskip("transformers")
+    from vit_sources import save_hf_classifier
+
+    folder = tmp_path_factory.mktemp("imported") / "vit-hf"
+    save_hf_classifier(folder)
+    return folder

@@ -129,17 +129,6 @@ def test_a_typed_flag_that_cannot_apply_exits_2_naming_it(argv, named, tmp_path,
     assert named in refused(argv, capsys, tmp_path / "run")
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight Hugging Face classifier saved by transformers (tests/vit_sources.py): 8-px patches."""
-    pytest.importorskip("transformers")
-    from vit_sources import save_hf_classifier
-
-    folder = tmp_path_factory.mktemp("imported") / "vit-hf"
-    save_hf_classifier(folder)
-    return folder
-
-
 @pytest.mark.parametrize(("argv", "named"), [
     (["--arch", "vit_tiny"], "--arch vit_tiny and --pretrained {hf} both choose the model"),
     (["--weights", "IMAGENET1K_V1"], "--weights applies only to runs that start from torchvision's weights"),

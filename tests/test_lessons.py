@@ -281,16 +281,6 @@ def test_lessons_12_14_15_run_on_vit_b_16_with_planted_weights(prefix: str, demo
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("transformers")
-    from vit_sources import save_hf_classifier
-
-    folder = tmp_path_factory.mktemp("imported") / "vit-hf"
-    save_hf_classifier(folder)
-    return folder
-
-
 def test_an_imported_subject_has_its_own_classes_and_normalisation(hf_folder: Path, tmp_path: Path) -> None:
     from vit_sources import LABELS, MEAN, STD
 
