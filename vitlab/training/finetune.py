@@ -35,7 +35,7 @@ from vitlab.device import pick_device
 from vitlab.errors import CheckpointError, Interrupted, VitlabError
 from vitlab.model import build_model, count_parameters, freeze_all_but_last
 from vitlab.plotting import plot_curves, plot_predictions, save_figure
-from vitlab.shipped import shipped_base_file
+from vitlab.shipped import SHIPPED_BASES, shipped_base_file
 from vitlab.training import distributed, trunk_cache
 from vitlab.training.checkpoint import BEST, LAST, WEIGHTS_FILE, load_checkpoint, save_json, write_safetensors
 from vitlab.training.config import FinetuneConfig, block_count
@@ -166,9 +166,9 @@ def _build_model(config: FinetuneConfig, splits: DataSplits, checkpoint: dict | 
         model = start_model(import_start(config.pretrained, config.timm_name), config.imported, splits.num_classes,
                             config.trainable_blocks)
     else:
-        weights = {"imagenet": True, "fractal": True, "none": False}.get(config.pretrained, config.pretrained)
-        if config.pretrained == "fashion":
-            weights = shipped_base_file(name="fashion")  # checked against its card, as the fractal base is
+        weights = {"imagenet": True, "none": False}.get(config.pretrained, config.pretrained)
+        if config.pretrained in SHIPPED_BASES:  # vit_tiny's shipped bases, each checked against its card
+            weights = shipped_base_file(name=config.pretrained)
         model = build_model(config.arch, splits.num_classes, pretrained=weights,
                             trainable_blocks=config.trainable_blocks, progress=progress,
                             image_size=config.image_size, weights=config.weights)
