@@ -1,6 +1,6 @@
 """Run `python -m vitlab.finetune --preset laptop` end to end on planted files, and print its wall time.
 
-    python tests/plant_laptop_run.py /tmp/laptop-run      # plants once, then runs the preset (about 20 minutes)
+    python tests/plant_laptop_run.py /tmp/laptop-run      # plants once, then runs the preset (about 24 minutes)
     python tests/plant_laptop_run.py /tmp/laptop-run --plant-only
 
 The preset's time does not depend on the pixels or the weights (the same shapes pass through the same kernels), so
