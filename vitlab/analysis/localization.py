@@ -1,6 +1,7 @@
 """Does attention find the object? Object masks turned into patches, a random-map baseline, and the demo's scores.
 
-The synthetic shapes come with exact object masks, so "does this map point at the object?" has a known answer:
+The synthetic shapes come with exact object masks and the Fashion-MNIST photos with their garments' silhouettes
+(the clothes lie on black), so "does this map point at the object?" can be answered:
 
     objects = object_patches(masks, geometry(model))      # (B, H, W) bool -> (B, patches) bool
     pointing_game(maps, objects)                          # share of maps whose maximum is on the object
@@ -53,7 +54,7 @@ def localization_scores(
     model: VisionTransformer, dataset: ImageDataset, batch_size: int = 250, device: torch.device | str = "cpu",
     transform: BatchTransform | None = None,
 ) -> dict[str, float | dict]:
-    """How well attention rollout finds the object, on a dataset with object masks (shapes).
+    """How well attention rollout finds the object, on a dataset with object masks (shapes, fashion).
 
     `transform` turns the images into the model's input (None: at its size, with ImageNet's normalisation; a model
     with statistics of its own, an imported one, passes its evaluation transform).
@@ -69,7 +70,7 @@ def localization_scores(
         rollout: the rollout settings of the headline figures.
     """
     if dataset.masks is None:
-        raise ValueError("localization_scores needs a dataset with object masks (the shapes dataset)")
+        raise ValueError("localization_scores needs a dataset with object masks (shapes, fashion, fashion_mnist)")
     model.eval()
     geo = geometry(model)
     transform = (BatchTransform(model.image_size, train=False) if transform is None else transform).to(device)

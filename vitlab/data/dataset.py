@@ -24,7 +24,7 @@ class ImageDataset:
     images: Tensor  # uint8 (N, 3, H, W), 0..255, not normalised
     labels: Tensor  # int64 (N,), indices into `classes`
     classes: list[str]  # class names, index = label
-    masks: Tensor | None = None  # bool (N, H, W): which pixels are the object (only the synthetic shapes have it)
+    masks: Tensor | None = None  # bool (N, H, W): which pixels are the object (shapes: exact; photos: the silhouette)
 
     def __len__(self) -> int:
         return len(self.labels)
