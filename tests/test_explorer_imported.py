@@ -74,3 +74,19 @@ def test_a_checkpoint_whose_weights_lie_outside_the_runs_folder_is_neither_liste
     assert list_runs(linked) == []
     with pytest.raises(CheckpointError, match="reads files outside the runs folder"):
         resolve_checkpoint("vit-linked", linked)
+
+
+def test_a_headless_checkpoint_is_refused_with_how_to_give_it_a_head(tmp_path: Path) -> None:
+    import transformers
+
+    from vitlab.explorer.imported import load_imported
+
+    folder = tmp_path / "runs" / "vit-features"
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8)
+    transformers.ViTModel(config).save_pretrained(folder)  # features only: no head, no class names
+    with pytest.raises(CheckpointError) as refused:
+        load_imported(folder)
+    message = str(refused.value)
+    assert "no classification head" in message and "the explorer has no predictions to show" in message
+    assert f"python -m vitlab.finetune --pretrained {folder} --out runs/NAME" in message

@@ -294,6 +294,23 @@ def test_an_imported_subject_has_its_own_classes_and_normalisation(hf_folder: Pa
     torch.testing.assert_close(subject.inputs(images), expected)
 
 
+def test_a_headless_checkpoint_is_refused_with_how_to_give_it_a_head(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from vitlab.errors import VitlabError
+    from vitlab.teaching.flags import parse_args
+    from vitlab.teaching.subject import study
+
+    folder = tmp_path / "vit-features"
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8)
+    transformers.ViTModel(config).save_pretrained(folder)  # features only: no head, no class names
+    with pytest.raises(VitlabError) as refused:
+        study(parse_args("07_rollout", ["--checkpoint", str(folder), "--data-dir", str(tmp_path)]))
+    message = str(refused.value)
+    assert message.startswith(f"--checkpoint {folder}: ") and "no classification head" in message
+    assert f"python -m vitlab.finetune --pretrained {folder} --dataset fashion" in message
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("prefix", ["07", "08", "12"])
 def test_a_lesson_studies_a_hugging_face_checkpoint(prefix: str, hf_folder: Path, tmp_path: Path,

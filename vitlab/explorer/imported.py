@@ -21,7 +21,7 @@ from torchvision.models import VisionTransformer
 from vitlab.data import IMAGENET_MEAN, IMAGENET_STD
 from vitlab.errors import CheckpointError, VitlabError
 from vitlab.explorer.runs_folder import is_inside
-from vitlab.external import detect_format, import_files, import_vit
+from vitlab.external import detect_format, import_classifier, import_files
 from vitlab.external.build import Triple
 
 
@@ -83,13 +83,9 @@ def load_imported(path: Path) -> tuple[VisionTransformer, list[str], str]:
         CheckpointError: the files do not import (the importer's message), or the model has no head.
     """
     try:
-        imported = import_vit(path)
+        imported = import_classifier(path, "the explorer", "--out runs/NAME, then choose that run")
     except VitlabError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    if imported.classes is None:
-        raise CheckpointError(f"{path} holds {imported.name} without a classification head (it returns features), "
-                              f"and the explorer shows predictions. Fine-tune it first: python -m vitlab.finetune "
-                              f"--pretrained {path} --out runs/NAME, then choose that run.")
+        raise CheckpointError(str(error)) from None
     model = imported.model
     description = (f"{imported.name} imported from {imported.source} ({len(model.encoder.layers)} blocks, "
                    f"{model.encoder.layers[0].self_attention.num_heads} heads, {model.patch_size}-px patches, "

@@ -109,6 +109,26 @@ def import_vit(path: str | os.PathLike, model_name: str | None = None) -> Import
     )
 
 
+def import_classifier(path: str | os.PathLike, reader: str, next_step: str) -> ImportedViT:
+    """`import_vit(path)` for a reader of predictions (the explorer, a lesson): a headless model is refused too.
+
+    Args:
+        reader: who reads the predictions, as the message names it ("the explorer", "a lesson").
+        next_step: what follows `python -m vitlab.finetune --pretrained PATH` in the message's remedy.
+    Raises:
+        VitlabError: the importer's refusal, prefixed with `path`; or a model without a classification head.
+    """
+    try:
+        imported = import_vit(path)
+    except VitlabError as error:
+        raise VitlabError(f"{path}: {error}") from None
+    if imported.classes is None:
+        raise VitlabError(f"{path}: {imported.name} has no classification head (it returns features), so {reader} "
+                          f"has no predictions to show. Give it a head first: python -m vitlab.finetune "
+                          f"--pretrained {path} {next_step}.")
+    return imported
+
+
 def detect_format(path: str | os.PathLike) -> Source | None:
     """"timm", "huggingface", or None (a torchvision or vitlab file, a vitlab run folder, anything else or nothing).
 

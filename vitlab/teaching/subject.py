@@ -32,7 +32,7 @@ from torchvision.models import VisionTransformer
 from vitlab.archs import weights_enum
 from vitlab.data import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, DataSplits, ImageDataset, load_dataset
 from vitlab.errors import DataUnavailableError, VitlabError
-from vitlab.external import import_vit
+from vitlab.external import import_classifier
 from vitlab.external.build import Triple
 from vitlab.model import build_model, weights_cache_file
 from vitlab.teaching.flags import GENERATED_DATASETS, refuse_data_dir_for, studies_small_model, use_threads
@@ -138,13 +138,9 @@ def _from_checkpoint(path: Path, args: argparse.Namespace) -> Subject:
 def _imported(path: Path, args: argparse.Namespace) -> Subject:
     """A timm or Hugging Face ViT as it was saved: its head, class names and normalisation (`vitlab.import_vit`)."""
     try:
-        imported = import_vit(path)
+        imported = import_classifier(path, "a lesson", "--dataset fashion, then --checkpoint the run folder")
     except VitlabError as error:
-        raise VitlabError(f"--checkpoint {path}: {error}") from None
-    if imported.classes is None:
-        raise VitlabError(f"--checkpoint {path}: {imported.name} has no classification head (it returns features), "
-                          f"and the lessons study predictions. Give it a head first: python -m vitlab.finetune "
-                          f"--pretrained {path} --dataset shapes, then --checkpoint the run folder.")
+        raise VitlabError(f"--checkpoint {error}") from None
     splits, _ = _files_or_photos(args.data_dir or "./data", "cifar100")
     return Subject(imported.model, "imported", f"{imported.name} ({imported.source})", imported.classes, splits,
                    labels_match=False, small=imported.image_size <= SMALL_IMPORT_SIDE, source="imported",
