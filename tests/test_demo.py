@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -66,3 +67,33 @@ def test_the_demo_trains_through_train_and_test_and_resumes_an_interrupted_run(
     config, checkpoint = calls.pop()
     assert config.resume == config.out == str(interrupted)
     assert checkpoint["epoch"] == config.epochs == PRESETS["demo"]["epochs"]
+
+
+def test_a_cached_demo_made_with_other_settings_is_kept_aside_and_todays_trains(
+    demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An older vitlab's demo (the synthetic shapes) left in the cache must not pass for today's demo on the photos.
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache / "demo", cache / "demo")
+    config = json.loads((cache / "demo" / "config.json").read_text())
+    (cache / "demo" / "config.json").write_text(json.dumps(config | {"dataset": "shapes"}))
+    assert demo.stale_settings(cache / "demo") == {"dataset": ("shapes", "fashion")}
+    trained = []
+    monkeypatch.setattr(demo, "train_demo", lambda run_dir, quiet=True: trained.append(run_dir)
+                        or shutil.copytree(demo_cache / "demo", run_dir))  # stands in for the 40-s training
+
+    model, splits = demo.load_demo_model(cache)
+
+    assert trained == [cache / "demo"] and demo.stale_settings(cache / "demo") == {}
+    kept = cache / "demo-old-1"  # nothing of the old run is deleted
+    assert json.loads((kept / "config.json").read_text())["dataset"] == "shapes"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in (demo_cache / "demo").iterdir())
+    assert "dataset 'shapes' (now 'fashion')" in capsys.readouterr().err
+    assert splits.classes == load_dataset("fashion").classes and model.num_classes == 10
+
+
+def test_todays_demo_is_not_stale_and_an_unreadable_config_is(demo_cache: Path, tmp_path: Path) -> None:
+    assert demo.stale_settings(demo_cache / "demo") == {}
+    assert demo.stale_settings(tmp_path / "nothing-yet") == {}
+    (tmp_path / "config.json").write_text("{")
+    assert demo.stale_settings(tmp_path) == {"config.json": ("unreadable", "readable")}
