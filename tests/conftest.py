@@ -36,7 +36,7 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model(demo_cache: Path):
-    """(model, splits): the trained demo vit_tiny in eval mode and the shapes splits."""
+    """(model, splits): the trained demo vit_tiny in eval mode and the photo splits it learned."""
     from vitlab.training.demo import load_demo_model
 
     return load_demo_model(demo_cache)
