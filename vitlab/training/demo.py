@@ -22,11 +22,11 @@ from vitlab.data import DataSplits, load_dataset
 from vitlab.training import finetune
 from vitlab.training.checkpoint import LAST, load_trained_model
 from vitlab.training.config import make_config
-from vitlab.training.resume import resume_config
+from vitlab.training.resume import ON_RESUME, resume_config
 
-# The settings that make the demo model what it is: a cached run that differs in one of them is another model.
-DEMO_SETTINGS = ("arch", "weights", "image_size", "dataset", "pretrained", "epochs", "batch_size", "lr",
-                 "trainable_blocks", "recipe", "seed", "subset", "val_size", "max_rotation", "cache_trunk")
+# The settings that make the demo model what it is, as --resume sees them (its weights fit them, or its numbers depend
+# on them): a cached run that differs in one of them is another model.
+DEMO_SETTINGS = tuple(name for name, rule in ON_RESUME.items() if rule in ("weights", "plan", "epochs"))
 
 
 def default_cache_dir() -> Path:
