@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from vit_sources import LABELS, MEAN, STD, save_hf_classifier, save_timm_hub
+from vit_sources import LABELS, MEAN, STD, save_hf_classifier, save_hf_features, save_timm_hub
 
 from vitlab.errors import CheckpointError
 from vitlab.explorer.sources import list_runs, load_model_source, resolve_checkpoint, source_stamp
@@ -77,14 +77,10 @@ def test_a_checkpoint_whose_weights_lie_outside_the_runs_folder_is_neither_liste
 
 
 def test_a_headless_checkpoint_is_refused_with_how_to_give_it_a_head(tmp_path: Path) -> None:
-    import transformers
-
     from vitlab.explorer.imported import load_imported
 
     folder = tmp_path / "runs" / "vit-features"
-    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                    image_size=32, patch_size=8)
-    transformers.ViTModel(config).save_pretrained(folder)  # features only: no head, no class names
+    save_hf_features(folder)
     with pytest.raises(CheckpointError) as refused:
         load_imported(folder)
     message = str(refused.value)

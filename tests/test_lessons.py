@@ -295,15 +295,15 @@ def test_an_imported_subject_has_its_own_classes_and_normalisation(hf_folder: Pa
 
 
 def test_a_headless_checkpoint_is_refused_with_how_to_give_it_a_head(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from vit_sources import save_hf_features
+
     from vitlab.errors import VitlabError
     from vitlab.teaching.flags import parse_args
     from vitlab.teaching.subject import study
 
     folder = tmp_path / "vit-features"
-    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                    image_size=32, patch_size=8)
-    transformers.ViTModel(config).save_pretrained(folder)  # features only: no head, no class names
+    save_hf_features(folder)
     with pytest.raises(VitlabError) as refused:
         study(parse_args("07_rollout", ["--checkpoint", str(folder), "--data-dir", str(tmp_path)]))
     message = str(refused.value)

@@ -40,6 +40,16 @@ def save_hf_classifier(folder: Path, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def save_hf_features(folder: Path) -> None:
+    """A headless Hugging Face ViTModel (1 block of width 32, 8-px patches, 32 px: features only, no class names),
+    saved with save_pretrained into `folder`."""
+    import transformers
+
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8)
+    transformers.ViTModel(config).save_pretrained(folder)
+
+
 def save_timm_hub(folder: Path, seed: int = 0) -> torch.nn.Module:
     """timm's vit_tiny_patch16_224 cut to 2 blocks at 32 px, 5 classes, saved by timm's save_for_hf (config.json
     with model_args and pretrained_cfg, whose mean and std are 0.5). Returns the model."""
