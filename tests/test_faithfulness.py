@@ -158,12 +158,12 @@ def test_an_images_road_curve_does_not_depend_on_the_other_images_of_its_batch()
         torch.testing.assert_close(together.probabilities[index], alone.probabilities[0], atol=1e-6, rtol=0)
 
 
-def test_road_without_pytorch_grad_cam_names_the_explain_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [name for name in sys.modules if name.startswith("pytorch_grad_cam")]:
+def test_road_without_scipy_names_the_explain_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in sys.modules if name == "scipy" or name.startswith("scipy.")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # `import pytorch_grad_cam` raises ImportError
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy.sparse.linalg` raises ImportError
     model = build_model("vit_tiny", num_classes=4, pretrained=False).eval()
-    with pytest.raises(VitlabError, match=r'ROAD needs the grad-cam library.*pip install "vitlab\[explain\]"'):
+    with pytest.raises(VitlabError, match=r'ROAD needs the scipy library.*pip install "vitlab\[explain\]"'):
         road_curve(model, torch.randn(1, 3, 32, 32), torch.rand(1, 64))
     assert deletion_curve(model, torch.randn(1, 3, 32, 32), torch.rand(1, 64), steps=2).auc.shape == (1,)
 

@@ -71,19 +71,19 @@ def test_the_curves_send_each_distinct_perturbed_image_through_the_model_once() 
     try:
         specs = {"deletion": CurveSpec("deletion", 4, "mean"), "insertion": CurveSpec("insertion", 4, "mean")}
         perturbation_curves(model, images, maps, specs, target=1, random_count=2)
-        assert seen == [2 * 26]  # one batched forward pass
+        assert sum(seen) == 2 * 26 and set(seen[:-1]) <= {FORWARD_BATCH}  # full batches, then the rest
         seen.clear()
         perturbation_curves(model, images, maps, {**specs, "road": CurveSpec("road", 4)}, target=1, random_count=2)
-        assert sum(seen) == 2 * (26 + 12) and seen == [FORWARD_BATCH, 2 * 38 - FORWARD_BATCH]
+        assert sum(seen) == 2 * (26 + 12) and set(seen[:-1]) <= {FORWARD_BATCH}
     finally:
         hook.remove()
 
 
 def test_a_missing_library_leaves_its_methods_out_and_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [name for name in sys.modules if name.startswith(("pytorch_grad_cam", "captum"))]:
+    for name in [name for name in sys.modules if name.split(".")[0] in ("pytorch_grad_cam", "captum", "scipy")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # importing it now raises ImportError
-    monkeypatch.setitem(sys.modules, "captum", None)
+    for library in ("pytorch_grad_cam", "captum", "scipy"):
+        monkeypatch.setitem(sys.modules, library, None)  # importing it now raises ImportError
     report = explain_report(tiny_model(), tiny_images(1), metrics=("deletion", "insertion", "road"), steps=4)
     assert set(report.unavailable) == {"gradcam", "scorecam", "integrated_gradients", "road"}
     assert all('pip install "vitlab[explain]"' in message for message in report.unavailable.values())

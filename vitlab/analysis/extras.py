@@ -1,8 +1,8 @@
 """The optional libraries behind some explanation methods, imported only when a method needs them.
 
 pytorch-grad-cam (`pip install grad-cam`, imported as `pytorch_grad_cam`) holds the reference implementations of
-Grad-CAM, ScoreCAM and ROAD's noisy linear imputation; Captum holds integrated gradients. Neither is needed by the
-rest of vitlab, so both come with the `explain` extra: `pip install "vitlab[explain]"`.
+Grad-CAM and ScoreCAM; Captum holds integrated gradients; SciPy's sparse solver fills ROAD's removed pixels. None is
+needed by the rest of vitlab, so they come with the `explain` extra: `pip install "vitlab[explain]"`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from types import ModuleType
 from vitlab.errors import VitlabError
 
 # The import name of each optional library -> the name pip installs it under.
-EXPLAIN_PACKAGES = {"pytorch_grad_cam": "grad-cam", "captum": "captum"}
+EXPLAIN_PACKAGES = {"pytorch_grad_cam": "grad-cam", "captum": "captum", "scipy": "scipy"}
 
 
 def require_extra(module: str, needed_for: str) -> ModuleType:
-    """Import `module` (e.g. "pytorch_grad_cam.metrics.road"), or say which extra to install.
+    """Import `module` (e.g. "pytorch_grad_cam.utils.model_targets"), or say which extra to install.
 
     Raises:
         VitlabError: the library is not installed; the message names `pip install "vitlab[explain]"`.

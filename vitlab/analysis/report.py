@@ -143,6 +143,6 @@ def _unavailable(methods: Sequence[str], metrics: Sequence[Metric]) -> dict[str,
     """The methods and tests whose optional library is missing -> the message that says what to install."""
     needs = {name: (METHOD_EXTRAS[name], name) for name in methods if name in METHOD_EXTRAS}
     if "road" in metrics:
-        needs["road"] = ("pytorch_grad_cam", "ROAD")
+        needs["road"] = ("scipy.sparse.linalg", "ROAD")
     found = {name: missing_extra(module, needed_for) for name, (module, needed_for) in needs.items()}
     return {name: message for name, message in found.items() if message is not None}
