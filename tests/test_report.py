@@ -16,9 +16,12 @@ from torch import Tensor
 from vitlab import deletion_curve, explain, insertion_curve, randomization_check, road_curve
 from vitlab.analysis.explain import METHODS
 from vitlab.analysis.faithfulness import FORWARD_BATCH, CurveSpec, perturbation_curves
+from vitlab.analysis.gradients import integrated_gradients
+from vitlab.analysis.randomization import spearman
 from vitlab.analysis.report import METRICS, RANDOM, explain_report
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
+from vitlab.teaching.shortcut import marker_hits
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see tests/conftest.py
 
@@ -114,3 +117,38 @@ def test_only_the_tests_asked_for_are_run_and_bad_names_are_refused() -> None:
         explain_report(model, images, metrics=["pointing"])
     with pytest.raises(VitlabError, match=r"\(B, 3, 32, 32\)"):
         explain_report(model, torch.zeros(1, 3, 64, 64))
+    with pytest.raises(VitlabError, match="precision must be one of float32, bfloat16, got 'float16'"):
+        explain_report(model, images, precision="float16")
+
+
+def test_integrated_gradients_do_not_depend_on_how_the_path_is_batched() -> None:
+    """One path point per pass (the report's bfloat16 batching on a CPU) gives the map all points at once give."""
+    model, images = tiny_model(), tiny_images(3)
+    targets = torch.tensor([0, 3, 1])
+    together = integrated_gradients(model, images, targets)
+    torch.testing.assert_close(integrated_gradients(model, images, targets, inputs_per_pass=1), together,
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_bfloat16_keeps_the_shortcut_models_answers(shortcut) -> None:
+    """bfloat16 changes the arithmetic, not what the tests say: on the shortcut model the same classes are explained,
+    ScoreCAM and integrated gradients still put the marker's 4 patches first, each method's maps rank the patches
+    as float32's do, and every AUC and correlation of the table stays within 0.05 of float32's. Grad-CAM's maps are
+    left out of the rank test: after its ReLU most patches tie at 0, and a map whose few positive patches fall to 0
+    in bfloat16 ranks nothing (32 shortcut images: Spearman 0.92 on average, 0 for one image)."""
+    images = shortcut.test_images[:8]
+    settings = {"steps": 8, "road_steps": 4, "random_count": 2}
+    exact = explain_report(shortcut.model, images, **settings)
+    fast = explain_report(shortcut.model, images, **settings, precision="bfloat16")
+    assert torch.equal(fast.targets, exact.targets)
+    assert not torch.equal(fast.methods["integrated_gradients"].maps, exact.methods["integrated_gradients"].maps)
+    for name in ("scorecam", "integrated_gradients"):
+        assert marker_hits(fast.methods[name].maps) == (1.0, 1.0)
+    for name, scores in fast.methods.items():
+        if name != "gradcam":
+            assert spearman(scores.maps, exact.methods[name].maps).mean() > 0.95, name
+    for fast_row, exact_row in zip(fast.rows(), exact.rows(), strict=True):
+        for key, value in exact_row.items():
+            if key != "method":
+                assert fast_row[key] == pytest.approx(value, abs=0.05), (exact_row["method"], key)

@@ -19,28 +19,47 @@ ROAD most relevant first, and the cascading randomisation. The work is shared wh
 Each number equals what the single-purpose function gives (`deletion_curve`, `randomization_check`, ...) for that
 method; tests/test_report.py checks it. A method or test whose optional library is missing is left out, and
 `unavailable` says what to install.
+
+`precision="bfloat16"` runs every forward and backward pass of the report under `torch.autocast` in bfloat16, for
+large models on hardware with bfloat16 arithmetic (recent GPUs; CPUs with AVX512-BF16 or AMX): ViT-B/16's report for
+one image took 78 s instead of 215 s on 2 such CPU cores. The maps, probabilities, AUCs and correlations stay
+float32; what bfloat16 changes in them is measured in docs/explain.md ("What it costs").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor
 from torchvision.models import VisionTransformer
 
-from vitlab.analysis.explain import METHOD_EXTRAS, METHODS, Target, borrowed, check_images, explain, resolve_target
+from vitlab.analysis.explain import (
+    METHOD_EXTRAS,
+    METHODS,
+    MapFunction,
+    Target,
+    borrowed,
+    check_images,
+    explain,
+    resolve_target,
+)
 from vitlab.analysis.extras import missing_extra
 from vitlab.analysis.faithfulness import Baseline, CurveResult, CurveSpec, perturbation_curves
+from vitlab.analysis.gradients import integrated_gradients
 from vitlab.analysis.randomization import RandomizationResult, randomization_checks
 from vitlab.capture_grad import autograd_on, grad_ready
 from vitlab.errors import VitlabError
 
 Metric = Literal["deletion", "insertion", "road", "randomization"]
 METRICS: tuple[Metric, ...] = ("deletion", "insertion", "road", "randomization")
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[Precision, ...] = ("float32", "bfloat16")
 RANDOM = "random maps"  # the name of the random-map baseline in `rows`
 
 
@@ -88,8 +107,8 @@ class ExplainReport:
 
 def explain_report(model: VisionTransformer, images: Tensor, target: Target = None,
                    methods: Sequence[str] | None = None, metrics: Sequence[Metric] = METRICS, steps: int = 16,
-                   road_steps: int = 8, baseline: Baseline = "mean", random_count: int = 4,
-                   seed: int = 0) -> ExplainReport:
+                   road_steps: int = 8, baseline: Baseline = "mean", random_count: int = 4, seed: int = 0,
+                   precision: Precision = "float32") -> ExplainReport:
     """Every method's maps for `images`, scored by every test of a map, sharing the work the tests have in common.
 
     Args:
@@ -100,43 +119,81 @@ def explain_report(model: VisionTransformer, images: Tensor, target: Target = No
         steps: deletion and insertion points (steps + 1); road_steps: ROAD's points.
         baseline: what a removed patch shows in deletion and insertion: "mean" (default), "blur" or "zero".
         random_count, seed: the random maps of the baseline curves and the seed of the random weights.
+        precision: "float32" (default), or "bfloat16" for every pass under autocast (see the module docstring).
     Returns:
         An `ExplainReport`. Methods and tests whose optional library is missing are left out and named in
         `unavailable` with the command that installs it.
     Raises:
-        VitlabError: an unknown method or test, or images, steps or a baseline that the tests refuse.
+        VitlabError: an unknown method, test or precision, or images, steps or a baseline that the tests refuse.
     """
     names = list(METHODS) if methods is None else list(methods)
     unknown = [name for name in [*names, *metrics] if name not in (*METHODS, *METRICS)]
     if unknown:
         raise VitlabError(f"Unknown method or test {unknown[0]!r}. Methods: {', '.join(METHODS)}; tests: "
                           f"{', '.join(METRICS)}.")
+    if precision not in PRECISIONS:
+        raise VitlabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     check_images(model, images)
     unavailable = _unavailable(names, metrics)
     names = [name for name in names if name not in unavailable]
+    functions = _method_functions(names, precision, images.device)
     seconds: dict[str, float] = {}
-    with autograd_on():
+    with autograd_on(), _autocast(images.device, precision):
         images = grad_ready(images)  # (B, 3, S, S), a plain copy if made under inference mode
         with torch.no_grad(), borrowed(model):
             targets = resolve_target(model, images, target)  # (B,)
         maps = {}
         for name in names:
             started = time.perf_counter()
-            maps[name] = explain(model, images, name, targets)  # (B, patches)
+            maps[name] = explain(model, images, functions[name], targets)  # (B, patches)
             seconds[f"explain {name}"] = time.perf_counter() - started
-    specs = {"deletion": CurveSpec("deletion", steps, baseline), "insertion": CurveSpec("insertion", steps, baseline),
-             "road": CurveSpec("road", road_steps)}
-    specs = {curve: spec for curve, spec in specs.items() if curve in metrics and curve not in unavailable}
-    started = time.perf_counter()
-    curves = perturbation_curves(model, images, maps, specs, targets, random_count, seed) if specs and maps else {}
-    seconds["curves"] = time.perf_counter() - started
-    started = time.perf_counter()
-    checks = randomization_checks(model, images, {name: name for name in names}, targets, seed, trained=maps) \
-        if "randomization" in metrics and maps else {}
-    seconds["randomization"] = time.perf_counter() - started
+        specs = {"deletion": CurveSpec("deletion", steps, baseline),
+                 "insertion": CurveSpec("insertion", steps, baseline), "road": CurveSpec("road", road_steps)}
+        specs = {curve: spec for curve, spec in specs.items() if curve in metrics and curve not in unavailable}
+        started = time.perf_counter()
+        curves = perturbation_curves(model, images, maps, specs, targets, random_count, seed) if specs and maps else {}
+        seconds["curves"] = time.perf_counter() - started
+        started = time.perf_counter()
+        checks = randomization_checks(model, images, functions, targets, seed, trained=maps) \
+            if "randomization" in metrics and maps else {}
+        seconds["randomization"] = time.perf_counter() - started
     scores = {name: MethodScores(maps[name], {curve: curves[curve][name] for curve in curves}, checks.get(name))
               for name in names}
     return ExplainReport(targets.cpu(), scores, unavailable, seconds)
+
+
+@contextmanager
+def _autocast(device: torch.device, precision: Precision) -> Iterator[None]:
+    """Every pass inside in `precision`: bfloat16 autocast on the images' device, or nothing changed for float32."""
+    if precision == "float32":
+        yield
+        return
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        yield
+
+
+def _method_functions(names: Sequence[str], precision: Precision, device: torch.device) -> dict[str, MapFunction]:
+    """The function that computes each method's maps, the same maps whatever the precision asks of the batching.
+
+    Under bfloat16 on a CPU, a backward pass through torchvision's attention with more than one input takes a slow
+    path (ViT-B/16 on 2 cores: 8-10 s for 2 to 16 inputs, against 0.17 s for one), so there every method explains
+    one image per pass and integrated gradients take one path point per pass."""
+    functions = {name: METHODS[name] for name in names}
+    if precision == "float32" or device.type != "cpu":
+        return functions
+    if "integrated_gradients" in functions:
+        functions["integrated_gradients"] = partial(integrated_gradients, inputs_per_pass=1)
+    return {name: _one_image_per_pass(function) for name, function in functions.items()}
+
+
+def _one_image_per_pass(function: MapFunction) -> MapFunction:
+    """`function` applied to one image at a time: (model, images (B, 3, S, S), targets (B,)) -> (B, patches)."""
+
+    def each_image(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
+        return torch.cat([function(model, images[index:index + 1], targets[index:index + 1])
+                          for index in range(images.shape[0])])  # (B, patches)
+
+    return each_image
 
 
 def _unavailable(methods: Sequence[str], metrics: Sequence[Metric]) -> dict[str, str]:
