@@ -25,7 +25,7 @@ batches, and an image two curves share (the untouched image, the fully removed o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -144,7 +144,7 @@ def perturbation_curves(model: VisionTransformer, images: Tensor, maps: Mapping[
         _check_maps(name, relevance, images.shape[0], patches, len(maps))
     if random_count < 1:
         raise VitlabError(f"random_count must be at least 1 (the random-map baseline), got {random_count}.")
-    imputer = _check_specs(specs.values(), patches)
+    _check_specs(specs.values(), patches)
     shape = (images.shape[0], patches)
     ranked = [*(m.detach().float().cpu() for m in maps.values()),
               *(random_maps(shape, seed=seed + index) for index in range(random_count))]  # each (B, patches)
@@ -153,7 +153,7 @@ def perturbation_curves(model: VisionTransformer, images: Tensor, maps: Mapping[
         fills = {code: _fill(images, FILLS[code], geometry(model).patch_size)
                  for code in {spec.fill for spec in specs.values() if spec.kind != "road"}}  # each (B, 3, S, S)
         jobs = _Jobs(images, ranked, specs.values())
-        probabilities = jobs.evaluate(model, targets, fills, imputer, seed)  # per spec: (maps, B, points)
+        probabilities = jobs.evaluate(model, targets, fills, seed)  # per spec: (maps, B, points)
     results = {}
     for (spec_name, spec), curves in zip(specs.items(), probabilities, strict=True):
         fractions = _counts(patches, spec).double() / patches  # (points,)
@@ -180,9 +180,8 @@ def _check_maps(name: str, maps: Tensor, batch: int, patches: int, count: int) -
                           f"relevance value per patch, as explain() returns.")
 
 
-def _check_specs(specs: object, patches: int) -> Callable[..., Tensor] | None:
-    """Refuse a spec that cannot be drawn, before any work; ROAD's imputer if a spec needs it."""
-    imputer = None
+def _check_specs(specs: object, patches: int) -> None:
+    """Refuse a spec that cannot be drawn, before any work; ROAD without the library its imputation needs, too."""
     for spec in specs:
         if spec.order not in ("most", "least"):
             raise VitlabError(f"order must be 'most' (MoRF) or 'least' (LeRF), got {spec.order!r}.")
@@ -192,10 +191,8 @@ def _check_specs(specs: object, patches: int) -> Callable[..., Tensor] | None:
             raise VitlabError(f"baseline must be 'blur', 'mean' or 'zero', got {spec.baseline!r}.")
         if not 1 <= spec.steps <= patches:
             raise VitlabError(f"steps must be between 1 and the number of patches ({patches}), got {spec.steps}.")
-        if spec.kind == "road" and imputer is None:
+        if spec.kind == "road":
             require_extra("scipy.sparse.linalg", "ROAD")
-            imputer = noisy_linear_imputation
-    return imputer
 
 
 def _counts(patches: int, spec: CurveSpec) -> Tensor:
@@ -222,7 +219,7 @@ class _Jobs:
         self.unique, self.inverse = torch.unique(torch.cat(keys), dim=0, return_inverse=True)
 
     def evaluate(self, model: VisionTransformer, targets: Tensor, fills: dict[int, Tensor],
-                 imputer: Callable[..., Tensor] | None, seed: int) -> list[Tensor]:
+                 seed: int) -> list[Tensor]:
         """The target's probability for each job, one list entry per spec: (maps, B, points)."""
         geo = geometry(model)
         probabilities = []
@@ -234,8 +231,9 @@ class _Jobs:
             for code, filled in fills.items():
                 where = (fill == code).to(self.images.device)[:, None, None, None] & pixels[:, None]
                 perturbed = torch.where(where, filled[rows.to(filled.device)], perturbed)
-            if imputer is not None:
-                perturbed = _impute(perturbed, pixels, fill == IMPUTED, imputer, seed)
+            imputed = (fill == IMPUTED).to(self.images.device)  # (n,) ROAD's jobs in this chunk
+            if imputed.any():
+                perturbed = _impute(perturbed, pixels, imputed, seed)
             logits = model(perturbed)  # (n, classes)
             chosen = targets[rows.to(targets.device)]  # (n,)
             probabilities.append(logits.float().softmax(dim=-1).gather(1, chosen[:, None])[:, 0].cpu())
@@ -254,8 +252,8 @@ def _keys(removed: Tensor, fill: int) -> Tensor:
     return torch.cat([codes[..., None], rows[..., None], removed.long()], dim=-1).view(batch * points, 2 + patches)
 
 
-def _impute(images: Tensor, pixels: Tensor, which: Tensor, imputer: Callable[..., Tensor], seed: int) -> Tensor:
-    """Fill the removed `pixels` (n, S, S) of the images `which` (n,) marks by `imputer(image, kept, generator=...)`.
+def _impute(images: Tensor, pixels: Tensor, which: Tensor, seed: int) -> Tensor:
+    """Fill the removed `pixels` (n, S, S) of the images `which` (n,) marks by `noisy_linear_imputation`.
 
     The noise is seeded per image by `seed`, so an imputed image depends only on the image and its removed pixels;
     torch's global generator is untouched. The images are filled on the CPU, one per thread: the sparse solver
@@ -265,7 +263,8 @@ def _impute(images: Tensor, pixels: Tensor, which: Tensor, imputer: Callable[...
 
     def fill(index: int) -> Tensor:
         kept = (~pixels[index]).float().cpu()  # (S, S)
-        return imputer(images[index].cpu(), kept, generator=torch.Generator().manual_seed(seed))  # (3, S, S)
+        generator = torch.Generator().manual_seed(seed)
+        return noisy_linear_imputation(images[index].cpu(), kept, generator=generator)  # (3, S, S)
 
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         for index, filled in zip(indices, pool.map(fill, indices), strict=True):

@@ -29,8 +29,8 @@ float32; what bfloat16 changes in them is measured in docs/explain.md ("What it 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -138,7 +138,8 @@ def explain_report(model: VisionTransformer, images: Tensor, target: Target = No
     names = [name for name in names if name not in unavailable]
     functions = _method_functions(names, precision, images.device)
     seconds: dict[str, float] = {}
-    with autograd_on(), _autocast(images.device, precision):
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16) if precision == "bfloat16" else nullcontext()
+    with autograd_on(), autocast:
         images = grad_ready(images)  # (B, 3, S, S), a plain copy if made under inference mode
         with torch.no_grad(), borrowed(model):
             targets = resolve_target(model, images, target)  # (B,)
@@ -160,16 +161,6 @@ def explain_report(model: VisionTransformer, images: Tensor, target: Target = No
     scores = {name: MethodScores(maps[name], {curve: curves[curve][name] for curve in curves}, checks.get(name))
               for name in names}
     return ExplainReport(targets.cpu(), scores, unavailable, seconds)
-
-
-@contextmanager
-def _autocast(device: torch.device, precision: Precision) -> Iterator[None]:
-    """Every pass inside in `precision`: bfloat16 autocast on the images' device, or nothing changed for float32."""
-    if precision == "float32":
-        yield
-        return
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        yield
 
 
 def _method_functions(names: Sequence[str], precision: Precision, device: torch.device) -> dict[str, MapFunction]:
