@@ -125,9 +125,17 @@ def test_integrated_gradients_do_not_depend_on_how_the_path_is_batched() -> None
     """One path point per pass (the report's bfloat16 batching on a CPU) gives the map all points at once give."""
     model, images = tiny_model(), tiny_images(3)
     targets = torch.tensor([0, 3, 1])
-    together = integrated_gradients(model, images, targets)
-    torch.testing.assert_close(integrated_gradients(model, images, targets, inputs_per_pass=1), together,
-                               atol=1e-5, rtol=1e-4)
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    try:
+        together = integrated_gradients(model, images, targets)
+        assert seen == [30, 18]  # 32 inputs a pass hold 10 of the 16 points for 3 images, then the other 6
+        seen.clear()
+        one_by_one = integrated_gradients(model, images, targets, inputs_per_pass=1)
+        assert seen == [3] * 16  # one point a pass
+    finally:
+        hook.remove()
+    torch.testing.assert_close(one_by_one, together, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -139,8 +147,16 @@ def test_bfloat16_keeps_the_shortcut_models_answers(shortcut) -> None:
     in bfloat16 ranks nothing (32 shortcut images: Spearman 0.92 on average, 0 for one image)."""
     images = shortcut.test_images[:8]
     settings = {"steps": 8, "road_steps": 4, "random_count": 2}
-    exact = explain_report(shortcut.model, images, **settings)
-    fast = explain_report(shortcut.model, images, **settings, precision="bfloat16")
+    dtypes: dict[str, set[torch.dtype]] = {"float32": set(), "bfloat16": set()}
+    precision = "float32"
+    hook = shortcut.model.heads.register_forward_hook(lambda module, args, out: dtypes[precision].add(out.dtype))
+    try:
+        exact = explain_report(shortcut.model, images, **settings)
+        precision = "bfloat16"
+        fast = explain_report(shortcut.model, images, **settings, precision=precision)
+    finally:
+        hook.remove()
+    assert dtypes == {"float32": {torch.float32}, "bfloat16": {torch.bfloat16}}  # every pass in its precision
     assert torch.equal(fast.targets, exact.targets)
     assert not torch.equal(fast.methods["integrated_gradients"].maps, exact.methods["integrated_gradients"].maps)
     for name in ("scorecam", "integrated_gradients"):
