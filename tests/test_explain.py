@@ -17,7 +17,7 @@ from torch import Tensor
 
 from vitlab import explain
 from vitlab.analysis.cams import cam_target_layer
-from vitlab.analysis.explain import METHODS
+from vitlab.analysis.explain import METHODS, borrowed
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
 from vitlab.teaching.shortcut import marker_hits
@@ -160,13 +160,48 @@ def model_in_use() -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16 autocast"])
 @pytest.mark.parametrize("method", list(METHODS))
-def test_the_model_comes_back_untouched(method: str) -> None:
+def test_the_model_comes_back_untouched(method: str, autocast: bool) -> None:
     model = model_in_use()
     before = model_state(model)
     assert any(g is not None for g in before["grads"]) and before["training"][0] and not all(before["training"])
-    explain(model, tiny_images(2), method)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        explain(model, tiny_images(2), method)
     assert_same_state(before, model_state(model))
+
+
+def weight_casts(model: torch.nn.Module, images: Tensor) -> int:
+    """How many float32 -> bfloat16 casts of a weight the shape of the first MLP layer's one forward pass makes."""
+    shape = list(model.encoder.layers[0].mlp[0].weight.shape)
+    with torch.profiler.profile(record_shapes=True) as profile:
+        model(images)
+    return sum(event.name == "aten::_to_copy" and event.input_shapes[:1] == [shape] for event in profile.events())
+
+
+def test_under_autocast_a_borrowed_model_casts_its_weights_once_not_every_pass() -> None:
+    model, images = tiny_model(), tiny_images(2)
+    for param in model.parameters():
+        param.requires_grad_(False)  # a frozen model: autocast alone would cast every weight on every pass
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        model(images)
+        assert weight_casts(model, images) == len(model.encoder.layers)
+        with borrowed(model):
+            model(images)  # the first pass casts; autocast keeps the copies because the weights require grad here
+            assert weight_casts(model, images) == 0
+    assert not any(param.requires_grad for param in model.parameters())
+
+
+def test_a_weight_changed_between_explanations_under_one_autocast_is_read_fresh() -> None:
+    model, images = tiny_model(), tiny_images(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = explain(model, images, "input_x_gradient", target=1)
+        with torch.no_grad():
+            model.heads.head.weight.mul_(-1.0)  # in place: a cast kept from the first call would now be stale
+        after = explain(model, images, "input_x_gradient", target=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh = explain(model, images, "input_x_gradient", target=1)
+    assert torch.equal(after, fresh) and not torch.allclose(after, before)
 
 
 @pytest.mark.parametrize(("method", "module"), [("gradcam", "pytorch_grad_cam"), ("scorecam", "pytorch_grad_cam"),
