@@ -107,7 +107,9 @@ explain(f"""
     Model: {subject.name}, {len(shown)} test images ({', '.join(subject.label_name(int(y)) for y in shown.labels)}).
     Asserted: vitlab's deletion curve equals deletion_by_hand. Areas under the curves (deletion and ROAD: lower is
     better; insertion: higher is better) and the rank correlation with the trained map once every weight is random
-    (near 0 is what a map of the model should reach); the last row is what random maps score.
+    (near 0 is what a map of the model should reach); the last row is what random maps score. Their deletion and
+    insertion areas are equal: a random order read backwards is as random, and revealing its first patches shows
+    what deleting its last ones shows, so vitlab draws their insertion curve from their deletion images.
 
         method                 deletion insertion   ROAD  Spearman
 {table}

@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision.models import VisionTransformer
 
 from vitlab import deletion_curve, explain, insertion_curve, road_curve
+from vitlab.analysis.faithfulness import CurveSpec, perturbation_curves
 from vitlab.errors import VitlabError
 from vitlab.model import build_model
 from vitlab.teaching.shortcut import marker_mask
@@ -100,6 +101,32 @@ def test_the_perfect_map_scores_its_known_area() -> None:
     curve = [0.95, 0.6, 0.3, 0.1] + [0.05] * 61
     area = sum((a + b) / 2 for a, b in itertools.pairwise(curve)) / 64
     assert result.auc.tolist() == pytest.approx([area, area], abs=1e-6)
+
+
+class CountingBrightPatchModel(BrightPatchModel):
+    """`BrightPatchModel` that counts the images it is shown."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.images_seen = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images_seen += x.shape[0]
+        return super().forward(x)
+
+
+def test_the_random_maps_insertion_curve_is_their_deletion_curve_reversed_at_no_extra_pass() -> None:
+    model, bright = CountingBrightPatchModel(32, 4, [0.05, 0.1, 0.3, 0.6, 0.95]), [9, 10, 17, 18]
+    images, maps = bright_images(3, 32, 4, bright), torch.rand(3, 64, generator=torch.Generator().manual_seed(99))
+    specs = {kind: CurveSpec(kind, 8, "mean") for kind in ("deletion", "insertion")}
+    curves = perturbation_curves(model, images, {"map": maps}, specs, target=0, random_count=4)
+    deletion, insertion = curves["deletion"]["map"], curves["insertion"]["map"]
+    assert torch.equal(insertion.random_curve, deletion.random_curve.flip(0))
+    assert insertion.random_auc == pytest.approx(deletion.random_auc, abs=1e-6)
+    assert not torch.equal(insertion.probabilities, deletion.probabilities.flip(1))  # the map's own: two curves
+    # Per image: the map's 7 inner points of each curve, the random maps' 7 deletion points each (their insertion
+    # images are the same ones), the untouched image and the fully removed one.
+    assert model.images_seen == 3 * (7 + 7 + 4 * 7 + 2)
 
 
 @pytest.mark.slow

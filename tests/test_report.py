@@ -65,8 +65,9 @@ def test_every_number_equals_the_single_purpose_functions() -> None:
 
 def test_the_curves_send_each_distinct_perturbed_image_through_the_model_once() -> None:
     """2 images, 2 maps and 2 random maps, 4 steps on 64 patches. Deletion and insertion with one fill share the
-    untouched image and the fully removed one; their 3 inner points differ for every map: 2 + 2 x 3 x 4 = 26 images
-    per image. ROAD's first point is the untouched image again: 3 x 4 more. Without sharing: 2 x 4 x (5 + 5 + 4)."""
+    untouched image and the fully removed one; their 3 inner points differ for every map but the random ones, whose
+    insertion images are their deletion images: 2 + 3 x (2 x 2 + 2) = 20 images per image. ROAD's first point is
+    the untouched image again: 3 x 4 more. Without sharing: 2 x 4 x (5 + 5 + 4)."""
     model, images = tiny_model(), tiny_images(2)
     maps = {"a": torch.rand(2, 64, generator=torch.Generator().manual_seed(7)), "b": torch.rand(2, 64)}
     seen: list[int] = []
@@ -74,10 +75,10 @@ def test_the_curves_send_each_distinct_perturbed_image_through_the_model_once() 
     try:
         specs = {"deletion": CurveSpec("deletion", 4, "mean"), "insertion": CurveSpec("insertion", 4, "mean")}
         perturbation_curves(model, images, maps, specs, target=1, random_count=2)
-        assert sum(seen) == 2 * 26 and set(seen[:-1]) <= {FORWARD_BATCH}  # full batches, then the rest
+        assert sum(seen) == 2 * 20 and set(seen[:-1]) <= {FORWARD_BATCH}  # full batches, then the rest
         seen.clear()
         perturbation_curves(model, images, maps, {**specs, "road": CurveSpec("road", 4)}, target=1, random_count=2)
-        assert sum(seen) == 2 * (26 + 12) and set(seen[:-1]) <= {FORWARD_BATCH}
+        assert sum(seen) == 2 * (20 + 12) and set(seen[:-1]) <= {FORWARD_BATCH}
     finally:
         hook.remove()
 

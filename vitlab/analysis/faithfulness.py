@@ -21,6 +21,11 @@ beats them; `tests/test_faithfulness.py` checks the random AUC against its close
 `perturbation_curves` computes many curves for many maps at once, which is how `vitlab.analysis.report` scores every
 method: the random maps' curves are computed once for all maps, every perturbed image goes through the model in
 batches, and an image two curves share (the untouched image, the fully removed one) is computed once.
+
+Insertion reads the random maps backwards (a random order reversed is as random): revealing a random order's first k
+patches shows what deletion shows after removing its first P - k. With the same baseline and points at complementary
+counts (any grid with an even number of patches), the random maps' insertion curve is their deletion curve reversed
+and costs no forward pass of its own; in expectation the two areas are equal anyway.
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ def perturbation_curves(model: VisionTransformer, images: Tensor, maps: Mapping[
         targets = resolve_target(model, images, target)  # (B,)
         fills = {code: _fill(images, FILLS[code], geometry(model).patch_size)
                  for code in {spec.fill for spec in specs.values() if spec.kind != "road"}}  # each (B, 3, S, S)
-        jobs = _Jobs(images, ranked, specs.values())
+        jobs = _Jobs(images, ranked, specs.values(), random_count)
         probabilities = jobs.evaluate(model, targets, fills, seed)  # per spec: (maps, B, points)
     results = {}
     for (spec_name, spec), curves in zip(specs.items(), probabilities, strict=True):
@@ -204,13 +209,18 @@ def _counts(patches: int, spec: CurveSpec) -> Tensor:
 class _Jobs:
     """Every perturbed image the curves need, as (fill code, image row, removed patches), each distinct one once."""
 
-    def __init__(self, images: Tensor, ranked: list[Tensor], specs: object) -> None:
+    def __init__(self, images: Tensor, ranked: list[Tensor], specs: object, random_count: int) -> None:
+        """`ranked`: every map (B, patches), the last `random_count` of them the seeded random maps."""
         self.images = images
         keys, self.shapes = [], []
         for spec in specs:
             counts = _counts(ranked[0].shape[1], spec)  # (points,)
-            for relevance in ranked:
+            for index, relevance in enumerate(ranked):
                 order = relevance if spec.order == "most" else -relevance  # (B, patches)
+                if spec.kind == "insertion" and index >= len(ranked) - random_count:
+                    # A random order read backwards is as random, and revealing its first k patches is deletion
+                    # removing its last P - k: the random maps' insertion images are their deletion images.
+                    order = -order
                 ranks = order.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0 = first perturbed
                 chosen = ranks[:, None, :] < counts[None, :, None]  # (B, points, patches)
                 removed = ~chosen if spec.kind == "insertion" else chosen
