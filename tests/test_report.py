@@ -123,7 +123,7 @@ def test_only_the_tests_asked_for_are_run_and_bad_names_are_refused() -> None:
 
 
 def test_integrated_gradients_do_not_depend_on_how_the_path_is_batched() -> None:
-    """One path point per pass (the report's bfloat16 batching on a CPU) gives the map all points at once give."""
+    """One path point per pass (what a small memory can afford) gives the map all points at once give."""
     model, images = tiny_model(), tiny_images(3)
     targets = torch.tensor([0, 3, 1])
     seen: list[int] = []

@@ -32,7 +32,6 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal
 
 import torch
@@ -42,7 +41,6 @@ from torchvision.models import VisionTransformer
 from vitlab.analysis.explain import (
     METHOD_EXTRAS,
     METHODS,
-    MapFunction,
     Target,
     borrowed,
     check_images,
@@ -51,7 +49,6 @@ from vitlab.analysis.explain import (
 )
 from vitlab.analysis.extras import missing_extra
 from vitlab.analysis.faithfulness import Baseline, CurveResult, CurveSpec, perturbation_curves
-from vitlab.analysis.gradients import integrated_gradients
 from vitlab.analysis.randomization import RandomizationResult, randomization_checks
 from vitlab.capture_grad import autograd_on, grad_ready
 from vitlab.errors import VitlabError
@@ -136,7 +133,6 @@ def explain_report(model: VisionTransformer, images: Tensor, target: Target = No
     check_images(model, images)
     unavailable = _unavailable(names, metrics)
     names = [name for name in names if name not in unavailable]
-    functions = _method_functions(names, precision, images.device)
     seconds: dict[str, float] = {}
     autocast = torch.autocast(images.device.type, dtype=torch.bfloat16) if precision == "bfloat16" else nullcontext()
     with autograd_on(), autocast:
@@ -146,7 +142,7 @@ def explain_report(model: VisionTransformer, images: Tensor, target: Target = No
         maps = {}
         for name in names:
             started = time.perf_counter()
-            maps[name] = explain(model, images, functions[name], targets)  # (B, patches)
+            maps[name] = explain(model, images, name, targets)  # (B, patches)
             seconds[f"explain {name}"] = time.perf_counter() - started
         specs = {"deletion": CurveSpec("deletion", steps, baseline),
                  "insertion": CurveSpec("insertion", steps, baseline), "road": CurveSpec("road", road_steps)}
@@ -155,36 +151,12 @@ def explain_report(model: VisionTransformer, images: Tensor, target: Target = No
         curves = perturbation_curves(model, images, maps, specs, targets, random_count, seed) if specs and maps else {}
         seconds["curves"] = time.perf_counter() - started
         started = time.perf_counter()
-        checks = randomization_checks(model, images, functions, targets, seed, trained=maps) \
+        checks = randomization_checks(model, images, {name: name for name in names}, targets, seed, trained=maps) \
             if "randomization" in metrics and maps else {}
         seconds["randomization"] = time.perf_counter() - started
     scores = {name: MethodScores(maps[name], {curve: curves[curve][name] for curve in curves}, checks.get(name))
               for name in names}
     return ExplainReport(targets.cpu(), scores, unavailable, seconds)
-
-
-def _method_functions(names: Sequence[str], precision: Precision, device: torch.device) -> dict[str, MapFunction]:
-    """The function that computes each method's maps, the same maps whatever the precision asks of the batching.
-
-    Under bfloat16 on a CPU, a backward pass through torchvision's attention with more than one input takes a slow
-    path (ViT-B/16 on 2 cores: 8-10 s for 2 to 16 inputs, against 0.17 s for one), so there every method explains
-    one image per pass and integrated gradients take one path point per pass."""
-    functions = {name: METHODS[name] for name in names}
-    if precision == "float32" or device.type != "cpu":
-        return functions
-    if "integrated_gradients" in functions:
-        functions["integrated_gradients"] = partial(integrated_gradients, inputs_per_pass=1)
-    return {name: _one_image_per_pass(function) for name, function in functions.items()}
-
-
-def _one_image_per_pass(function: MapFunction) -> MapFunction:
-    """`function` applied to one image at a time: (model, images (B, 3, S, S), targets (B,)) -> (B, patches)."""
-
-    def each_image(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
-        return torch.cat([function(model, images[index:index + 1], targets[index:index + 1])
-                          for index in range(images.shape[0])])  # (B, patches)
-
-    return each_image
 
 
 def _unavailable(methods: Sequence[str], metrics: Sequence[Metric]) -> dict[str, str]:
