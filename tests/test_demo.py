@@ -88,7 +88,8 @@ def test_a_cached_demo_made_with_other_settings_is_kept_aside_and_todays_trains(
     kept = cache / "demo-old-1"  # nothing of the old run is deleted
     assert json.loads((kept / "config.json").read_text())["dataset"] == "shapes"
     assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in (demo_cache / "demo").iterdir())
-    assert "dataset 'shapes' (now 'fashion')" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "dataset 'shapes' (now 'fashion')" in said and "Training the demo model once" in said
     assert splits.classes == load_dataset("fashion").classes and model.num_classes == 10
 
 

@@ -37,7 +37,7 @@ from vitlab.external.build import Triple
 from vitlab.model import build_model, weights_cache_file
 from vitlab.teaching.flags import GENERATED_DATASETS, refuse_data_dir_for, studies_small_model, use_threads
 from vitlab.training.checkpoint import load_checkpoint, load_trained_model
-from vitlab.training.demo import demo_run_dir, load_demo_model, stale_settings
+from vitlab.training.demo import demo_run_dir, load_demo_model
 from vitlab.training.imported import is_external, model_name, statistics
 
 SMALL_IMPORT_SIDE = 64  # an imported model at most this many pixels a side is sized for like the demo model
@@ -103,11 +103,8 @@ def study(settings: argparse.Namespace) -> Subject:
 
 def demo_run() -> tuple[VisionTransformer, DataSplits, Path]:
     """The shared demo model (eval mode; trained on first use), the splits it learned, and its best.pt."""
-    run_dir = demo_run_dir()
-    if not (run_dir / "summary.json").is_file() or stale_settings(run_dir):
-        print(f"Training the shared demo model once (under a minute on a laptop CPU); it is cached in {run_dir}.")
-    model, splits = load_demo_model()
-    return model.eval(), splits, run_dir / "best.pt"
+    model, splits = load_demo_model()  # says so when it trains
+    return model.eval(), splits, demo_run_dir() / "best.pt"
 
 
 def _demo() -> Subject:

@@ -55,6 +55,8 @@ def load_demo_model(
         print(f"The cached demo run in {run_dir} was made with other settings than today's demo: {changed}. It is "
               f"kept in {kept}; today's demo trains once in its place.", file=sys.stderr)
     if not (run_dir / "summary.json").is_file():
+        print(f"Training the demo model once (under a minute on a laptop CPU); it is cached in {run_dir}.",
+              file=sys.stderr)
         train_demo(run_dir, quiet)
     model, checkpoint = load_trained_model(run_dir)  # a run folder: its best.pt
     config = checkpoint["config"]
