@@ -140,7 +140,8 @@ def resolve_target(model: VisionTransformer, images: Tensor, target: Target) -> 
 
 @contextmanager
 def borrowed(model: nn.Module) -> Iterator[None]:
-    """Lend `model` to an explanation: eval mode and frozen parameters inside, exactly as it was afterwards.
+    """Lend `model` to an explanation: eval mode and frozen parameters inside (not under autocast, see below), exactly
+    as it was afterwards.
 
     Frozen, because an explanation needs gradients with respect to the input or the attention, never the weights:
     nothing accumulates in a parameter's `.grad`. Under `torch.autocast` the parameters require grad inside instead:
