@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from vitlab import deletion_curve, explain, insertion_curve, randomization_check, road_curve
+from vitlab.analysis import gradients
 from vitlab.analysis.explain import METHODS
 from vitlab.analysis.faithfulness import FORWARD_BATCH, CurveSpec, perturbation_curves
 from vitlab.analysis.gradients import integrated_gradients
@@ -122,8 +123,8 @@ def test_only_the_tests_asked_for_are_run_and_bad_names_are_refused() -> None:
         explain_report(model, images, precision="float16")
 
 
-def test_integrated_gradients_do_not_depend_on_how_the_path_is_batched() -> None:
-    """One path point per pass (what a small memory can afford) gives the map all points at once give."""
+def test_integrated_gradients_do_not_depend_on_how_the_path_is_batched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One path point per pass (IG_BATCH 1) gives the map all points at once give."""
     model, images = tiny_model(), tiny_images(3)
     targets = torch.tensor([0, 3, 1])
     seen: list[int] = []
@@ -132,7 +133,8 @@ def test_integrated_gradients_do_not_depend_on_how_the_path_is_batched() -> None
         together = integrated_gradients(model, images, targets)
         assert seen == [30, 18]  # 32 inputs a pass hold 10 of the 16 points for 3 images, then the other 6
         seen.clear()
-        one_by_one = integrated_gradients(model, images, targets, inputs_per_pass=1)
+        monkeypatch.setattr(gradients, "IG_BATCH", 1)
+        one_by_one = integrated_gradients(model, images, targets)
         assert seen == [3] * 16  # one point a pass
     finally:
         hook.remove()

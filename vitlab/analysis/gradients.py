@@ -24,22 +24,19 @@ IG_STEPS = 16  # points on the path (Gauss-Legendre, Captum's default rule): map
 IG_BATCH = 32  # inputs per forward pass: path points times images (at least one point for every image)
 
 
-def integrated_gradients(model: VisionTransformer, images: Tensor, targets: Tensor,
-                         inputs_per_pass: int = IG_BATCH) -> Tensor:
+def integrated_gradients(model: VisionTransformer, images: Tensor, targets: Tensor) -> Tensor:
     """Integrated gradients of each image's target logit from the all-zero input, summed per patch.
 
     Args:
         images: (B, 3, S, S) normalised inputs.
         targets: (B,) the class each map explains.
-        inputs_per_pass: path points times images per forward and backward pass; at least one point for every
-            image is taken whatever the value (1: one point per pass). The map does not depend on it.
     Returns:
         (B, patches), signed; each row sums to about logit(image) - logit(zeros).
     """
     captum_attr = require_extra("captum.attr", "Integrated gradients")
     method = captum_attr.IntegratedGradients(model)
     attributions = method.attribute(images, baselines=torch.zeros_like(images), target=targets, n_steps=IG_STEPS,
-                                    internal_batch_size=max(inputs_per_pass, images.shape[0]))  # (B, 3, S, S)
+                                    internal_batch_size=max(IG_BATCH, images.shape[0]))  # (B, 3, S, S)
     return pool_to_patches(attributions.detach(), model.patch_size)
 
 
