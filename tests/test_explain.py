@@ -133,6 +133,7 @@ def test_no_grad_and_inference_mode_give_the_same_maps(method: str) -> None:
 def model_state(model: torch.nn.Module) -> dict:
     """Everything an explanation must leave as it found it."""
     return {
+        "classes": [type(m) for m in model.modules()],
         "training": [m.training for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
@@ -143,6 +144,7 @@ def model_state(model: torch.nn.Module) -> dict:
 
 
 def assert_same_state(before: dict, after: dict) -> None:
+    assert after["classes"] == before["classes"]
     assert after["training"] == before["training"]
     assert after["requires_grad"] == before["requires_grad"]
     assert after["hooks"] == before["hooks"]

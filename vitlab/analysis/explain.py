@@ -21,7 +21,7 @@ says what the model uses. Every method takes normalised model inputs (B, 3, S, S
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ from vitlab.analysis.gradients import input_x_gradient, integrated_gradients
 from vitlab.capture import capture, geometry
 from vitlab.capture_grad import autograd_on, grad_ready
 from vitlab.errors import VitlabError
+from vitlab.matmul_attention import matmul_attention
 
 # A relevance method: (model, images (B, 3, S, S), targets (B,) long) -> relevance (B, patches).
 MapFunction = Callable[[VisionTransformer, Tensor, Tensor], Tensor]
@@ -149,7 +150,9 @@ def borrowed(model: nn.Module) -> Iterator[None]:
     and casts every other weight again on every pass (ViT-B/16 in bfloat16 on 2 CPU cores: a forward and backward
     pass for one image 205 ms frozen, 155 ms with the copies kept). vitlab's methods still take gradients only with
     respect to inputs and attention (`torch.autograd.grad`); what a library's `backward()` leaves in `.grad` is
-    discarded, and the kept copies are dropped on exit, so a weight changed afterwards is never read stale.
+    discarded, and the kept copies are dropped on exit, so a weight changed afterwards is never read stale. Under a
+    CPU's autocast the attention also runs as plain matrix products inside (`vitlab.matmul_attention`: PyTorch's
+    fused CPU kernel is several times slower in bfloat16, most of all backward).
 
     On exit, also when the block raises, every module's train/eval flag, every parameter's `requires_grad` and every
     `.grad` are restored.
@@ -162,7 +165,8 @@ def borrowed(model: nn.Module) -> Iterator[None]:
     for param, _, _ in parameters:
         param.requires_grad_(autocast)
     try:
-        yield
+        with matmul_attention(model) if autocast and device_type == "cpu" else nullcontext():
+            yield
     finally:
         if autocast:
             torch.clear_autocast_cache()
