@@ -69,6 +69,11 @@ def test_what_the_plain_products_do_not_cover_goes_to_pytorchs_forward(monkeypat
     sequence_first = attention_pair(batch_first=False)
     y = x.transpose(0, 1)  # (T, B, hidden)
     assert torch.equal(sequence_first[1](y, y, y)[0], sequence_first[0](y, y, y)[0])
+    torch.manual_seed(0)
+    with_bias_kv = MatmulAttention(32, 4, batch_first=True, add_bias_kv=True).eval()  # keys get one more token
+    reference = nn.MultiheadAttention(32, 4, batch_first=True, add_bias_kv=True).eval()
+    reference.load_state_dict(with_bias_kv.state_dict())
+    assert torch.equal(with_bias_kv(x, x, x)[0], reference(x, x, x)[0])
     monkeypatch.setattr("vitlab.matmul_attention.attention_probs", None)  # the plain path would now fail
     for args, kwargs in cases:
         plain(*args, **kwargs)

@@ -31,8 +31,8 @@ from vitlab.capture_grad import attention_probs, mix_values
 class MatmulAttention(nn.MultiheadAttention):
     """`nn.MultiheadAttention` whose self-attention without masks is `attention_probs` then `mix_values`.
 
-    Anything else (cross-attention, masks, dropout while training, sequence-first inputs) goes to PyTorch's own
-    forward unchanged.
+    Anything else (cross-attention, masks, dropout while training, sequence-first inputs, separate key or value
+    sizes, added key and value biases or zero attention) goes to PyTorch's own forward unchanged.
     """
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
@@ -44,7 +44,8 @@ class MatmulAttention(nn.MultiheadAttention):
         `nn.MultiheadAttention` returns them.
         """
         plain = (query is key and key is value and self.batch_first and key_padding_mask is None
-                 and attn_mask is None and not is_causal and not (self.training and self.dropout > 0))
+                 and attn_mask is None and not is_causal and not (self.training and self.dropout > 0)
+                 and self._qkv_same_embed_dim and self.bias_k is None and not self.add_zero_attn)
         if not plain:
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                    average_attn_weights, is_causal)
