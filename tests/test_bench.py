@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vitlab.bench import explain as bench_explain
 from vitlab.bench import rows as bench_rows
 from vitlab.bench.baseline import (
     NotebookDataset,
@@ -172,6 +173,20 @@ def test_timing_rows_run_and_are_well_formed(row: str) -> None:
     assert_well_formed(result, row)
     assert len(result["samples_baseline"]) == len(result["samples_vitlab"]) == 1
     assert result["ratio"] == pytest.approx(result["vitlab"] / result["baseline"])
+
+
+def test_explain_row_keeps_every_run_of_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run's seconds come back in order (the row shows their spread, not only the median), with the last run's
+    parts."""
+    runs = iter([(2.0, {"curves": 1.0}), (5.0, {"curves": 3.0}), (3.0, {"curves": 2.0})])
+
+    def fake_timed(device: torch.device, work: object) -> tuple[object, float]:
+        seconds, parts = next(runs)
+        return type("Report", (), {"seconds": parts})(), seconds
+
+    monkeypatch.setattr(bench_explain, "timed", fake_timed)
+    samples, parts = bench_explain.report_seconds(torch.nn.Identity(), torch.zeros(1, 3, 32, 32), repeats=3)
+    assert samples == [2.0, 5.0, 3.0] and parts == {"curves": 2.0}
 
 
 def test_capture_row_measures_fresh_processes_and_checks_that_capture_changes_nothing() -> None:
