@@ -4,12 +4,17 @@ name it in a report (`device_name`, `describe_device`).
     pick_device("auto")                          # CUDA, then Apple's MPS, then the CPU
     pick_device("cuda:1")                        # exactly that GPU, or a VitlabError saying what to use instead
     pick_device("auto", kinds=("cuda", "cpu"))   # the benchmark: it measures CUDA and the CPU only
+
+A CPU is named with its family and model numbers and its bfloat16 instructions, not only its marketing name: two
+virtual machines that both call themselves "AMD EPYC" can be a Zen 4 (family 25) and a Zen 5 (family 26), and
+ViT-B/16's bfloat16 forward pass takes more than twice as long on the first.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +22,46 @@ import torch
 from vitlab.errors import VitlabError
 
 KINDS = ("cuda", "mps", "cpu")  # the device types vitlab trains on, in the order 'auto' prefers them
+BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that multiply bfloat16 matrices (/proc/cpuinfo names)
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What tells one CPU's speed from another's that shares its name."""
+
+    name: str  # the model name, e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8480+"
+    family: int | None  # x86 "cpu family" (AMD: 25 is Zen 3 and Zen 4, 26 is Zen 5); None where not reported
+    model: int | None  # x86 "model" within the family; None where not reported
+    bfloat16: tuple[str, ...]  # the entries of BFLOAT16_FLAGS it has, in that order
+
+    def describe(self) -> str:
+        """'family 25 model 17, avx512_bf16', or '' when the CPU reports neither."""
+        parts = [] if self.family is None else [f"family {self.family}" + ("" if self.model is None
+                                                                           else f" model {self.model}")]
+        return ", ".join([*parts, *self.bfloat16])
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """The first processor's entry of a Linux /proc/cpuinfo; the name is platform.processor() if it has none."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's value of each field
+    flags = fields.get("flags", "").split()
+    return CpuInfo(name=fields.get("model name") or platform.processor() or "unknown CPU",
+                   family=_integer(fields.get("cpu family")), model=_integer(fields.get("model")),
+                   bfloat16=tuple(flag for flag in BFLOAT16_FLAGS if flag in flags))
+
+
+def cpu_info() -> CpuInfo:
+    """This machine's `CpuInfo`, from /proc/cpuinfo where there is one (Linux)."""
+    path = Path("/proc/cpuinfo")
+    return parse_cpuinfo(path.read_text() if path.is_file() else "")
+
+
+def _integer(text: str | None) -> int | None:
+    """'25' -> 25; None or anything not a decimal number -> None."""
+    return int(text) if text is not None and text.isdecimal() else None
 
 
 def available(kind: str) -> bool:
@@ -58,13 +103,13 @@ def pick_device(name: str = "auto", kinds: tuple[str, ...] = KINDS) -> torch.dev
 
 
 def device_name(device: torch.device) -> str:
-    """'NVIDIA H100 80GB HBM3 (CUDA)' or 'Intel(R) Xeon(R) ... (CPU, 2 cores, 2 torch threads)'."""
+    """'NVIDIA H100 80GB HBM3 (CUDA)' or 'AMD EPYC (CPU, family 25 model 17, avx512_bf16, 2 cores, 2 torch threads)'."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
+    cpu = cpu_info()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu} (CPU, {cores} cores, {torch.get_num_threads()} torch threads)"
+    details = ", ".join(part for part in ("CPU", cpu.describe(), f"{cores} cores") if part)
+    return f"{cpu.name} ({details}, {torch.get_num_threads()} torch threads)"
 
 
 def describe_device(device: torch.device) -> dict:
