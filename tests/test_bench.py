@@ -189,6 +189,21 @@ def test_explain_row_keeps_every_run_of_the_report(monkeypatch: pytest.MonkeyPat
     assert samples == [2.0, 5.0, 3.0] and parts == {"curves": 2.0}
 
 
+def test_forward_probe_times_batched_bfloat16_passes_without_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's milliseconds per image are the median pass over the batch size, and what it times is a bfloat16
+    forward pass of FORWARD_BATCH images without gradients (the kind the report's seconds are read against)."""
+    clock, outputs = iter([1.6, 0.8, 3.2]), []
+
+    def fake_timed(device: torch.device, work: object) -> tuple[object, float]:
+        outputs.append(work())
+        return outputs[-1], next(clock)
+
+    monkeypatch.setattr(bench_explain, "timed", fake_timed)
+    model = build_model("vit_tiny", 10, pretrained=False, progress=False, image_size=32).eval()
+    assert bench_explain.forward_ms_per_image(model, torch.device("cpu")) == pytest.approx(1.6 / 16 * 1000)
+    assert [(o.shape, o.dtype, o.requires_grad) for o in outputs] == [((16, 10), torch.bfloat16, False)] * 3
+
+
 def test_capture_row_measures_fresh_processes_and_checks_that_capture_changes_nothing() -> None:
     result = bench_capture_overhead(tiny())
     assert_well_formed(result, "capture_overhead")
