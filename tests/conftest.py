@@ -14,6 +14,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "suite writes only under temporary folders")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (pyproject's addopts) each worker computes on one thread: the workers already fill the
+    cores, and two OpenMP threads per worker on 2 cores wait on each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def update_screenshots(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-screenshots"))
@@ -23,10 +32,13 @@ def update_screenshots(request: pytest.FixtureRequest) -> bool:
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A VITLAB_CACHE folder holding the trained demo run (`<cache>/demo`), trained on first use.
 
-    Set VITLAB_TEST_CACHE to keep it between local test runs; CI starts clean and trains it once (about a minute).
-    The variable is exported so lessons and the app, even in subprocesses, find the same model.
+    Set VITLAB_TEST_CACHE to keep it between local test runs; CI starts clean and trains it once per worker (about a
+    minute). Each pytest-xdist worker keeps its own folder under VITLAB_TEST_CACHE: two workers training into one run
+    folder at once would have the second refused (the folder is in use). The variable is exported so lessons and the
+    app, even in subprocesses, find the same model.
     """
-    cache = Path(os.environ.get("VITLAB_TEST_CACHE") or tmp_path_factory.mktemp("vitlab_cache"))
+    kept, worker = os.environ.get("VITLAB_TEST_CACHE"), os.environ.get("PYTEST_XDIST_WORKER")
+    cache = Path(kept) / (worker or "") if kept else tmp_path_factory.mktemp("vitlab_cache")
     os.environ["VITLAB_CACHE"] = str(cache)
     from vitlab.training.demo import load_demo_model
 
