@@ -22,7 +22,8 @@ method; tests/test_report.py checks it. A method or test whose optional library 
 
 `precision="bfloat16"` runs every forward and backward pass of the report under `torch.autocast` in bfloat16, for
 large models on hardware with bfloat16 arithmetic (recent GPUs; CPUs with AVX512-BF16 or AMX): ViT-B/16's report for
-one image took 60-70 s instead of 207-227 s on 2 such CPU cores. The maps, probabilities, AUCs and correlations stay
+one image took 60-70 s instead of 207-227 s on 2 such CPU cores (AMD x86 family 26), 134-146 s instead of 294 s on 2
+cores of family 25, whose AVX-512 units are half as wide. The maps, probabilities, AUCs and correlations stay
 float32; what bfloat16 changes in them is measured in docs/explain.md ("What it costs").
 """
 
