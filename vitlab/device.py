@@ -36,9 +36,10 @@ class CpuInfo:
 
     def describe(self) -> str:
         """'family 25 model 17, avx512_bf16', or '' when the CPU reports neither."""
-        parts = [] if self.family is None else [f"family {self.family}" + ("" if self.model is None
-                                                                           else f" model {self.model}")]
-        return ", ".join([*parts, *self.bfloat16])
+        which = "" if self.family is None else f"family {self.family}"
+        if which and self.model is not None:
+            which += f" model {self.model}"
+        return ", ".join(part for part in (which, *self.bfloat16) if part)
 
 
 def parse_cpuinfo(text: str) -> CpuInfo:
