@@ -33,8 +33,9 @@ def report_seconds(model: torch.nn.Module, image: torch.Tensor, repeats: int,
 
 
 def forward_ms_per_image(model: torch.nn.Module, device: torch.device, repeats: int = 3) -> float:
-    """Milliseconds per image of one bfloat16 forward pass of FORWARD_BATCH noise images without gradients (the
-    kind of pass most of the report makes), the median of `repeats` after a warm-up pass."""
+    """Milliseconds per image of one bfloat16 forward pass of FORWARD_BATCH noise images without gradients, the
+    median of `repeats` after a warm-up pass: PyTorch's own inference pass of `model`, at the batch and precision of
+    most of the report's passes (which run inside `borrowed`, with attention as plain matrix products)."""
     images = torch.randn(FORWARD_BATCH, 3, model.image_size, model.image_size, device=device)  # (16, 3, S, S)
 
     def forward() -> torch.Tensor:
@@ -58,6 +59,7 @@ def bench_explain(settings: Settings) -> dict:
     large_samples, large_parts = report_seconds(large, noise, settings.reps(1, 3), precision="bfloat16")
     demo_s, large_s = statistics.median(demo_samples), statistics.median(large_samples)
     forward_ms = forward_ms_per_image(large, settings.device)
+    in_forwards = large_s / forward_ms * 1000  # the report's median in those passes of one image
     float32_s = None if settings.quick else report_seconds(large, noise, 1)[0][0]
     shares = {name: top4 for name, (_, top4) in hits_by_method(train_shortcut_model(), device=settings.device).items()}
     float32_note = "" if float32_s is None else f" ({float32_s:.1f} s in float32)"
@@ -66,9 +68,9 @@ def bench_explain(settings: Settings) -> dict:
         "the shortcut", met=demo_s <= 2 and large_s <= 60 and max(shares.values()) >= 0.95, large_seconds=large_s,
         large_precision="bfloat16", large_float32_seconds=float32_s, demo_parts=demo_parts, large_parts=large_parts,
         demo_samples=demo_samples, large_samples=large_samples, large_forward_ms=forward_ms,
-        large_in_forwards=large_s / forward_ms * 1000, marker_first=shares,
+        large_in_forwards=in_forwards, marker_first=shares,
         notes=f"one image, every method and test, medians: demo {demo_s:.2f} s, {settings.arch} {large_s:.1f} s in "
         f"bfloat16 (runs {', '.join(f'{s:.1f}' for s in large_samples)}; as long as "
-        f"{large_s / forward_ms * 1000:.0f} batched forward passes of one image at {forward_ms:.0f} ms here)"
+        f"{in_forwards:.0f} batched forward passes of one image at {forward_ms:.0f} ms here)"
         f"{float32_note}; the marker's 4 patches first on the shortcut: "
         + ", ".join(f"{name} {share:.0%}" for name, share in shares.items()))
